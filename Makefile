@@ -1,0 +1,34 @@
+# The one task runner. `make run` serves the example; `make test` runs the suite.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CC ?= cc
+PLUGIN_EXT := $(shell $(PYTHON) -c "import sys; print({'darwin': 'dylib', 'win32': 'dll'}.get(sys.platform, 'so'))")
+
+.PHONY: setup test lint run hello-plugin clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+hello-plugin: plugins/libhello.$(PLUGIN_EXT)
+
+plugins/libhello.$(PLUGIN_EXT): sdk-c/examples/hello/hello.c sdk-c/include/backworks/plugin.h sdk-c/include/backworks/sdk.h
+	@mkdir -p plugins
+	$(CC) -std=c99 -O2 -Wall -Wextra -shared -fPIC -I sdk-c/include -o $@ $<
+
+clean:
+	rm -rf $(VENV) plugins .pytest_cache .mypy_cache .ruff_cache

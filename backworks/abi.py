@@ -1,0 +1,552 @@
+"""The binding to the plugin ABI: the only module that imports cffi.
+
+The C declarations come from `sdk-c/include/backworks/plugin.h` (the lines between its
+BW_CDEF markers), so the header and the binding cannot drift; a test also compares
+every size and offset with what a C compiler makes of the header.
+
+Everything above this module sees plain Python values (`PluginInfo`, `Request`,
+`Response`); no cffi object escapes it. Every native call follows the same steps:
+marshal the inputs into host-owned memory that stays referenced for the whole call,
+call, copy the plugin's answer out, and `release` it exactly once in a `finally`.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+from cffi import FFI
+
+from backworks.errors import (
+    AbiMismatchError,
+    PluginCallError,
+    PluginCancelledError,
+    PluginInitError,
+    PluginLoadError,
+)
+
+HEADER_NAME = "backworks/plugin.h"
+ENTRY_SYMBOL = "backworks_plugin_entry"
+
+
+def include_dir() -> Path:
+    """The folder to pass as `-I` when compiling a plugin against this host's SDK."""
+    packaged = Path(__file__).parent / "include"  # inside an installed wheel
+    if (packaged / HEADER_NAME).is_file():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "sdk-c" / "include"  # a checkout
+
+
+def _cdef_source() -> str:
+    """The header's declarations for cffi: the text between its marker lines."""
+    text = (include_dir() / HEADER_NAME).read_text(encoding="utf-8")
+    try:
+        region = text.split("/* BW_CDEF_BEGIN */", 1)[1].split("/* BW_CDEF_END */", 1)[0]
+    except IndexError:
+        msg = f"{include_dir() / HEADER_NAME} has lost its BW_CDEF_BEGIN/END marker lines"
+        raise RuntimeError(msg) from None
+    return re.sub(r"/\*.*?\*/", "", region, flags=re.S)
+
+
+_CDEF = _cdef_source()
+ffi = FFI()
+ffi.cdef(_CDEF)
+
+# The header's `#define NAME <integer>` lines, read once: the constants have no other copy.
+CONSTANTS: dict[str, int] = {
+    m[1]: int(m[2], 0) for m in re.finditer(r"^#define\s+(BW_\w+)\s+(0x[0-9a-fA-F]+|\d+)\s*$", _CDEF, re.M)
+}
+ABI_MAJOR = CONSTANTS["BW_ABI_VERSION_MAJOR"]
+ABI_MINOR = CONSTANTS["BW_ABI_VERSION_MINOR"]
+ABI_VERSION = (ABI_MAJOR << 16) | ABI_MINOR
+
+BW_OK = CONSTANTS["BW_OK"]
+BW_FAIL = CONSTANTS["BW_FAIL"]
+BW_CANCELLED = CONSTANTS["BW_CANCELLED"]
+FLAG_THREAD_SAFE = CONSTANTS["BW_FLAG_THREAD_SAFE"]
+FLAG_NONBLOCKING = CONSTANTS["BW_FLAG_NONBLOCKING"]
+LOG_DEBUG = CONSTANTS["BW_LOG_DEBUG"]
+LOG_INFO = CONSTANTS["BW_LOG_INFO"]
+LOG_WARN = CONSTANTS["BW_LOG_WARN"]
+LOG_ERROR = CONSTANTS["BW_LOG_ERROR"]
+
+FLAG_NAMES: dict[int, str] = {FLAG_THREAD_SAFE: "thread_safe", FLAG_NONBLOCKING: "nonblocking"}
+
+# A descriptor must be at least as large as version 1.0's; later minors only append.
+_PLUGIN_SIZE_1_0 = ffi.sizeof("bw_plugin")
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+# Strings in a descriptor are read with a bound, so a garbage pointer to memory with
+# no NUL in reach cannot make us read forever.
+_MAX_DESCRIPTOR_STRING = 4096
+
+
+def abi_text(version: int) -> str:
+    """`0x00010002` -> `"1.2"`."""
+    return f"{version >> 16}.{version & 0xFFFF}"
+
+
+# ---------------------------------------------------------------------------
+# Plain values that cross this module's edge
+
+
+@attrs.frozen
+class PluginInfo:
+    """What a library's descriptor says about its plugin."""
+
+    path: str
+    name: str
+    version: str
+    description: str
+    abi_version: int
+    flags: int
+    has_health: bool = False
+    has_on_request: bool = False
+    has_on_response: bool = False
+    legacy: bool = False
+
+    @property
+    def abi(self) -> str:
+        return "0 (legacy)" if self.legacy else abi_text(self.abi_version)
+
+    @property
+    def flag_names(self) -> list[str]:
+        return [name for bit, name in FLAG_NAMES.items() if self.flags & bit]
+
+    @property
+    def thread_safe(self) -> bool:
+        return bool(self.flags & FLAG_THREAD_SAFE)
+
+    @property
+    def nonblocking(self) -> bool:
+        return bool(self.flags & FLAG_NONBLOCKING)
+
+
+Pairs = tuple[tuple[str, str], ...]
+
+
+@attrs.frozen
+class Request:
+    """One request as a plugin sees it (`bw_request`)."""
+
+    method: str
+    path: str
+    query: str = ""
+    endpoint: str = ""
+    params: Pairs = ()
+    headers: Pairs = ()
+    body: bytes = b""
+    request_id: str = ""
+    timeout_ms: int = 0
+
+
+@attrs.frozen
+class Response:
+    """One response, copied out of the plugin's memory (`bw_response`)."""
+
+    status: int
+    body: bytes = b""
+    content_type: str = ""
+    headers: Pairs = ()
+
+
+class CancelFlag:
+    """The `cancelled` word of a call: the host sets it, the plugin polls it.
+
+    Host-owned memory that must outlive the native call; whoever runs the call keeps a
+    reference to it until the call returns.
+    """
+
+    __slots__ = ("_word",)
+
+    def __init__(self) -> None:
+        self._word = ffi.new("uint32_t *")
+
+    def set(self) -> None:
+        self._word[0] = 1
+
+    @property
+    def is_set(self) -> bool:
+        return bool(self._word[0])
+
+
+LogSink = Callable[[int, str], None]
+"""Receives `(level, message)` from a plugin's `host->log`; must be thread-safe."""
+
+
+# ---------------------------------------------------------------------------
+# Marshalling
+
+
+def _text(s: str) -> bytes:
+    # surrogateescape gives back the exact bytes aiohttp decoded from the wire.
+    return s.encode("utf-8", "surrogateescape")
+
+
+class _Strings:
+    """Packs many strings into one host-owned buffer; `bw_str`s point into it.
+
+    One allocation per call instead of one per string: the buffer lives as long as the
+    frame that holds this object.
+    """
+
+    __slots__ = ("_base", "_chunks", "_offsets", "_size")
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self._offsets: list[int] = []
+        self._size = 0
+        self._base: Any = None
+
+    def add(self, value: str | bytes) -> int:
+        data = value if isinstance(value, bytes) else _text(value)
+        self._chunks.append(data)
+        self._offsets.append(self._size)
+        self._size += len(data)
+        return len(self._chunks) - 1
+
+    def freeze(self) -> None:
+        self._base = ffi.from_buffer(b"".join(self._chunks)) if self._size else None
+
+    def fill(self, target: Any, index: int) -> None:
+        """Points the `bw_str` `target` at string `index`."""
+        length = len(self._chunks[index])
+        if length:
+            target.ptr = self._base + self._offsets[index]
+            target.len = length
+
+
+class _RequestFrame:
+    """Host-owned memory of one `bw_request`, alive while this object is referenced."""
+
+    __slots__ = ("body", "c_request", "cancel", "headers", "params", "strings")
+
+    def __init__(self, req: Request, cancel: CancelFlag) -> None:
+        strings = _Strings()
+        scalar = [strings.add(s) for s in (req.method, req.path, req.query, req.endpoint)]
+        rid = strings.add(req.request_id)
+        params = [(strings.add(k), strings.add(v)) for k, v in req.params]
+        headers = [(strings.add(k), strings.add(v)) for k, v in req.headers]
+        strings.freeze()
+
+        c = ffi.new("bw_request *")
+        c.struct_size = ffi.sizeof("bw_request")
+        strings.fill(c.method, scalar[0])
+        strings.fill(c.path, scalar[1])
+        strings.fill(c.query, scalar[2])
+        strings.fill(c.endpoint, scalar[3])
+        strings.fill(c.request_id, rid)
+        self.params = _pairs(strings, params)
+        self.headers = _pairs(strings, headers)
+        if self.params is not None:
+            c.params, c.params_len = self.params, len(params)
+        if self.headers is not None:
+            c.headers, c.headers_len = self.headers, len(headers)
+        self.body = ffi.from_buffer(req.body) if req.body else None
+        if self.body is not None:
+            c.body, c.body_len = self.body, len(req.body)
+        c.timeout_ms = min(max(req.timeout_ms, 0), 0xFFFFFFFF)
+        c.cancelled = cancel._word
+        self.c_request = c
+        self.strings = strings
+        self.cancel = cancel
+
+
+def _pairs(strings: _Strings, items: Sequence[tuple[int, int]]) -> Any:
+    if not items:
+        return None
+    array = ffi.new("bw_header[]", len(items))
+    for slot, (k, v) in zip(array, items, strict=True):
+        strings.fill(slot.name, k)
+        strings.fill(slot.value, v)
+    return array
+
+
+class _ResponseFrame:
+    """A host-owned `bw_response` handed to a plugin to fill, plus anything it needs."""
+
+    __slots__ = ("c_response", "keep")
+
+    def __init__(self, upstream: Response | None = None) -> None:
+        self.c_response = ffi.new("bw_response *")
+        self.c_response.struct_size = ffi.sizeof("bw_response")
+        self.keep: tuple[Any, ...] = ()
+        if upstream is not None:
+            self._fill(upstream)
+
+    def _fill(self, resp: Response) -> None:
+        strings = _Strings()
+        ctype = strings.add(resp.content_type)
+        headers = [(strings.add(k), strings.add(v)) for k, v in resp.headers]
+        strings.freeze()
+        c = self.c_response
+        c.status = resp.status
+        strings.fill(c.content_type, ctype)
+        array = _pairs(strings, headers)
+        if array is not None:
+            c.headers, c.headers_len = array, len(headers)
+        body = ffi.from_buffer(resp.body) if resp.body else None
+        if body is not None:
+            c.body, c.body_len = body, len(resp.body)
+        self.keep = (strings, array, body)
+
+
+def _bytes(ptr: Any, length: int, what: str) -> bytes:
+    if length == 0:
+        return b""
+    if ptr == ffi.NULL:
+        msg = f"{what} is NULL but its length is {length}"
+        raise ValueError(msg)
+    return ffi.unpack(ffi.cast("const char *", ptr), length)  # type: ignore[no-any-return]
+
+
+def _copy_str(s: Any, what: str) -> str:
+    return _bytes(s.ptr, s.len, what).decode("utf-8", "replace")
+
+
+def _copy_response(c: Any) -> Response:
+    """Copies a plugin-filled `bw_response` into Python memory (before `release`)."""
+    headers = []
+    if c.headers_len:
+        if c.headers == ffi.NULL:
+            msg = f"response headers are NULL but headers_len is {c.headers_len}"
+            raise ValueError(msg)
+        for i in range(c.headers_len):
+            h = c.headers[i]
+            headers.append((_copy_str(h.name, "header name"), _copy_str(h.value, "header value")))
+    return Response(
+        status=int(c.status),
+        body=_bytes(c.body, c.body_len, "response body"),
+        content_type=_copy_str(c.content_type, "content_type"),
+        headers=tuple(headers),
+    )
+
+
+def _release(c: Any) -> None:
+    if c.release != ffi.NULL:
+        release, data = c.release, c.release_data
+        # Cleared first: whatever happens next, this response is never released twice.
+        c.release = ffi.NULL
+        release(data)
+
+
+def _take_response(c: Any, plugin: str) -> Response:
+    """Copy out, then release exactly once, even when the copy fails."""
+    try:
+        return _copy_response(c)
+    except ValueError as e:
+        raise PluginCallError(plugin, f"returned a malformed response: {e}") from e
+    finally:
+        _release(c)
+
+
+def _failure_message(c: Any) -> str:
+    """The message a plugin put in a response body next to BW_FAIL, released after."""
+    try:
+        return _bytes(c.body, c.body_len, "error body").decode("utf-8", "replace").strip()
+    except ValueError:
+        return ""
+    finally:
+        _release(c)
+
+
+# ---------------------------------------------------------------------------
+# Host services
+
+
+@ffi.callback("void(void *, int32_t, const char *, size_t)")
+def _host_log(ctx: Any, level: int, message: Any, length: int) -> None:
+    try:
+        sink: LogSink = ffi.from_handle(ctx)
+        text = "" if message == ffi.NULL else ffi.unpack(message, length).decode("utf-8", "replace")
+        sink(int(level), text)
+    except Exception:  # noqa: S110 -- an exception must never unwind into plugin code
+        pass
+
+
+class _HostServices:
+    """The `bw_host` given to one plugin instance; alive until its shutdown returned."""
+
+    __slots__ = ("c_host", "handle")
+
+    def __init__(self, sink: LogSink) -> None:
+        self.handle = ffi.new_handle(sink)
+        self.c_host = ffi.new("bw_host *")
+        self.c_host.abi_version = ABI_VERSION
+        self.c_host.struct_size = ffi.sizeof("bw_host")
+        self.c_host.ctx = self.handle
+        self.c_host.log = _host_log
+
+
+# ---------------------------------------------------------------------------
+# Libraries and instances
+
+
+def _descriptor_string(ptr: Any, field: str, path: str, *, required: bool) -> str:
+    if ptr == ffi.NULL:
+        if required:
+            raise PluginLoadError(path, f"descriptor field {field!r} is NULL")
+        return ""
+    raw = ffi.string(ptr, _MAX_DESCRIPTOR_STRING)
+    try:
+        return raw.decode("utf-8")  # type: ignore[no-any-return]
+    except UnicodeDecodeError:
+        raise PluginLoadError(path, f"descriptor field {field!r} is not UTF-8") from None
+
+
+def _read_descriptor(desc: Any, path: str) -> PluginInfo:
+    """Validates a v1 descriptor and returns what it says, or raises naming the fault."""
+    host = abi_text(ABI_VERSION)
+    if desc == ffi.NULL:
+        raise AbiMismatchError(path, f"plugin declined host ABI {host}")
+    version = int(desc.abi_version)
+    if version >> 16 != ABI_MAJOR:
+        msg = (
+            f"built against plugin ABI {abi_text(version)}, but this host speaks ABI "
+            f"{host}; rebuild the plugin against Backworks SDK {ABI_MAJOR}.x"
+        )
+        raise AbiMismatchError(path, msg)
+    if desc.struct_size < _PLUGIN_SIZE_1_0:
+        msg = (
+            f"descriptor struct_size is {desc.struct_size} bytes, smaller than ABI "
+            f"{ABI_MAJOR}.0's {_PLUGIN_SIZE_1_0}; rebuild the plugin against the SDK header"
+        )
+        raise AbiMismatchError(path, msg)
+    for field in ("init", "handle"):
+        if getattr(desc, field) == ffi.NULL:
+            raise PluginLoadError(path, f"descriptor has no {field!r} function (it is required)")
+    name = _descriptor_string(desc.name, "name", path, required=True)
+    if not _NAME_RE.fullmatch(name):
+        msg = f"plugin name {name!r} is invalid: expected [a-z0-9][a-z0-9_-]{{0,63}}"
+        raise PluginLoadError(path, msg)
+    return PluginInfo(
+        path=path,
+        name=name,
+        version=_descriptor_string(desc.version, "version", path, required=True),
+        description=_descriptor_string(desc.description, "description", path, required=False),
+        abi_version=version,
+        flags=int(desc.flags),
+        has_health=desc.health != ffi.NULL,
+        has_on_request=desc.on_request != ffi.NULL,
+        has_on_response=desc.on_response != ffi.NULL,
+    )
+
+
+class NativeLibrary:
+    """A loaded plugin library with a validated descriptor.
+
+    Native code is never unloaded: a library's thread-local destructors or runtime may
+    still run after any "last" call, so the handle lives as long as the process.
+    """
+
+    def __init__(self, path: str, lib: Any, desc: Any, info: PluginInfo) -> None:
+        self.path = path
+        self.info = info
+        self._lib = lib
+        self._desc = desc
+
+    def instantiate(self, config_json: bytes, log: LogSink) -> NativeInstance:
+        """Runs the plugin's `init`; raises `PluginInitError` with the plugin's own reason."""
+        host = _HostServices(log)
+        config = ffi.new("char[]", config_json)  # NUL-terminated for convenience
+        state = ffi.new("void **")
+        error = ffi.new("bw_response *")
+        error.struct_size = ffi.sizeof("bw_response")
+        rc = self._desc.init(host.c_host, config, len(config_json), state, error)
+        if rc != BW_OK:
+            reason = _failure_message(error) or f"init returned {rc} with no message"
+            raise PluginInitError(self.info.name, reason)
+        _release(error)
+        return NativeInstance(self, host, state[0])
+
+
+def open_library(path: str | Path) -> NativeLibrary:
+    """Loads `path` and validates its descriptor; raises `PluginLoadError` naming the fault.
+
+    Loading runs the library's constructors in this process: untrusted files are
+    examined by discovery in a child process first.
+    """
+    path = str(path)
+    try:
+        # RTLD_NOW: an unresolved symbol fails here, not in the middle of a request.
+        lib = ffi.dlopen(path, ffi.RTLD_NOW | ffi.RTLD_LOCAL)
+    except OSError as e:
+        raise PluginLoadError(path, f"cannot be loaded: {e}") from e
+    try:
+        entry = lib.backworks_plugin_entry
+    except AttributeError:
+        raise PluginLoadError(path, f"does not export {ENTRY_SYMBOL}()") from None
+    desc = entry(ABI_VERSION)
+    return NativeLibrary(path, lib, desc, _read_descriptor(desc, path))
+
+
+class NativeInstance:
+    """One initialised plugin state: the calls of the ABI, as plain Python.
+
+    Thread-safety is the caller's job (the executor enforces ABI rules 4 and 5).
+    """
+
+    def __init__(self, library: NativeLibrary, host: _HostServices, state: Any) -> None:
+        self.library = library
+        self.info = library.info
+        self._desc = library._desc
+        self._host = host
+        self._state = state
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def _check(self, rc: int, c_response: Any, call: str) -> None:
+        if rc == BW_OK:
+            return
+        message = _failure_message(c_response)
+        if rc == BW_CANCELLED:
+            raise PluginCancelledError(self.info.name, f"{call} cancelled")
+        detail = f"{call} returned {rc}" + (f": {message}" if message else "")
+        raise PluginCallError(self.info.name, detail)
+
+    def handle(self, req: Request, cancel: CancelFlag) -> Response:
+        frame = _RequestFrame(req, cancel)
+        out = _ResponseFrame()
+        rc = self._desc.handle(self._state, frame.c_request, out.c_response)
+        self._check(rc, out.c_response, "handle")
+        return _take_response(out.c_response, self.info.name)
+
+    def on_request(self, req: Request, cancel: CancelFlag) -> Response | None:
+        """Runs the request hook; None lets the request go on."""
+        frame = _RequestFrame(req, cancel)
+        out = _ResponseFrame()
+        rc = self._desc.on_request(self._state, frame.c_request, out.c_response)
+        self._check(rc, out.c_response, "on_request")
+        resp = _take_response(out.c_response, self.info.name)
+        return resp if resp.status else None
+
+    def on_response(self, req: Request, upstream: Response, cancel: CancelFlag) -> Response | None:
+        """Runs the response hook; None keeps `upstream`."""
+        frame = _RequestFrame(req, cancel)
+        up = _ResponseFrame(upstream)
+        out = _ResponseFrame()
+        rc = self._desc.on_response(self._state, frame.c_request, up.c_response, out.c_response)
+        self._check(rc, out.c_response, "on_response")
+        resp = _take_response(out.c_response, self.info.name)
+        return resp if resp.status else None
+
+    def health(self) -> Response | None:
+        """The plugin's own health report, or None when it has no `health`."""
+        if self._desc.health == ffi.NULL:
+            return None
+        out = _ResponseFrame()
+        rc = self._desc.health(self._state, out.c_response)
+        self._check(rc, out.c_response, "health")
+        return _take_response(out.c_response, self.info.name)
+
+    def shutdown(self) -> None:
+        """Calls the plugin's `shutdown` once; later calls do nothing."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._desc.shutdown != ffi.NULL:
+            self._desc.shutdown(self._state)

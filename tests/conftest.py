@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.cbuild import EXT, compile_library
+
+BuildPlugin = Callable[..., Path]
+
+
+@pytest.fixture(scope="session")
+def build_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cbuild")
+
+
+@pytest.fixture
+def build_plugin(tmp_path: Path, build_cache: Path) -> BuildPlugin:
+    """`build_plugin(source, name="x", folder=None)` compiles C into `folder/libx.so`."""
+
+    def build(
+        source: str,
+        name: str = "plugin",
+        folder: Path | None = None,
+        extra_flags: tuple[str, ...] = (),
+    ) -> Path:
+        out = (folder or tmp_path) / f"lib{name}.{EXT}"
+        return compile_library(source, out, cache=build_cache, extra_flags=extra_flags)
+
+    return build
