@@ -8,7 +8,6 @@ load for use (discovery's child process examines files without them).
 from __future__ import annotations
 
 import hashlib
-import os
 import stat
 from pathlib import Path
 
@@ -54,6 +53,3 @@ def check_digest(path: Path, expected: str) -> None:
         msg = f"refused: sha256 is {actual}, but the config pins {expected.strip().lower()}"
         raise PluginLoadError(path, msg)
 
-
-def is_owned_by_us(path: Path) -> bool:
-    return not hasattr(os, "getuid") or path.stat().st_uid in (os.getuid(), 0)
