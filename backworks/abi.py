@@ -58,7 +58,8 @@ ffi.cdef(_CDEF)
 
 # The header's `#define NAME <integer>` lines, read once: the constants have no other copy.
 CONSTANTS: dict[str, int] = {
-    m[1]: int(m[2], 0) for m in re.finditer(r"^#define\s+(BW_\w+)\s+(0x[0-9a-fA-F]+|\d+)\s*$", _CDEF, re.M)
+    m[1]: int(m[2], 0)
+    for m in re.finditer(r"^#define\s+(BW_\w+)\s+(0x[0-9a-fA-F]+|\d+)\s*$", _CDEF, re.M)
 }
 ABI_MAJOR = CONSTANTS["BW_ABI_VERSION_MAJOR"]
 ABI_MINOR = CONSTANTS["BW_ABI_VERSION_MINOR"]
@@ -357,7 +358,6 @@ def _failure_message(c: Any) -> str:
 # Host services
 
 
-@ffi.callback("void(void *, int32_t, const char *, size_t)")
 def _host_log(ctx: Any, level: int, message: Any, length: int) -> None:
     try:
         sink: LogSink = ffi.from_handle(ctx)
@@ -365,6 +365,10 @@ def _host_log(ctx: Any, level: int, message: Any, length: int) -> None:
         sink(int(level), text)
     except Exception:  # noqa: S110 -- an exception must never unwind into plugin code
         pass
+
+
+# One C entry point for every plugin's log calls; `ctx` says whose sink it is.
+_HOST_LOG: Any = ffi.callback("void(void *, int32_t, const char *, size_t)")(_host_log)
 
 
 class _HostServices:
@@ -378,7 +382,7 @@ class _HostServices:
         self.c_host.abi_version = ABI_VERSION
         self.c_host.struct_size = ffi.sizeof("bw_host")
         self.c_host.ctx = self.handle
-        self.c_host.log = _host_log
+        self.c_host.log = _HOST_LOG
 
 
 # ---------------------------------------------------------------------------

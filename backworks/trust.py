@@ -52,4 +52,3 @@ def check_digest(path: Path, expected: str) -> None:
     if actual != expected.strip().lower():
         msg = f"refused: sha256 is {actual}, but the config pins {expected.strip().lower()}"
         raise PluginLoadError(path, msg)
-
