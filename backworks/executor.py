@@ -1,0 +1,316 @@
+"""Runs plugin calls under a per-plugin timeout, concurrency limit and circuit breaker.
+
+This is where a plugin call is timed out. A native call cannot be stopped from the
+outside, so a timeout sets the request's `cancelled` word, answers the client at
+once, and leaves the call running: it keeps its concurrency slot and its request
+memory until it really returns, and its late response is released then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import structlog
+
+from backworks.abi import CancelFlag, PluginInfo, Request, Response
+from backworks.breaker import CircuitBreaker
+from backworks.errors import (
+    CircuitOpenError,
+    PluginCallError,
+    PluginCancelledError,
+    PluginCrashedError,
+    PluginError,
+    PluginSaturatedError,
+    PluginTimeoutError,
+)
+from backworks.limits import CallGate
+from backworks.stats import PluginStats
+
+log = structlog.get_logger("backworks.executor")
+
+# Threads per thread-safe plugin when its config sets no max_concurrency: the
+# standard library's own default for I/O-bound pools.
+DEFAULT_POOL_SIZE = min(32, (os.cpu_count() or 1) + 4)
+
+
+class PluginCalls(Protocol):
+    """The synchronous calls of one initialised plugin state (abi.NativeInstance)."""
+
+    info: PluginInfo
+
+    def handle(self, req: Request, cancel: CancelFlag) -> Response: ...
+    def on_request(self, req: Request, cancel: CancelFlag) -> Response | None: ...
+    def on_response(
+        self, req: Request, upstream: Response, cancel: CancelFlag
+    ) -> Response | None: ...
+    def health(self) -> Response | None: ...
+    def shutdown(self) -> None: ...
+
+
+class Backend(Protocol):
+    """Where a plugin's calls run: threads of this process, or worker processes.
+
+    `start_*` returns a future that completes when the call has really returned.
+    """
+
+    info: PluginInfo
+
+    def start_handle(self, req: Request, cancel: CancelFlag) -> asyncio.Future[Response]: ...
+    def start_on_request(
+        self, req: Request, cancel: CancelFlag
+    ) -> asyncio.Future[Response | None]: ...
+    def start_on_response(
+        self, req: Request, upstream: Response, cancel: CancelFlag
+    ) -> asyncio.Future[Response | None]: ...
+    def start_health(self) -> asyncio.Future[Response | None]: ...
+    def start_shutdown(self) -> asyncio.Future[None]: ...
+    def abandon(self, call: asyncio.Future[Any]) -> None:
+        """The host stopped waiting for `call` (its cancel flag is already set)."""
+
+    def snapshot(self) -> dict[str, Any]:
+        """Backend details for the admin routes (e.g. worker processes)."""
+
+    def close(self) -> None: ...
+
+
+class ThreadBackend:
+    """Runs one in-process plugin's calls on its own thread pool.
+
+    A pool per plugin, sized to its concurrency limit: a plugin whose calls hang can
+    exhaust only its own threads, never another plugin's.
+    """
+
+    def __init__(self, calls: PluginCalls, threads: int) -> None:
+        self.info = calls.info
+        self._calls = calls
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix=f"plugin-{calls.info.name}"
+        )
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def start_handle(self, req: Request, cancel: CancelFlag) -> asyncio.Future[Response]:
+        return self._run(self._calls.handle, req, cancel)
+
+    def start_on_request(self, req: Request, cancel: CancelFlag) -> asyncio.Future[Response | None]:
+        return self._run(self._calls.on_request, req, cancel)
+
+    def start_on_response(
+        self, req: Request, upstream: Response, cancel: CancelFlag
+    ) -> asyncio.Future[Response | None]:
+        return self._run(self._calls.on_response, req, upstream, cancel)
+
+    def start_health(self) -> asyncio.Future[Response | None]:
+        return self._run(self._calls.health)
+
+    def start_shutdown(self) -> asyncio.Future[None]:
+        return self._run(self._calls.shutdown)
+
+    def abandon(self, call: asyncio.Future[Any]) -> None:
+        """Nothing more to do: a thread cannot be stopped, the cancel flag is set."""
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"isolation": "in-process"}
+
+    def close(self) -> None:
+        # Threads stuck in a plugin that ignores cancellation cannot be joined.
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class PluginRunner:
+    """Guards every call into one plugin: admission, timeout, breaker, accounting."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        max_concurrency: int,
+        timeout_ms: int,
+        queue_timeout_ms: int,
+        breaker: CircuitBreaker,
+    ) -> None:
+        self.backend = backend
+        self.info = backend.info
+        self.name = backend.info.name
+        self.gate = CallGate(max_concurrency)
+        self.timeout = timeout_ms / 1000
+        self.timeout_ms = timeout_ms
+        self.queue_timeout = queue_timeout_ms / 1000
+        self.breaker = breaker
+        self.stats = PluginStats()
+        self.closed = False
+
+    # -- the calls ---------------------------------------------------------------
+
+    async def handle(self, req: Request) -> Response:
+        resp: Response = await self._call(self.backend.start_handle, req)
+        return resp
+
+    async def on_request(self, req: Request) -> Response | None:
+        resp: Response | None = await self._call(self.backend.start_on_request, req)
+        return resp
+
+    async def on_response(self, req: Request, upstream: Response) -> Response | None:
+        resp: Response | None = await self._call(self.backend.start_on_response, req, upstream)
+        return resp
+
+    async def health(self, timeout: float) -> Response | None:
+        """The plugin's own report; runs alone on the state (ABI rule 5)."""
+        if not self.info.has_health:
+            return None
+        await self.gate.enter_exclusive(timeout)
+        fut = self.backend.start_health()
+        fut.add_done_callback(lambda _: self.gate.leave_exclusive())
+        if not await _wait(fut, timeout):
+            msg = f"health check did not return within {timeout * 1000:.0f} ms"
+            raise PluginTimeoutError(self.name, msg)
+        return fut.result()
+
+    async def _call(self, start: Callable[..., asyncio.Future[Any]], *args: Any) -> Any:
+        if self.closed:
+            raise PluginSaturatedError(self.name, "the server is shutting down")
+        breaker, stats = self.breaker, self.stats
+        if not breaker.allow():
+            stats.rejected += 1
+            msg = (
+                f"circuit open after {breaker.consecutive_failures} consecutive failures; "
+                f"retrying after {breaker.recovery_timeout * 1000:.0f} ms"
+            )
+            raise CircuitOpenError(self.name, msg)
+        if not self.gate.try_enter():
+            try:
+                await self.gate.enter(self.queue_timeout)
+            except BaseException as e:
+                breaker.record_neutral()
+                if not isinstance(e, TimeoutError):
+                    raise
+                stats.rejected += 1
+                msg = (
+                    f"all {self.gate.limit} concurrency slots stayed busy for "
+                    f"{self.queue_timeout * 1000:.0f} ms"
+                )
+                raise PluginSaturatedError(self.name, msg) from None
+
+        cancel = CancelFlag()
+        stats.calls += 1
+        stats.in_flight += 1
+        started = time.perf_counter()
+        fut = start(*args, cancel) if args else start(cancel)
+        fut.add_done_callback(self._returned)
+        try:
+            finished = await _wait(fut, self.timeout)
+        except asyncio.CancelledError:
+            # The request was abandoned (shutdown): tell the plugin, keep the slot.
+            cancel.set()
+            self.backend.abandon(fut)
+            breaker.record_neutral()
+            raise
+        if not finished:
+            cancel.set()
+            self.backend.abandon(fut)
+            stats.timed_out += 1
+            breaker.record_failure()
+            log.warning(
+                "plugin_timeout",
+                plugin=self.name,
+                timeout_ms=self.timeout_ms,
+                request_id=args[0].request_id,
+            )
+            raise PluginTimeoutError(self.name, f"no answer within {self.timeout_ms} ms")
+        try:
+            result = fut.result()
+        except (PluginCallError, PluginCancelledError, PluginCrashedError) as e:
+            stats.failed += 1
+            if isinstance(e, PluginCrashedError):
+                stats.crashed += 1
+            breaker.record_failure()
+            raise
+        except PluginError:
+            stats.failed += 1
+            breaker.record_failure()
+            raise
+        stats.ok += 1
+        stats.observe(time.perf_counter() - started)
+        breaker.record_success()
+        return result
+
+    def _returned(self, fut: asyncio.Future[Any]) -> None:
+        """The native call really returned: only now its slot is free again."""
+        self.stats.in_flight -= 1
+        self.gate.leave()
+        if not fut.cancelled() and fut.exception() is None:
+            return
+        # Consumed here so asyncio does not report an exception nobody retrieved
+        # (a late failure after a timeout has already been answered).
+        if not fut.cancelled():
+            fut.exception()
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def close(self, drain_timeout: float) -> bool:
+        """Waits for in-flight calls, then calls `shutdown` once. False if it could not.
+
+        A call that never returns (a plugin ignoring cancellation) would make
+        `shutdown` free state that call still uses, so then it is skipped.
+        """
+        self.closed = True
+        try:
+            await self.gate.enter_exclusive(drain_timeout)
+        except TimeoutError:
+            log.warning(
+                "plugin_shutdown_skipped",
+                plugin=self.name,
+                in_flight=self.stats.in_flight,
+                reason="calls still running after the drain timeout",
+            )
+            self.backend.close()
+            return False
+        try:
+            await self.backend.start_shutdown()
+        except Exception as e:
+            log.warning("plugin_shutdown_failed", plugin=self.name, error=str(e))
+        finally:
+            self.gate.leave_exclusive()
+            self.backend.close()
+        return True
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "circuit": self.breaker.state.value,
+            "consecutive_failures": self.breaker.consecutive_failures,
+            "circuit_opened": self.breaker.times_opened,
+            "max_concurrency": self.gate.limit,
+            "timeout_ms": self.timeout_ms,
+            **self.backend.snapshot(),
+            "counters": self.stats.to_json(),
+        }
+
+
+async def _wait(fut: asyncio.Future[Any], timeout: float) -> bool:
+    """Waits for `fut` without ever cancelling it; False when `timeout` s passed first."""
+    if fut.done():
+        return True
+    if timeout <= 0:
+        await asyncio.shield(fut)
+        return True
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    fut.add_done_callback(wake)
+    timer = loop.call_later(timeout, wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        fut.remove_done_callback(wake)
+    return fut.done()

@@ -1,0 +1,67 @@
+"""The middleware every request passes: request id, error envelope, access log, headers."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Mapping
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from backworks.errors import PluginCallError, PluginCancelledError, PluginCrashedError, PluginError
+from backworks.http_errors import (
+    http_exception_response,
+    internal_error_response,
+    plugin_error_response,
+)
+
+REQUEST_ID = "request_id"
+PLUGIN = "plugin"  # set by a handler: which plugin answered, for the access log
+
+# An incoming X-Request-Id is kept only when it is short and plain, so that log lines
+# and plugins never receive an attacker's control characters.
+_GOOD_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+access_log = structlog.get_logger("backworks.access")
+log = structlog.get_logger("backworks.server")
+
+
+def request_middleware(global_headers: Mapping[str, str]) -> Middleware:
+    """Gives each request an id, maps every error to the JSON envelope, logs one line."""
+    extra = dict(global_headers)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        incoming = request.headers.get("X-Request-Id", "")
+        rid = incoming if _GOOD_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        request[REQUEST_ID] = rid
+        try:
+            response = await handler(request)
+        except web.HTTPException as e:
+            response = http_exception_response(e, rid)
+        except PluginError as e:
+            if isinstance(e, PluginCallError | PluginCancelledError | PluginCrashedError):
+                log.warning("plugin_failed", plugin=e.plugin, request_id=rid, error=e.message)
+            response = plugin_error_response(e, rid)
+        except Exception:
+            log.exception("request_failed", request_id=rid, path=request.path)
+            response = internal_error_response(rid)
+        response.headers["X-Request-Id"] = rid
+        for name, value in extra.items():
+            response.headers.setdefault(name, value)
+        access_log.info(
+            "request",
+            request_id=rid,
+            method=request.method,
+            path=request.path,
+            status=response.status,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            plugin=request.get(PLUGIN),
+        )
+        return response
+
+    return middleware

@@ -1,0 +1,192 @@
+/* testkit: one plugin source that the end-to-end tests compile under several names
+ * and flag sets (-DKIT_NAME='"x"' -DKIT_FLAGS=...). What it does depends on the path:
+ *
+ *   .../echo            every request field back as JSON
+ *   .../binary          the request body back, as application/octet-stream
+ *   .../status?code=N   an empty answer with status N (a deliberate error: BW_OK)
+ *   .../fail            BW_FAIL with a message
+ *   .../sleep?ms=N      sleeps N ms ignoring cancellation
+ *   .../wait?ms=N       sleeps up to N ms, polling `cancelled` (returns BW_CANCELLED)
+ *   .../overlap         counts concurrent calls; .../max-overlap reports the maximum
+ *   .../log             logs "hello from <name>" through the host
+ *   .../headers         answers with an extra header and a text content type
+ *
+ * Hooks: on_request answers 401 when the request has `x-deny`, fails with `x-hook-fail`,
+ * sleeps with `x-hook-sleep`; on_response adds `x-hooked-by-<name>` to the upstream answer.
+ * shutdown appends "<name>\n" to the file named by the config's "marker" key.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <backworks/sdk.h>
+#include <time.h>
+
+#ifndef KIT_NAME
+#define KIT_NAME "kit"
+#endif
+#ifndef KIT_FLAGS
+#define KIT_FLAGS 0
+#endif
+
+typedef struct { char marker[512]; const bw_host *host; } kit_state;
+
+static volatile int active_calls, max_overlap;
+
+static void sleep_ms(long ms) {
+    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+    nanosleep(&ts, NULL);
+}
+
+static int ends_with(bw_str s, const char *suffix) {
+    size_t n = strlen(suffix);
+    return s.len >= n && memcmp(s.ptr + s.len - n, suffix, n) == 0;
+}
+
+static long query_long(const bw_request *req, const char *name, long fallback) {
+    char buf[32];
+    return bw_query_get(req, name, buf, sizeof buf) > 0 ? atol(buf) : fallback;
+}
+
+static int32_t kit_init(const bw_host *host, const char *config, size_t len, void **state,
+                        bw_response *error) {
+    kit_state *st = (kit_state *)calloc(1, sizeof *st);
+    const char *m = strstr(config, "\"marker\": \"");
+    (void)len;
+    if (strstr(config, "\"fail_init\": true")) return bw_fail(error, "kit refuses to start: fail_init is set");
+    if (!st) return bw_fail(error, "out of memory");
+    if (m) {
+        const char *start = m + strlen("\"marker\": \""), *end = strchr(start, '"');
+        size_t n = end ? (size_t)(end - start) : 0;
+        if (n >= sizeof st->marker) n = sizeof st->marker - 1;
+        memcpy(st->marker, start, n);
+    }
+    st->host = host;
+    *state = st;
+    return BW_OK;
+}
+
+static void append_field(char *out, size_t cap, const char *key, bw_str value, int comma) {
+    char raw[2048], quoted[4200];
+    bw_str_copy(value, raw, sizeof raw);
+    bw_json_quote(raw, quoted, sizeof quoted);
+    snprintf(out + strlen(out), cap - strlen(out), "%s\"%s\": %s", comma ? ", " : "", key, quoted);
+}
+
+static void append_pairs(char *out, size_t cap, const char *key, const bw_header *pairs, size_t n) {
+    size_t i;
+    snprintf(out + strlen(out), cap - strlen(out), ", \"%s\": [", key);
+    for (i = 0; i < n; i++) {
+        snprintf(out + strlen(out), cap - strlen(out), "%s[", i ? ", " : "");
+        append_field(out, cap, "", pairs[i].name, 0);
+        append_field(out, cap, "", pairs[i].value, 1);
+        strcat(out, "]");
+    }
+    strcat(out, "]");
+}
+
+static int32_t echo(const bw_request *req, bw_response *resp) {
+    static __thread char json[65536];
+    json[0] = '{'; json[1] = 0;
+    append_field(json, sizeof json, "method", req->method, 0);
+    append_field(json, sizeof json, "path", req->path, 1);
+    append_field(json, sizeof json, "query", req->query, 1);
+    append_field(json, sizeof json, "endpoint", req->endpoint, 1);
+    append_field(json, sizeof json, "request_id", req->request_id, 1);
+    append_pairs(json, sizeof json, "params", req->params, req->params_len);
+    append_pairs(json, sizeof json, "headers", req->headers, req->headers_len);
+    snprintf(json + strlen(json), sizeof json - strlen(json),
+             ", \"body_len\": %zu, \"timeout_ms\": %u, \"cancel_flag\": %s}", req->body_len,
+             req->timeout_ms, req->cancelled ? "true" : "false");
+    /* The JSON text above used "" as key for array items; rewrite `"": ` away. */
+    {
+        char *p;
+        while ((p = strstr(json, "\"\": ")) != NULL) memmove(p, p + 4, strlen(p + 4) + 1);
+    }
+    return bw_respond_json(resp, 200, json);
+}
+
+static int32_t kit_handle(void *state, const bw_request *req, bw_response *resp) {
+    kit_state *st = (kit_state *)state;
+    bw_str path = req->path;
+    if (ends_with(path, "/binary"))
+        return bw_respond(resp, 200, "application/octet-stream", NULL, 0, req->body, req->body_len);
+    if (ends_with(path, "/status"))
+        return bw_respond_json(resp, (int32_t)query_long(req, "code", 200), "{}");
+    if (ends_with(path, "/fail")) return bw_fail(resp, "deliberate failure from " KIT_NAME);
+    if (ends_with(path, "/sleep")) {
+        sleep_ms(query_long(req, "ms", 100));
+        return bw_respond_json(resp, 200, "{\"slept\": true}");
+    }
+    if (ends_with(path, "/wait")) {
+        long waited;
+        for (waited = 0; waited < query_long(req, "ms", 100); waited += 5) {
+            if (bw_is_cancelled(req)) return BW_CANCELLED;
+            sleep_ms(5);
+        }
+        return bw_respond_json(resp, 200, "{\"waited\": true}");
+    }
+    if (ends_with(path, "/overlap")) {
+        int now = __sync_add_and_fetch(&active_calls, 1);
+        if (now > max_overlap) max_overlap = now;
+        sleep_ms(query_long(req, "ms", 20));
+        __sync_sub_and_fetch(&active_calls, 1);
+        return bw_respond_json(resp, 200, "{}");
+    }
+    if (ends_with(path, "/max-overlap")) {
+        char json[64];
+        snprintf(json, sizeof json, "{\"max_overlap\": %d}", max_overlap);
+        return bw_respond_json(resp, 200, json);
+    }
+    if (ends_with(path, "/log")) {
+        bw_log_info(st->host, "hello from %s", KIT_NAME);
+        bw_log_error(st->host, "an error line from %s", KIT_NAME);
+        return bw_respond_json(resp, 200, "{\"logged\": true}");
+    }
+    if (ends_with(path, "/headers")) {
+        bw_header extra[1];
+        extra[0].name = bw_str_from("x-kit");
+        extra[0].value = bw_str_from(KIT_NAME);
+        return bw_respond(resp, 201, "text/plain; charset=utf-8", extra, 1, "made", 4);
+    }
+    return echo(req, resp);
+}
+
+static int32_t kit_health(void *state, bw_response *report) {
+    (void)state;
+    return bw_respond_json(report, 200, "{\"ok\": true, \"plugin\": \"" KIT_NAME "\"}");
+}
+
+static int32_t kit_on_request(void *state, const bw_request *req, bw_response *resp) {
+    (void)state;
+    if (bw_header_get(req, "x-hook-fail")) return bw_fail(resp, "hook failure from " KIT_NAME);
+    if (bw_header_get(req, "x-hook-sleep")) sleep_ms(2000);
+    if (bw_header_get(req, "x-deny")) return bw_respond_error(resp, 401, "denied by " KIT_NAME);
+    return BW_OK;
+}
+
+static int32_t kit_on_response(void *state, const bw_request *req, const bw_response *up,
+                               bw_response *out) {
+    bw_header hooked[1];
+    (void)state; (void)req;
+    hooked[0].name = bw_str_from("x-hooked-by-" KIT_NAME);
+    hooked[0].value = bw_str_from("yes");
+    /* Replace the answer with a copy of upstream plus one header. Upstream's content
+     * type is kept; its own extra headers are dropped for brevity. */
+    {
+        char ctype[128];
+        bw_str_copy(up->content_type, ctype, sizeof ctype);
+        return bw_respond(out, up->status, ctype, hooked, 1, up->body, up->body_len);
+    }
+}
+
+static void kit_shutdown(void *state) {
+    kit_state *st = (kit_state *)state;
+    if (st->marker[0]) {
+        FILE *f = fopen(st->marker, "a");
+        if (f) { fputs(KIT_NAME "\n", f); fclose(f); }
+    }
+    free(st);
+}
+
+BW_DEFINE_PLUGIN(.name = KIT_NAME, .version = "0.1.0", .description = "test kit",
+                 .flags = KIT_FLAGS, .init = kit_init, .handle = kit_handle,
+                 .health = kit_health, .shutdown = kit_shutdown,
+                 .on_request = kit_on_request, .on_response = kit_on_response)
