@@ -279,7 +279,7 @@ def _plugin_json(sec: Reader) -> bytes:
     if not isinstance(raw, dict):
         sec.problem("config", f"must be a mapping (got {show(raw)})")
         return b"{}"
-    return (sec.json("config", raw) or "{}").encode()
+    return (sec.json_text("config", raw) or "{}").encode()
 
 
 def _breaker(sec: Reader) -> CircuitBreakerConfig:
@@ -384,7 +384,7 @@ def _response(sec: Reader) -> StaticResponse:
     if body is MISSING or body is None:
         body = ""
     elif isinstance(body, dict | list):  # written as YAML, served as JSON
-        body = sec.json("body", body) or ""
+        body = sec.json_text("body", body) or ""
     elif not isinstance(body, str):
         sec.problem("body", f"must be a string, a mapping or a list (got {show(body)})")
         body = ""

@@ -34,7 +34,7 @@ def key_path(parent: str, key: str | int) -> str:
         return f"{parent}[{key}]"
     if _IDENTIFIER.fullmatch(key.replace("-", "_")):
         return f"{parent}.{key}" if parent else key
-    return f'{parent}["{key}"]'
+    return f"{parent}[{json.dumps(key, ensure_ascii=False)}]"
 
 
 def show(value: object) -> str:
@@ -278,7 +278,7 @@ class Reader:
                 result[name] = raw
         return result
 
-    def json(self, key: str, value: object) -> str | None:
+    def json_text(self, key: str, value: object) -> str | None:
         """`value` as JSON text; None after recording what json.dumps would reject
         or silently change (a non-string key), each with its own key path."""
         before = len(self.problems)
