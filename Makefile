@@ -24,6 +24,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+run: $(STAMP) hello-plugin
+	$(BIN)/backworks serve --config examples/backworks.yaml
+
 hello-plugin: plugins/libhello.$(PLUGIN_EXT)
 
 plugins/libhello.$(PLUGIN_EXT): sdk-c/examples/hello/hello.c sdk-c/include/backworks/plugin.h sdk-c/include/backworks/sdk.h
