@@ -440,9 +440,9 @@ def _dashboard(sec: Reader) -> DashboardConfig:
 
 
 def _resolve(base_dir: Path, path: str) -> Path:
-    # Joined, not resolve()d: the file need not exist yet, and symlinks are followed
-    # (and checked) by the loader when it opens the library.
-    return base_dir / Path(path).expanduser()
+    # Normalised, not resolve()d: the file need not exist yet, and symlinks are
+    # followed (and checked) by the loader when it opens the library.
+    return Path(os.path.normpath(base_dir / Path(path).expanduser()))
 
 
 def _nonempty(value: str) -> str | None:

@@ -297,7 +297,7 @@ def test_relative_paths_are_resolved_against_the_config_files_folder(tmp_path: P
 
     assert config.discovery.directories == (
         folder / "plugins",
-        folder / "../shared",
+        tmp_path / "shared",
         Path("/opt/plugins"),
     )
     assert config.plugins["a"].path == folder / "lib" / "liba.so"
