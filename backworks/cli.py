@@ -1,2 +1,294 @@
-def main() -> int:
-    return 0
+"""The `backworks` command line.
+
+Each command is one small function from parsed arguments to an exit code, wired in
+by `build_parser` as a subcommand; a new command (serve, validate, new) is a parser
+entry and a function. Exit codes: 0 all is well, 1 something examined is unusable,
+2 the command itself was wrong (arguments, a missing folder, a bad config file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+import yaml
+
+from backworks import discovery
+from backworks.errors import ConfigError
+from backworks.scanner import ScanResult
+
+EXIT_OK = 0
+EXIT_UNUSABLE = 1
+EXIT_USAGE = 2
+
+DEFAULT_PLUGIN_DIR = Path("plugins")
+
+
+class UsageError(Exception):
+    """The command line asks for something impossible; main() exits with EXIT_USAGE."""
+
+
+# ---------------------------------------------------------------------------
+# The parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="backworks",
+        description="Turn compiled plugins into HTTP APIs through a versioned C ABI.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_plugins_commands(commands)
+    return parser
+
+
+def _add_plugins_commands(commands: argparse._SubParsersAction[Any]) -> None:
+    plugins = commands.add_parser("plugins", help="find and inspect plugin libraries")
+    sub = plugins.add_subparsers(dest="plugins_command", metavar="COMMAND", required=True)
+
+    ls = sub.add_parser("list", help="list the plugins in the plugin folders")
+    ls.add_argument(
+        "--dir",
+        dest="dirs",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="a folder to scan; repeatable (default: ./plugins, unless --config is given)",
+    )
+    ls.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="scan the folders of this config file's plugin_discovery section",
+    )
+    ls.add_argument("--recursive", action="store_true", help="scan subfolders too")
+    ls.add_argument("--rescan", action="store_true", help="examine every file, ignore the cache")
+    ls.add_argument(
+        "--all", action="store_true", help="also show libraries that are not Backworks plugins"
+    )
+    ls.add_argument("--json", action="store_true", help="one JSON object per library examined")
+    _add_examine_options(ls)
+    ls.set_defaults(run=cmd_plugins_list)
+
+    inspect = sub.add_parser("inspect", help="examine one library (always afresh)")
+    inspect.add_argument("file", type=Path, metavar="FILE")
+    inspect.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_examine_options(inspect)
+    inspect.set_defaults(run=cmd_plugins_inspect)
+
+
+def _add_examine_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=discovery.DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"time allowed to load one library (default {discovery.DEFAULT_TIMEOUT_S:g})",
+    )
+    parser.add_argument(
+        "--allow-insecure-permissions",
+        action="store_true",
+        help="load files that others may write (the config key allow_insecure_permissions)",
+    )
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        msg = f"must be a positive number of seconds (got {text!r})"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+# ---------------------------------------------------------------------------
+# Commands
+
+
+def cmd_plugins_list(args: argparse.Namespace) -> int:
+    """`backworks plugins list`: exit 1 when a plugin is unusable; skipped files don't count."""
+    directories: list[Path] = list(args.dirs)
+    recursive: bool = args.recursive
+    if args.config is not None:
+        configured, configured_recursive = _discovery_settings(args.config)
+        directories = configured + directories
+        recursive = recursive or configured_recursive
+    if not directories:
+        directories = [DEFAULT_PLUGIN_DIR]
+    for directory in directories:
+        if not directory.is_dir():
+            raise UsageError(f"plugin folder {str(directory)!r} does not exist")
+    results = discovery.scan(
+        directories,
+        recursive=recursive,
+        rescan=args.rescan,
+        timeout_s=args.timeout,
+        allow_insecure_permissions=args.allow_insecure_permissions,
+    )
+    if args.json:
+        _print_json(results)
+    else:
+        _print_listing(results, [str(d) for d in directories], show_skipped=args.all)
+    unusable = any(not r.ok and not r.skipped for r in results)
+    return EXIT_UNUSABLE if unusable else EXIT_OK
+
+
+def cmd_plugins_inspect(args: argparse.Namespace) -> int:
+    """`backworks plugins inspect FILE`: exit 0 only when FILE is a usable plugin."""
+    path: Path = args.file
+    if not os.path.lexists(path):
+        raise UsageError(f"{str(path)!r} does not exist")
+    result = discovery.examine(
+        path, timeout_s=args.timeout, allow_insecure_permissions=args.allow_insecure_permissions
+    )
+    if args.json:
+        _print_json([result])
+    else:
+        _print_details(result)
+    return EXIT_OK if result.ok else EXIT_UNUSABLE
+
+
+# ---------------------------------------------------------------------------
+# Output
+
+
+def _print_json(results: Sequence[ScanResult]) -> None:
+    print(json.dumps([r.to_json() for r in results], indent=2))
+
+
+def _table(rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+
+
+def _print_listing(
+    results: Sequence[ScanResult], folders: list[str], *, show_skipped: bool
+) -> None:
+    usable = [r for r in results if r.ok]
+    unusable = [r for r in results if not r.ok and not r.skipped]
+    skipped = [r for r in results if r.skipped]
+    if usable:
+        header = ("NAME", "VERSION", "ABI", "FLAGS", "PATH")
+        rows = [
+            (r.name or "", r.version or "-", r.abi or "-", ",".join(r.flags) or "-", r.path)
+            for r in usable
+        ]
+        print("\n".join(_table([header, *rows])))
+    if unusable:
+        print("\nnot usable:" if usable else "not usable:")
+        for r in unusable:
+            print(f"  {r.path}: {r.error}")
+    if skipped and show_skipped:
+        print("\nskipped:" if usable or unusable else "skipped:")
+        for r in skipped:
+            print(f"  {r.path}: {r.error}")
+    summary = f"{len(usable)} usable, {len(unusable)} not usable, {len(skipped)} skipped"
+    if skipped and not show_skipped:
+        summary += " (--all lists them)"
+    if not results:
+        summary = f"no libraries in {', '.join(folders)}"
+    print(("\n" if usable or unusable or (skipped and show_skipped) else "") + summary)
+
+
+def _print_details(r: ScanResult) -> None:
+    fields = [("path", r.path)]
+    if r.ok or r.name:
+        fields += [
+            ("name", r.name or ""),
+            ("version", r.version or ""),
+            ("description", r.description or ""),
+            ("abi", r.abi or ""),
+            ("flags", ", ".join(r.flags) or "-"),
+        ]
+    if r.error:
+        fields.append(("error", r.error))
+    width = max(len(k) for k, _ in fields) + 1
+    for key, value in fields:
+        print(f"{key + ':':<{width}} {value}")
+
+
+# ---------------------------------------------------------------------------
+# Config
+
+
+def _discovery_settings(config_file: Path) -> tuple[list[Path], bool]:
+    """`plugin_discovery.directories` (relative to the file's folder) and `.recursive`.
+
+    A stand-in that reads just these two keys, until backworks/config.py's parser can
+    be used here (it validates the whole file with the same defaults).
+    """
+    source = str(config_file)
+    try:
+        data = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(source, [f"cannot read the file: {e.strerror}"]) from e
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(source, [f"not valid YAML: {e}"]) from e
+    top = data if isinstance(data, dict) else {}
+    section = top.get("plugin_discovery") or {}
+    if not isinstance(section, dict):
+        raise ConfigError(source, [f"plugin_discovery: must be a mapping (got {section!r:.60})"])
+    problems = []
+    directories = section.get("directories", [str(DEFAULT_PLUGIN_DIR)])
+    if not isinstance(directories, list) or not all(isinstance(d, str) and d for d in directories):
+        got = f"{directories!r:.60}"
+        problems.append(f"plugin_discovery.directories: must be a list of folders (got {got})")
+    recursive = section.get("recursive", False)
+    if not isinstance(recursive, bool):
+        problems.append(f"plugin_discovery.recursive: must be true or false (got {recursive!r})")
+    if problems:
+        raise ConfigError(source, problems)
+    return [config_file.parent / d for d in directories], recursive
+
+
+# ---------------------------------------------------------------------------
+# Entry point
+
+
+def _stderr_logger(*_: Any) -> structlog.PrintLogger:
+    # Looked up per logger, not once: whoever swapped sys.stderr (pytest) gets the lines.
+    return structlog.PrintLogger(sys.stderr)
+
+
+def _configure_logging() -> None:
+    """Warnings to stderr; stdout carries the command's own output (`--json`)."""
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.dev.ConsoleRenderer(colors=False),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=_stderr_logger,
+        cache_logger_on_first_use=False,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse exits 2 on a usage error and 0 after --help
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+    _configure_logging()
+    try:
+        code: int = args.run(args)
+    except (UsageError, ConfigError) as e:
+        print(f"backworks: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""`python -m backworks`: the same as the `backworks` command."""
+
+import sys
+
+from backworks.cli import main
+
+sys.exit(main())
