@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CC ?= cc
 PLUGIN_EXT := $(shell $(PYTHON) -c "import sys; print({'darwin': 'dylib', 'win32': 'dll'}.get(sys.platform, 'so'))")
 
-.PHONY: setup test lint run hello-plugin clean
+.PHONY: setup test lint run hello-plugin weather-plugin clean
 
 setup: $(STAMP)
 
@@ -35,3 +35,17 @@ plugins/libhello.$(PLUGIN_EXT): sdk-c/examples/hello/hello.c sdk-c/include/backw
 
 clean:
 	rm -rf $(VENV) plugins .pytest_cache .mypy_cache .ruff_cache
+
+# The Rust example plugin (std only, so it builds offline). Cargo decides what is
+# stale; the library is copied in under a temporary name and renamed, so plugin
+# discovery never sees a half-written file.
+CARGO ?= cargo
+WEATHER_TARGET := $(or $(CARGO_TARGET_DIR),examples/weather-plugin/target)
+WEATHER_LIB := $(if $(filter dll,$(PLUGIN_EXT)),weather_plugin.dll,libweather_plugin.$(PLUGIN_EXT))
+
+weather-plugin:
+	$(CARGO) build --release --offline --manifest-path examples/weather-plugin/Cargo.toml
+	@mkdir -p plugins
+	cp $(WEATHER_TARGET)/release/$(WEATHER_LIB) plugins/.$(WEATHER_LIB).tmp
+	chmod 0755 plugins/.$(WEATHER_LIB).tmp
+	mv -f plugins/.$(WEATHER_LIB).tmp plugins/$(WEATHER_LIB)
