@@ -35,12 +35,27 @@ extern "C" {
 
 /* ---- The descriptor and the entry point in one macro --------------------- */
 
+/* The optional functions a plugin leaves out are meant to be NULL: g++ (C++20)
+ * would warn about each one under -Wextra, so the descriptor is defined with that
+ * warning off. */
+#if defined(__GNUC__) || defined(__clang__)
+#  define BW_DESCRIPTOR_BEGIN_                                                    \
+      _Pragma("GCC diagnostic push")                                              \
+      _Pragma("GCC diagnostic ignored \"-Wmissing-field-initializers\"")
+#  define BW_DESCRIPTOR_END_ _Pragma("GCC diagnostic pop")
+#else
+#  define BW_DESCRIPTOR_BEGIN_
+#  define BW_DESCRIPTOR_END_
+#endif
+
 /* Defines the plugin's descriptor from designated initialisers (C99, C++20) and
  * exports backworks_plugin_entry, which declines hosts of another major version. */
 #define BW_DEFINE_PLUGIN(...)                                                     \
+    BW_DESCRIPTOR_BEGIN_                                                          \
     static const bw_plugin bw_plugin_descriptor_ = {                              \
         .abi_version = BW_ABI_VERSION, .struct_size = sizeof(bw_plugin),          \
         __VA_ARGS__};                                                             \
+    BW_DESCRIPTOR_END_                                                            \
     BW_EXPORT const bw_plugin *backworks_plugin_entry(uint32_t host_abi_version) { \
         return (host_abi_version >> 16) == BW_ABI_VERSION_MAJOR                   \
                    ? &bw_plugin_descriptor_                                       \
@@ -80,11 +95,18 @@ static inline const char *bw_str_copy(bw_str s, char *buf, size_t cap) {
     return buf;
 }
 
+/* ASCII-only case folding: header names are ASCII tokens, and tolower() follows
+ * the host process's locale (in a Turkish one, 'I' does not fold to 'i'). */
+static inline int bw_ascii_lower_(unsigned char c) {
+    return c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c;
+}
+
 static inline int bw_str_ieq_(bw_str s, const char *cstr) {
     size_t i, n = strlen(cstr);
     if (s.len != n) return 0;
     for (i = 0; i < n; i++)
-        if (tolower((unsigned char)s.ptr[i]) != tolower((unsigned char)cstr[i])) return 0;
+        if (bw_ascii_lower_((unsigned char)s.ptr[i]) != bw_ascii_lower_((unsigned char)cstr[i]))
+            return 0;
     return 1;
 }
 
@@ -113,13 +135,17 @@ static inline int bw_hex_(char c) {
     return -1;
 }
 
-/* Finds query parameter `name` and writes its percent-decoded value ('+' is a
- * space) into `buf` as a C string, truncated to `cap - 1` bytes. Returns the
- * decoded length, or -1 when the parameter is absent. */
+/* Finds query parameter `name` (compared as raw bytes, not decoded) and writes its
+ * percent-decoded value ('+' is a space) into `buf` as a C string, truncated to
+ * `cap - 1` bytes; `buf` is "" when the parameter is absent. Returns the full
+ * decoded length (more than `cap - 1` means it was cut), or -1 when absent. */
 static inline long bw_query_get(const bw_request *req, const char *name, char *buf, size_t cap) {
-    const char *q = req->query.ptr, *end = req->query.ptr + req->query.len;
+    const char *q = req->query.ptr, *end;
     size_t name_len = strlen(name);
-    while (q && q < end) {
+    if (cap) buf[0] = '\0';
+    if (!q) return -1;
+    end = q + req->query.len;
+    while (q < end) {
         const char *amp = (const char *)memchr(q, '&', (size_t)(end - q));
         const char *stop = amp ? amp : end;
         const char *eq = (const char *)memchr(q, '=', (size_t)(stop - q));
@@ -140,7 +166,8 @@ static inline long bw_query_get(const bw_request *req, const char *name, char *b
             if (cap) buf[n < cap - 1 ? n : cap - 1] = '\0';
             return (long)n;
         }
-        q = stop + 1;
+        if (!amp) break;
+        q = amp + 1;
     }
     return -1;
 }
@@ -154,16 +181,39 @@ static inline int bw_is_cancelled(const bw_request *req) {
 
 static inline void bw_free_block_(void *block) { free(block); }
 
+/* `*size += n`, or 0 when the sum would wrap around. */
+static inline int bw_size_add_(size_t *size, size_t n) {
+    if (n > (size_t)-1 - *size) return 0;
+    *size += n;
+    return 1;
+}
+
+/* Releases what an earlier answer left in `resp`: with the helpers, the last answer
+ * wins (`bw_respond_json(...)` then `return bw_fail(...)`) and nothing leaks. */
+static inline void bw_release_previous_(bw_response *resp) {
+    if (resp->release) resp->release(resp->release_data);
+    resp->release = NULL;
+    resp->release_data = NULL;
+    resp->headers = NULL;
+    resp->headers_len = 0;
+}
+
 /* Fills `resp` with copies of everything given, held in one malloc'd block that
- * `release` frees. `content_type` NULL or "" means application/json. Returns
- * BW_OK, or BW_FAIL when memory ran out. */
+ * `release` frees (the given pointers may point into an earlier answer in `resp`,
+ * which is released after the copy). `content_type` NULL or "" means
+ * application/json. Returns BW_OK, or BW_FAIL when memory ran out or the lengths
+ * add up to more than a size_t holds. */
 static inline int32_t bw_respond(bw_response *resp, int32_t status, const char *content_type,
                                  const bw_header *headers, size_t headers_len,
                                  const void *body, size_t body_len) {
-    size_t i, ct_len = content_type ? strlen(content_type) : 0;
-    size_t size = headers_len * sizeof(bw_header) + ct_len + body_len;
+    size_t i, ct_len = content_type ? strlen(content_type) : 0, size;
     char *block, *cursor;
-    for (i = 0; i < headers_len; i++) size += headers[i].name.len + headers[i].value.len;
+    if (headers_len > (size_t)-1 / sizeof(bw_header)) return BW_FAIL;
+    size = headers_len * sizeof(bw_header);
+    if (!bw_size_add_(&size, ct_len) || !bw_size_add_(&size, body_len)) return BW_FAIL;
+    for (i = 0; i < headers_len; i++)
+        if (!bw_size_add_(&size, headers[i].name.len) || !bw_size_add_(&size, headers[i].value.len))
+            return BW_FAIL;
     block = (char *)malloc(size ? size : 1);
     if (!block) return BW_FAIL;
     /* The header array goes first so it is suitably aligned. */
@@ -178,11 +228,11 @@ static inline int32_t bw_respond(bw_response *resp, int32_t status, const char *
         cursor += headers[i].value.len;
     }
     if (ct_len) memcpy(cursor, content_type, ct_len);
+    if (body_len) memcpy(cursor + ct_len, body, body_len);
+    bw_release_previous_(resp); /* only now: the copies above may have come from it */
     resp->content_type.ptr = cursor;
     resp->content_type.len = ct_len;
-    cursor += ct_len;
-    if (body_len) memcpy(cursor, body, body_len);
-    resp->body = (const uint8_t *)cursor;
+    resp->body = (const uint8_t *)(cursor + ct_len);
     resp->body_len = body_len;
     resp->headers = headers_len ? (const bw_header *)block : NULL;
     resp->headers_len = headers_len;
@@ -206,6 +256,7 @@ static inline int32_t bw_respond_text(bw_response *resp, int32_t status, const c
 static inline int32_t bw_respond_static(bw_response *resp, int32_t status,
                                         const char *content_type, const void *body,
                                         size_t body_len) {
+    bw_release_previous_(resp);
     resp->status = status;
     resp->content_type = bw_str_from(content_type);
     resp->body = (const uint8_t *)body;
