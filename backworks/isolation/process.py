@@ -1,0 +1,329 @@
+"""One worker process as the host holds it: spawn, channel, signals, exit and reaping.
+
+The rules this module keeps, each against a way worker processes go wrong:
+
+- Workers are spawned from the event-loop thread (the only place `spawn` can run,
+  since it needs the running loop). The worker asks for PR_SET_PDEATHSIG, and Linux
+  fires that when the *thread* that forked it exits: the loop thread lives as long
+  as the host, an executor thread might not.
+- Signals go through a pidfd (Linux), never a bare PID: a PID recycled after the
+  worker was reaped cannot be signalled by mistake. Exit is learnt from the pidfd
+  becoming readable, without polling, and the worker is reaped at once: no zombies.
+  Without pidfds (other systems) a thread waits for the exit with WNOWAIT, so the
+  PID stays reserved by the zombie until the loop thread reaps it.
+- Whatever the worker wrote before it died is drained from the channel before its
+  exit is reported, so an answer sent just before a crash still counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+import backworks
+from backworks.isolation.framing import FrameReader, ProtocolError
+
+log = structlog.get_logger("backworks.isolation")
+
+FrameHandler = Callable[[int, int, bytes], None]
+WORKER_MODULE = "backworks.isolation.worker"
+_READ_SIZE = 256 * 1024
+# A worker whose channel closed but which has not exited (it should not happen:
+# only exit closes it) is killed after this long, so no call can wait forever.
+_EOF_KILL_DELAY = 1.0
+_HAVE_PIDFD = hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")
+SUPPORTED = _HAVE_PIDFD or hasattr(os, "waitid")
+
+
+def _package_root() -> str:
+    return str(Path(backworks.__file__).resolve().parent.parent)
+
+
+class WorkerProcess:
+    """A worker process and its end of the channel; used from the event-loop thread."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        popen: subprocess.Popen[bytes],
+        sock: socket.socket,
+        on_frame: FrameHandler,
+        on_exit: Callable[[WorkerProcess], None],
+    ) -> None:
+        self.pid = popen.pid
+        self.status: int | None = None  # the raw wait status, once reaped
+        self.maxrss_kb = 0  # peak resident set, from the kernel's accounting at reaping
+        self.signals_sent: list[int] = []
+        self._loop = loop
+        self._popen = popen
+        self._sock: socket.socket | None = sock
+        self._fd = sock.fileno()
+        self._on_frame = on_frame
+        self._on_exit = on_exit
+        self._reader = FrameReader()
+        self._pending: list[bytes] = []
+        self._timers: list[asyncio.TimerHandle] = []
+        self._pidfd = -1
+        self._exited = False
+        self._lock = threading.Lock()  # only for the fallback exit watcher
+        loop.add_reader(self._fd, self._readable)
+        if _HAVE_PIDFD:
+            self._pidfd = os.pidfd_open(self.pid)
+            loop.add_reader(self._pidfd, self._pidfd_readable)
+        else:  # pragma: no cover - exercised on systems without pidfds
+            threading.Thread(
+                target=self._watch_exit, name=f"worker-{self.pid}-exit", daemon=True
+            ).start()
+
+    @classmethod
+    def spawn(
+        cls,
+        on_frame: FrameHandler,
+        on_exit: Callable[[WorkerProcess], None],
+        *,
+        env: dict[str, str] | None = None,
+    ) -> WorkerProcess:
+        """Starts `python -m backworks.isolation.worker` with one end of a socketpair."""
+        loop = asyncio.get_running_loop()  # also proves we are on the loop thread
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        child_env = dict(os.environ)
+        root = _package_root()
+        path = child_env.get("PYTHONPATH")
+        child_env["PYTHONPATH"] = f"{root}{os.pathsep}{path}" if path else root
+        child_env.update(env or {})
+        try:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", WORKER_MODULE, str(theirs.fileno()), str(os.getpid())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                env=child_env,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        try:
+            return cls(loop, popen, ours, on_frame, on_exit)
+        except BaseException:  # pidfd_open failed: do not leave the child behind
+            ours.close()
+            popen.kill()
+            popen.wait()
+            raise
+
+    # -- state -------------------------------------------------------------------
+
+    @property
+    def exited(self) -> bool:
+        return self._exited
+
+    def describe_exit(self) -> str:
+        """`worker 1234 died with SIGSEGV`, `worker 1234 exited with status 3`."""
+        status = self.status
+        if status is None:
+            return f"worker {self.pid} is gone (its exit status was not available)"
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            try:
+                name = signal.Signals(sig).name
+            except ValueError:
+                name = f"signal {sig}"
+            core = " (core dumped)" if os.WCOREDUMP(status) else ""
+            return f"worker {self.pid} died with {name}{core}"
+        return f"worker {self.pid} exited with status {os.waitstatus_to_exitcode(status)}"
+
+    @property
+    def killed_by_host(self) -> bool:
+        """The signal that ended the worker is one this host sent."""
+        return (
+            self.status is not None
+            and os.WIFSIGNALED(self.status)
+            and os.WTERMSIG(self.status) in self.signals_sent
+        )
+
+    # -- the channel -------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        """Queues one frame; a worker that is gone gets nothing (its exit follows)."""
+        sock = self._sock
+        if sock is None:
+            return
+        if self._pending:
+            self._pending.append(data)
+            return
+        try:
+            sent = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            return  # the worker is dying; its exit fails the calls it held
+        if sent < len(data):
+            self._pending.append(data[sent:])
+            self._loop.add_writer(self._fd, self._writable)
+
+    def _writable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        data = b"".join(self._pending)
+        try:
+            sent = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._pending.clear()
+            self._loop.remove_writer(self._fd)
+            return
+        self._pending = [data[sent:]] if sent < len(data) else []
+        if not self._pending:
+            self._loop.remove_writer(self._fd)
+
+    def _readable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            data = sock.recv(_READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if data:
+            self._feed(data)
+        else:
+            self._channel_closed()
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            for kind, call_id, body in self._reader.feed(data):
+                self._on_frame(kind, call_id, body)
+        except ProtocolError as e:
+            # Nothing more from this worker can be trusted: it dies like a crash.
+            log.error("plugin_worker_protocol_error", pid=self.pid, error=str(e))
+            self.close_channel()
+            self.signal(signal.SIGKILL)
+
+    def _drain(self) -> None:
+        """Reads what a dead worker left in the channel (it can no longer block)."""
+        while self._sock is not None:
+            try:
+                data = self._sock.recv(_READ_SIZE)
+            except (BlockingIOError, InterruptedError, OSError):
+                return
+            if not data:
+                return
+            self._feed(data)
+
+    def _channel_closed(self) -> None:
+        self.close_channel()
+        if not self._exited:
+            self._timers.append(self._loop.call_later(_EOF_KILL_DELAY, self.signal, signal.SIGKILL))
+
+    def close_channel(self) -> None:
+        """Closes our end: the worker reads EOF and exits."""
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        self._loop.remove_reader(self._fd)
+        if self._pending:
+            self._loop.remove_writer(self._fd)
+            self._pending.clear()
+        sock.close()
+
+    # -- signals and exit --------------------------------------------------------
+
+    def signal(self, sig: int) -> bool:
+        """Sends `sig` to this worker only; False when it has already exited."""
+        with self._lock:
+            if self._exited:
+                return False
+            try:
+                if self._pidfd >= 0:
+                    signal.pidfd_send_signal(self._pidfd, sig)
+                else:  # pragma: no cover - the zombie keeps the PID ours until reaped
+                    os.kill(self.pid, sig)
+            except ProcessLookupError:
+                return False
+            self.signals_sent.append(sig)
+            return True
+
+    def terminate(self, grace: float) -> None:
+        """SIGTERM now, SIGKILL if it is still there after `grace` seconds."""
+        if self.signal(signal.SIGTERM):
+            self._timers.append(self._loop.call_later(grace, self.signal, signal.SIGKILL))
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+
+    def _pidfd_readable(self) -> None:
+        self._loop.remove_reader(self._pidfd)
+        self._reap()
+
+    def _watch_exit(self) -> None:  # pragma: no cover - systems without pidfds
+        # WNOWAIT: the worker stays a zombie, so its PID stays ours until _reap.
+        os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
+            self._loop.call_soon_threadsafe(self._reap)
+
+    def _reap(self) -> None:
+        if self.status is not None:
+            return
+        try:
+            pid, status, usage = os.wait4(self.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped by someone else: the status is lost
+            pid, status, maxrss = self.pid, None, 0
+        else:
+            maxrss = usage.ru_maxrss
+        if pid == 0:  # not exited after all; cannot happen with a readable pidfd
+            self._timers.append(self._loop.call_later(0.01, self._reap))
+            return
+        with self._lock:
+            self._exited = True
+        self._reaped(status, maxrss)
+
+    def _reaped(self, status: int | None, maxrss_kb: int) -> None:
+        self.status = status
+        self.maxrss_kb = maxrss_kb
+        # Popen must not wait for this PID again: it may belong to someone else now.
+        self._popen.returncode = os.waitstatus_to_exitcode(status) if status is not None else -1
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        self._drain()
+        self.close_channel()
+        self._on_exit(self)
+
+    def wait_blocking(self, timeout: float) -> bool:
+        """Waits up to `timeout` s for the exit and handles it now; for closing only."""
+        if self.status is not None:
+            return True
+        if self._pidfd >= 0:
+            ready, _, _ = select.select([self._pidfd], [], [], timeout)
+            if not ready:
+                return False
+            self._loop.remove_reader(self._pidfd)
+            self._reap()
+            return True
+        deadline = time.monotonic() + timeout  # pragma: no cover - no pidfds
+        while time.monotonic() < deadline:  # pragma: no cover
+            if os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG):
+                self._reap()
+                return True
+            time.sleep(0.005)
+        return False  # pragma: no cover

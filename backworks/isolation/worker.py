@@ -1,0 +1,344 @@
+"""A worker process: loads one plugin with backworks.abi and serves the host's calls.
+
+The host starts it as `python -m backworks.isolation.worker <fd> <host pid>`, `fd`
+being one end of a socketpair. The first frame it reads is INIT (what to load, how
+many threads, which limits); it answers READY with the plugin's descriptor, or
+START_FAILED with the reason, and then serves calls until the channel closes:
+
+- the main thread only reads frames: a call goes to a small pool of threads (one
+  unless the plugin is thread-safe), a CANCEL sets that call's cancel word at once;
+- each answer is one frame, written under a lock (log lines travel the same way);
+- EOF means the host is gone or done with us: exit at once, without `shutdown`
+  (an orderly stop sends SHUTDOWN first). With PR_SET_PDEATHSIG the kernel also
+  kills us when the host dies, even by SIGKILL.
+
+Limits (see `Limits`): `memory_limit_mb` is RLIMIT_AS, set before the library is
+loaded; `cpu_limit_ms` is a watchdog thread reading each running call's thread CPU
+clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import faulthandler
+import os
+import queue
+import resource
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from backworks.abi import CancelFlag, NativeInstance, NativeLibrary, open_library
+from backworks.errors import (
+    AbiMismatchError,
+    PluginCallError,
+    PluginCancelledError,
+    PluginInitError,
+    PluginLoadError,
+)
+from backworks.isolation import framing as fr
+from backworks.trust import check_digest, check_permissions
+
+_PR_SET_PDEATHSIG = 1
+_READ_SIZE = 256 * 1024
+EXIT_PROTOCOL = 3
+
+
+def die_with_host(host_pid: int) -> None:
+    """Linux: have the kernel SIGKILL us when the host's spawning thread exits."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    # The host may have died before prctl took effect: then we are someone else's.
+    if os.getppid() != host_pid:
+        os._exit(0)
+
+
+class Channel:
+    """The worker's end of the socketpair: blocking reads, locked whole-frame writes."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._lock = threading.Lock()
+        self._reader = fr.FrameReader()
+
+    def send(self, data: bytes) -> None:
+        try:
+            with self._lock:
+                self._sock.sendall(data)
+        except OSError:
+            os._exit(0)  # the host is gone: nobody is left to answer
+
+    def frames(self) -> Iterator[tuple[int, int, bytes]]:
+        """Every frame until EOF."""
+        while True:
+            try:
+                data = self._sock.recv(_READ_SIZE)
+            except OSError:
+                return
+            if not data:
+                return
+            yield from self._reader.feed(data)
+
+
+# ---------------------------------------------------------------------------
+# Limits
+
+
+def _proc_status_kb(field: str) -> int:
+    """A `VmSize`-style line of /proc/self/status in KiB; 0 where there is none."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def limit_address_space(limit_mb: int) -> None:
+    """RLIMIT_AS = what this process maps now + `limit_mb`, soft and hard.
+
+    The interpreter's own baseline (measured here, before the plugin is loaded) is not
+    counted against the plugin. What counts after: the library's mappings, its heap,
+    thread stacks it creates, and the worker's own later allocations. The hard limit
+    is lowered too, so the plugin cannot raise it back.
+    """
+    baseline = _proc_status_kb("VmSize") * 1024
+    limit = baseline + limit_mb * 1024 * 1024
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+class CpuWatchdog:
+    """Cancels a call that used more than `limit_ms` of CPU time on its thread.
+
+    Each call's own thread CPU clock (pthread_getcpuclockid) is read, so time other
+    calls, the interpreter's other threads or the plugin's helper threads use is not
+    charged to it, and time spent sleeping or blocked is not CPU time. Since a thread's
+    CPU time cannot grow faster than wall time, the watchdog sleeps exactly until the
+    earliest moment a running call could reach its limit: no polling of idle calls.
+    An overrun sets the call's cancel word and is reported to the host, which kills
+    this worker if the call does not return promptly.
+    """
+
+    def __init__(self, limit_ms: int, report: Callable[[int, int], None]) -> None:
+        self._limit = limit_ms / 1000
+        self._report = report
+        self._cond = threading.Condition()
+        self._running: dict[int, tuple[int, float, CancelFlag]] = {}
+        threading.Thread(target=self._watch, name="cpu-watchdog", daemon=True).start()
+
+    def begin(self, call_id: int, cancel: CancelFlag) -> None:
+        clock = time.pthread_getcpuclockid(threading.get_ident())
+        with self._cond:
+            self._running[call_id] = (clock, time.clock_gettime(clock), cancel)
+            self._cond.notify()
+
+    def end(self, call_id: int) -> None:
+        with self._cond:
+            self._running.pop(call_id, None)
+
+    def _watch(self) -> None:
+        while True:
+            over: list[tuple[int, float, CancelFlag]] = []
+            with self._cond:
+                soonest: float | None = None
+                for call_id, (clock, start, cancel) in list(self._running.items()):
+                    left = self._limit - (time.clock_gettime(clock) - start)
+                    if left <= 0:
+                        del self._running[call_id]
+                        over.append((call_id, self._limit - left, cancel))
+                    elif soonest is None or left < soonest:
+                        soonest = left
+                if not over:
+                    self._cond.wait(None if soonest is None else max(soonest, 0.001))
+                    continue
+            for call_id, used, cancel in over:
+                cancel.set()
+                self._report(call_id, round(used * 1000))
+
+
+# ---------------------------------------------------------------------------
+# The worker
+
+
+def check_file(init: fr.WorkerInit) -> None:
+    """The checks `registry.load_plugin` makes before any code of the file runs."""
+    path = Path(init.path)
+    if not path.is_file():
+        raise PluginLoadError(path, "no such file")
+    if not init.allow_insecure_permissions:
+        check_permissions(path)
+    if init.sha256:
+        check_digest(path, init.sha256)
+
+
+def open_checked(init: fr.WorkerInit) -> NativeLibrary:
+    library = open_library(init.path)
+    if library.info.name != init.name:
+        msg = (
+            f"declares plugin {library.info.name!r}, but the config expects {init.name!r} "
+            "from this file"
+        )
+        raise PluginLoadError(init.path, msg)
+    return library
+
+
+class Worker:
+    def __init__(self, channel: Channel, init: fr.WorkerInit) -> None:
+        self.channel = channel
+        self.init = init
+        self.instance: NativeInstance | None = None
+        self._calls: queue.SimpleQueue[tuple[int, int, bytes, CancelFlag]] = queue.SimpleQueue()
+        self._cancels: dict[int, CancelFlag] = {}
+        self._watchdog: CpuWatchdog | None = None
+
+    def start(self) -> bool:
+        """Loads and initialises the plugin; reports READY or START_FAILED."""
+        init = self.init
+        baseline_rss = 0
+        try:
+            check_file(init)
+            if init.probe:
+                library = open_checked(init)
+            else:
+                # Threads first: their stacks belong to the baseline, not to the plugin.
+                for i in range(max(init.threads, 1)):
+                    threading.Thread(
+                        target=self._serve_calls, name=f"plugin-call-{i}", daemon=True
+                    ).start()
+                if init.cpu_limit_ms:
+                    self._watchdog = CpuWatchdog(init.cpu_limit_ms, self._cpu_exceeded)
+                baseline_rss = _proc_status_kb("VmRSS")
+                if init.memory_limit_mb:
+                    limit_address_space(init.memory_limit_mb)
+                library = open_checked(init)
+                self.instance = library.instantiate(init.config_json, self._log)
+        except AbiMismatchError as e:
+            self.channel.send(fr.encode_start_failed(fr.ERR_ABI, e.path, e.reason))
+            return False
+        except PluginLoadError as e:
+            self.channel.send(fr.encode_start_failed(fr.ERR_LOAD, e.path, e.reason))
+            return False
+        except PluginInitError as e:
+            self.channel.send(fr.encode_start_failed(fr.ERR_INIT, init.path, e.message))
+            return False
+        except MemoryError:
+            reason = f"ran out of memory while starting (memory_limit_mb={init.memory_limit_mb})"
+            self.channel.send(fr.encode_start_failed(fr.ERR_INIT, init.path, reason))
+            return False
+        ready = fr.Ready(
+            info=library.info,
+            pid=os.getpid(),
+            baseline_rss_kb=baseline_rss,
+        )
+        self.channel.send(fr.encode_ready(ready))
+        return not init.probe
+
+    def serve(self, frames: Iterator[tuple[int, int, bytes]]) -> None:
+        """Reads frames until EOF; calls run on the pool, cancellations right here."""
+        cancels, calls = self._cancels, self._calls
+        for kind, call_id, body in frames:
+            if kind == fr.CANCEL:
+                cancel = cancels.get(call_id)
+                if cancel is not None:
+                    cancel.set()
+            elif kind in fr.CALL_KINDS:
+                cancel = CancelFlag()
+                cancels[call_id] = cancel
+                calls.put((kind, call_id, body, cancel))
+            else:
+                print(f"backworks worker: unexpected frame kind {kind}", file=sys.stderr)
+                os._exit(EXIT_PROTOCOL)
+
+    def _serve_calls(self) -> None:
+        calls, watchdog, send = self._calls, self._watchdog, self.channel.send
+        while True:
+            kind, call_id, body, cancel = calls.get()
+            if watchdog is not None:
+                watchdog.begin(call_id, cancel)
+            try:
+                answer = self._run(kind, call_id, body, cancel)
+            finally:
+                if watchdog is not None:
+                    watchdog.end(call_id)
+                self._cancels.pop(call_id, None)
+            send(answer)
+            if kind == fr.SHUTDOWN:
+                os._exit(0)
+
+    def _run(self, kind: int, call_id: int, body: bytes, cancel: CancelFlag) -> bytes:
+        instance = self.instance
+        assert instance is not None
+        try:
+            if kind == fr.HANDLE:
+                return fr.encode_response(call_id, instance.handle(fr.decode_request(body), cancel))
+            if kind == fr.ON_REQUEST:
+                resp = instance.on_request(fr.decode_request(body), cancel)
+            elif kind == fr.ON_RESPONSE:
+                req, upstream = fr.decode_request_and_upstream(body)
+                resp = instance.on_response(req, upstream, cancel)
+            elif kind == fr.HEALTH:
+                resp = instance.health()
+            else:
+                instance.shutdown()
+                resp = None
+        except PluginCancelledError as e:
+            return fr.encode_failure(call_id, fr.ERR_CANCELLED, e.message)
+        except PluginCallError as e:
+            return fr.encode_failure(call_id, fr.ERR_CALL, e.message)
+        except MemoryError:
+            msg = f"the worker ran out of memory (memory_limit_mb={self.init.memory_limit_mb})"
+            return fr.encode_failure(call_id, fr.ERR_INTERNAL, msg)
+        except Exception as e:
+            return fr.encode_failure(call_id, fr.ERR_INTERNAL, f"{type(e).__name__}: {e}")
+        if resp is None:
+            return fr.frame(fr.NONE, call_id)
+        return fr.encode_response(call_id, resp)
+
+    def _log(self, level: int, message: str) -> None:
+        self.channel.send(fr.encode_log(level, message))
+
+    def _cpu_exceeded(self, call_id: int, used_ms: int) -> None:
+        self.channel.send(fr.encode_cpu_exceeded(call_id, used_ms))
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3:
+        print("usage: python -m backworks.isolation.worker FD HOST_PID", file=sys.stderr)
+        return 2
+    fd, host_pid = int(argv[1]), int(argv[2])
+    die_with_host(host_pid)
+    # Ctrl-C in a terminal reaches the whole process group; the host decides when
+    # its workers stop (after draining), not the keyboard.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    faulthandler.enable()  # a crash leaves the Python side of the story on stderr
+    channel = Channel(socket.socket(fileno=fd))
+    frames = channel.frames()
+    first = next(frames, None)
+    if first is None:
+        return 0
+    kind, _, body = first
+    if kind != fr.INIT:
+        print(f"backworks worker: expected INIT, got frame kind {kind}", file=sys.stderr)
+        return EXIT_PROTOCOL
+    worker = Worker(channel, fr.decode_init(body))
+    if worker.start():
+        worker.serve(frames)
+    # Daemon threads may sit inside plugin code: leave without waiting for them.
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
