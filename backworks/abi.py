@@ -12,7 +12,9 @@ call, copy the plugin's answer out, and `release` it exactly once in a `finally`
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -295,12 +297,21 @@ class _ResponseFrame:
         self.keep = (strings, array, body)
 
 
+def _check_length(length: int, item_size: int, what: str) -> None:
+    # A length no object can have: typically a C `-1` stored into a size_t. Reading it
+    # would raise OverflowError/MemoryError or walk off into unmapped memory.
+    if length > sys.maxsize // item_size:
+        msg = f"{what} has an impossible length {length}"
+        raise ValueError(msg)
+
+
 def _bytes(ptr: Any, length: int, what: str) -> bytes:
     if length == 0:
         return b""
     if ptr == ffi.NULL:
         msg = f"{what} is NULL but its length is {length}"
         raise ValueError(msg)
+    _check_length(length, 1, what)
     return ffi.unpack(ffi.cast("const char *", ptr), length)  # type: ignore[no-any-return]
 
 
@@ -315,6 +326,7 @@ def _copy_response(c: Any) -> Response:
         if c.headers == ffi.NULL:
             msg = f"response headers are NULL but headers_len is {c.headers_len}"
             raise ValueError(msg)
+        _check_length(c.headers_len, ffi.sizeof("bw_header"), "response headers")
         for i in range(c.headers_len):
             h = c.headers[i]
             headers.append((_copy_str(h.name, "header name"), _copy_str(h.value, "header value")))
@@ -474,9 +486,14 @@ def open_library(path: str | Path) -> NativeLibrary:
     examined by discovery in a child process first.
     """
     path = str(path)
+    # dlopen() (and cffi's find_library fallback) would search the system's library
+    # path for a name without a slash ("libx.so", "m"): load exactly the file named.
+    file = os.path.abspath(path)
+    if not os.path.isfile(file):
+        raise PluginLoadError(path, "cannot be loaded: no such file")
     try:
         # RTLD_NOW: an unresolved symbol fails here, not in the middle of a request.
-        lib = ffi.dlopen(path, ffi.RTLD_NOW | ffi.RTLD_LOCAL)
+        lib = ffi.dlopen(file, ffi.RTLD_NOW | ffi.RTLD_LOCAL)
     except OSError as e:
         raise PluginLoadError(path, f"cannot be loaded: {e}") from e
     try:
@@ -502,6 +519,11 @@ class NativeInstance:
         self._closed = False
         self._lock = threading.Lock()
 
+    def _ensure_open(self, call: str) -> None:
+        # After shutdown the state is freed: a call would be a use-after-free in the plugin.
+        if self._closed:
+            raise PluginCallError(self.info.name, f"{call} called after shutdown")
+
     def _check(self, rc: int, c_response: Any, call: str) -> None:
         if rc == BW_OK:
             return
@@ -512,6 +534,7 @@ class NativeInstance:
         raise PluginCallError(self.info.name, detail)
 
     def handle(self, req: Request, cancel: CancelFlag) -> Response:
+        self._ensure_open("handle")
         frame = _RequestFrame(req, cancel)
         out = _ResponseFrame()
         rc = self._desc.handle(self._state, frame.c_request, out.c_response)
@@ -519,7 +542,10 @@ class NativeInstance:
         return _take_response(out.c_response, self.info.name)
 
     def on_request(self, req: Request, cancel: CancelFlag) -> Response | None:
-        """Runs the request hook; None lets the request go on."""
+        """Runs the request hook; None lets the request go on (also when there is none)."""
+        self._ensure_open("on_request")
+        if self._desc.on_request == ffi.NULL:
+            return None
         frame = _RequestFrame(req, cancel)
         out = _ResponseFrame()
         rc = self._desc.on_request(self._state, frame.c_request, out.c_response)
@@ -528,7 +554,10 @@ class NativeInstance:
         return resp if resp.status else None
 
     def on_response(self, req: Request, upstream: Response, cancel: CancelFlag) -> Response | None:
-        """Runs the response hook; None keeps `upstream`."""
+        """Runs the response hook; None keeps `upstream` (also when there is none)."""
+        self._ensure_open("on_response")
+        if self._desc.on_response == ffi.NULL:
+            return None
         frame = _RequestFrame(req, cancel)
         up = _ResponseFrame(upstream)
         out = _ResponseFrame()
@@ -539,6 +568,7 @@ class NativeInstance:
 
     def health(self) -> Response | None:
         """The plugin's own health report, or None when it has no `health`."""
+        self._ensure_open("health")
         if self._desc.health == ffi.NULL:
             return None
         out = _ResponseFrame()
