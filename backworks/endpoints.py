@@ -78,7 +78,8 @@ async def plugin_request(
     return Request(
         method=request.method,
         path=request.path,
-        query=request.rel_url.raw_query_string,
+        # From the request line itself: yarl re-quotes the query (%2F becomes /).
+        query=request.raw_path.partition("?")[2],
         endpoint=pattern,
         params=params,
         headers=tuple((name.lower(), value) for name, value in request.headers.items()),

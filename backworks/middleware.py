@@ -18,8 +18,8 @@ from backworks.http_errors import (
     plugin_error_response,
 )
 
-REQUEST_ID = "request_id"
-PLUGIN = "plugin"  # set by a handler: which plugin answered, for the access log
+REQUEST_ID = web.RequestKey("request_id", str)
+PLUGIN = web.RequestKey("plugin", str)  # set by a handler: who answered, for the access log
 
 # An incoming X-Request-Id is kept only when it is short and plain, so that log lines
 # and plugins never receive an attacker's control characters.

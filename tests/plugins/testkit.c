@@ -12,7 +12,8 @@
  *   .../headers         answers with an extra header and a text content type
  *
  * Hooks: on_request answers 401 when the request has `x-deny`, fails with `x-hook-fail`,
- * sleeps with `x-hook-sleep`; on_response adds `x-hooked-by-<name>` to the upstream answer.
+ * sleeps with `x-hook-sleep`; on_response adds `x-hooked-by-<name>` to the upstream answer
+ * (keeping upstream's own headers).
  * shutdown appends "<name>\n" to the file named by the config's "marker" key.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -164,17 +165,16 @@ static int32_t kit_on_request(void *state, const bw_request *req, bw_response *r
 
 static int32_t kit_on_response(void *state, const bw_request *req, const bw_response *up,
                                bw_response *out) {
-    bw_header hooked[1];
+    /* Replaces the answer with a copy of upstream plus one header of its own. */
+    bw_header headers[16];
+    char ctype[128];
+    size_t i, n = up->headers_len < 15 ? up->headers_len : 15;
     (void)state; (void)req;
-    hooked[0].name = bw_str_from("x-hooked-by-" KIT_NAME);
-    hooked[0].value = bw_str_from("yes");
-    /* Replace the answer with a copy of upstream plus one header. Upstream's content
-     * type is kept; its own extra headers are dropped for brevity. */
-    {
-        char ctype[128];
-        bw_str_copy(up->content_type, ctype, sizeof ctype);
-        return bw_respond(out, up->status, ctype, hooked, 1, up->body, up->body_len);
-    }
+    for (i = 0; i < n; i++) headers[i] = up->headers[i];
+    headers[n].name = bw_str_from("x-hooked-by-" KIT_NAME);
+    headers[n].value = bw_str_from("yes");
+    bw_str_copy(up->content_type, ctype, sizeof ctype);
+    return bw_respond(out, up->status, ctype, headers, n + 1, up->body, up->body_len);
 }
 
 static void kit_shutdown(void *state) {

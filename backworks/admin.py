@@ -1,0 +1,59 @@
+"""The admin routes under /_backworks: liveness for load balancers and plugin state."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from aiohttp import web
+
+from backworks.errors import PluginError
+from backworks.host import Host
+
+HOST: web.AppKey[Host] = web.AppKey("host", Host)
+HEALTH_TIMEOUT_S = 2.0
+
+
+def add_admin_routes(app: web.Application) -> None:
+    app.router.add_get("/_backworks/health", health)
+    app.router.add_get("/_backworks/plugins", plugins)
+
+
+async def health(request: web.Request) -> web.Response:
+    """200 while serving, 503 while draining: what a load balancer probes."""
+    host = request.app[HOST]
+    status = "draining" if host.draining else "serving"
+    body = {"status": status, "uptime_s": round(time.time() - host.started_at, 3)}
+    return web.json_response(body, status=503 if host.draining else 200)
+
+
+async def plugins(request: web.Request) -> web.Response:
+    """Every plugin with its state, breaker, counters and its own health report."""
+    host = request.app[HOST]
+    rows = host.snapshot()
+    reports = await asyncio.gather(*(_report(host, row["name"]) for row in rows))
+    for row, report in zip(rows, reports, strict=True):
+        if report is not None:
+            row["health"] = report
+    return web.json_response({"plugins": rows})
+
+
+async def _report(host: Host, name: str) -> dict[str, Any] | None:
+    runner = host.runners.get(name)
+    if runner is None or not runner.info.has_health:
+        return None
+    try:
+        resp = await runner.health(HEALTH_TIMEOUT_S)
+    except (PluginError, TimeoutError) as e:
+        return {"status": 503, "error": str(e)}
+    if resp is None:
+        return None
+    report: dict[str, Any] = {"status": resp.status}
+    try:
+        import json
+
+        report["details"] = json.loads(resp.body) if resp.body else None
+    except ValueError:
+        report["details"] = resp.body.decode("utf-8", "replace")
+    return report

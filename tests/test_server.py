@@ -1,0 +1,376 @@
+"""End to end: real C plugins compiled into tmp_path, served by the real app over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from structlog.testing import capture_logs
+
+from backworks.config import load_config
+from backworks.server import create_app
+from tests.cbuild import EXT
+from tests.conftest import BuildPlugin
+
+KIT = (Path(__file__).parent / "plugins" / "testkit.c").read_text()
+Client = TestClient[web.Request, web.Application]
+MakeClient = Callable[..., Awaitable[Client]]
+
+
+@pytest.fixture
+def plugins_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def kit(build_plugin: BuildPlugin, plugins_dir: Path) -> Callable[..., Path]:
+    """`kit("name", thread_safe=False)` compiles the test kit as plugin `name`."""
+
+    def build(name: str = "kit", *, thread_safe: bool = False) -> Path:
+        flags = ("-DKIT_FLAGS=BW_FLAG_THREAD_SAFE",) if thread_safe else ()
+        return build_plugin(
+            KIT, name=name, folder=plugins_dir, extra_flags=(f'-DKIT_NAME="{name}"', *flags)
+        )
+
+    return build
+
+
+@pytest.fixture
+def serve(
+    tmp_path: Path, plugins_dir: Path, aiohttp_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[dict[str, Any]], Awaitable[Client]]:
+    """Writes a config next to ./plugins and serves it; returns a client of the server."""
+    monkeypatch.setenv("BACKWORKS_CACHE_DIR", str(tmp_path / "cache"))
+
+    async def start(config: dict[str, Any]) -> Client:
+        config.setdefault("plugin_discovery", {"enabled": True, "directories": ["./plugins"]})
+        path = tmp_path / "backworks.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return await aiohttp_client(create_app(load_config(path)))
+
+    return start
+
+
+async def error_of(resp: Any) -> dict[str, Any]:
+    body = await resp.json()
+    return body["error"]  # type: ignore[no-any-return]
+
+
+async def test_every_request_field_reaches_the_plugin(kit: Any, serve: Any) -> None:
+    kit("kit")
+    client = await serve(
+        {
+            "endpoints": {
+                "/items/{id}/echo": {
+                    "method": "POST",
+                    "runtime": {"type": "plugin", "handler": "kit"},
+                }
+            },
+            "plugins": {"kit": {"timeout_ms": 1234}},
+        }
+    )
+    resp = await client.post(
+        "/items/a%20b/echo?x=1&y=a%26b",
+        data=b"payload",
+        headers={"X-Custom": "Value", "X-Request-Id": "req-42"},
+    )
+    assert resp.status == 200
+    echo = await resp.json()
+    assert echo["method"] == "POST"
+    assert echo["path"] == "/items/a b/echo"
+    assert echo["query"] == "x=1&y=a%26b"
+    assert echo["endpoint"] == "/items/{id}/echo"
+    assert echo["params"] == [["id", "a b"]]
+    assert ["x-custom", "Value"] in echo["headers"]
+    assert echo["body_len"] == 7
+    assert echo["request_id"] == "req-42"
+    assert echo["timeout_ms"] == 1234
+    assert echo["cancel_flag"] is True
+    assert resp.headers["X-Request-Id"] == "req-42"
+
+
+async def test_binary_body_round_trips(kit: Any, serve: Any) -> None:
+    kit("kit")
+    client = await serve(
+        {
+            "endpoints": {
+                "/binary": {"method": "POST", "runtime": {"type": "plugin", "handler": "kit"}}
+            }
+        }
+    )
+    payload = bytes(range(256)) * 4
+    resp = await client.post("/binary", data=payload)
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == "application/octet-stream"
+    assert await resp.read() == payload
+
+
+async def test_plugin_status_headers_and_content_type_are_copied(kit: Any, serve: Any) -> None:
+    kit("kit")
+    client = await serve({"global_headers": {"x-powered-by": "backworks"}})
+    resp = await client.get("/plugins/kit/headers")
+    assert resp.status == 201
+    assert resp.headers["x-kit"] == "kit"
+    assert resp.headers["Content-Type"].startswith("text/plain")
+    assert resp.headers["x-powered-by"] == "backworks"
+    assert await resp.text() == "made"
+
+
+async def test_dropped_in_library_is_served_without_yaml(kit: Any, serve: Any) -> None:
+    kit("kit")
+    client = await serve({})
+    resp = await client.get("/plugins/kit")
+    assert resp.status == 200
+    assert (await resp.json())["endpoint"] == "/plugins/{plugin}"
+
+
+async def test_static_endpoint_fills_in_now_and_request_id(serve: Any) -> None:
+    client = await serve(
+        {
+            "endpoints": {
+                "/health": {
+                    "method": "GET",
+                    "response": {
+                        "status": 200,
+                        "headers": {"x-a": "b"},
+                        "body": '{"timestamp": "{{now}}", "id": "{{request_id}}"}',
+                    },
+                }
+            }
+        }
+    )
+    resp = await client.get("/health")
+    assert resp.status == 200
+    assert resp.headers["x-a"] == "b"
+    body = await resp.json()
+    assert body["timestamp"].endswith("Z")
+    assert body["id"] == resp.headers["X-Request-Id"]
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "status", "code"),
+    [
+        ("/nowhere", "GET", 404, "not_found"),
+        ("/health", "DELETE", 405, "method_not_allowed"),
+        ("/plugins/kit/fail", "GET", 502, "plugin_failed"),
+        ("/plugins/ghost", "GET", 503, "plugin_unavailable"),
+    ],
+)
+async def test_errors_use_the_envelope(
+    kit: Any, serve: Any, path: str, method: str, status: int, code: str
+) -> None:
+    kit("kit")
+    client = await serve(
+        {"endpoints": {"/health": {"method": "GET", "response": {"status": 200, "body": "{}"}}}}
+    )
+    resp = await client.request(method, path)
+    assert resp.status == status
+    error = await error_of(resp)
+    assert error["code"] == code
+    assert error["request_id"] == resp.headers["X-Request-Id"]
+
+
+async def test_plugin_failure_message_goes_to_the_log_not_the_client(kit: Any, serve: Any) -> None:
+    kit("kit")
+    client = await serve({})
+    with capture_logs() as logs:
+        resp = await client.get("/plugins/kit/fail")
+    error = await error_of(resp)
+    assert "deliberate" not in error["message"]
+    assert error["plugin"] == "kit"
+    failures = [e for e in logs if e["event"] == "plugin_failed"]
+    assert failures[0]["error"].endswith("deliberate failure from kit")
+    assert failures[0]["request_id"] == error["request_id"]
+
+
+async def test_body_over_max_body_bytes_is_refused(kit: Any, serve: Any) -> None:
+    kit("kit")
+    client = await serve({"server": {"max_body_bytes": 100}})
+    resp = await client.post("/plugins/kit/binary", data=b"x" * 101)
+    assert resp.status == 413
+    assert (await error_of(resp))["code"] == "payload_too_large"
+
+
+async def test_cooperative_hang_is_cancelled_at_its_timeout(kit: Any, serve: Any) -> None:
+    kit("kit")
+    client = await serve({"plugins": {"kit": {"timeout_ms": 200}}})
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    resp = await client.get("/plugins/kit/wait?ms=5000")
+    assert resp.status == 504
+    assert (await error_of(resp))["code"] == "plugin_timeout"
+    assert loop.time() - started < 3
+    # The plugin saw the flag and returned, so its only slot is free again soon.
+    for _ in range(100):
+        plugins = await (await client.get("/_backworks/plugins")).json()
+        if plugins["plugins"][0]["counters"]["in_flight"] == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert (await client.get("/plugins/kit/status?code=204")).status == 204
+
+
+async def test_plugin_ignoring_cancellation_delays_neither_answer_nor_others(
+    kit: Any, serve: Any
+) -> None:
+    kit("stubborn")
+    kit("other")
+    client = await serve({"plugins": {"stubborn": {"timeout_ms": 200, "queue_timeout_ms": 100}}})
+    hung = await client.get("/plugins/stubborn/sleep?ms=1500")
+    assert hung.status == 504
+    # Its one slot is still held by the call that ignores cancellation ...
+    busy = await client.get("/plugins/stubborn/status?code=200")
+    assert busy.status == 503
+    assert (await error_of(busy))["code"] == "plugin_saturated"
+    # ... while another plugin answers at once.
+    assert (await client.get("/plugins/other/status?code=200")).status == 200
+
+
+async def test_non_thread_safe_plugin_never_sees_two_calls_at_once(kit: Any, serve: Any) -> None:
+    kit("single")
+    kit("multi", thread_safe=True)
+    client = await serve({"plugins": {"single": {"max_concurrency": 8}}})
+    await asyncio.gather(*(client.get("/plugins/single/overlap?ms=10") for _ in range(12)))
+    await asyncio.gather(*(client.get("/plugins/multi/overlap?ms=50") for _ in range(6)))
+    single = await (await client.get("/plugins/single/max-overlap")).json()
+    multi = await (await client.get("/plugins/multi/max-overlap")).json()
+    assert single["max_overlap"] == 1
+    assert multi["max_overlap"] > 1
+
+
+async def test_breaker_opens_half_opens_and_closes(kit: Any, serve: Any) -> None:
+    kit("kit")
+    client = await serve(
+        {
+            "plugins": {
+                "kit": {"circuit_breaker": {"failure_threshold": 2, "recovery_timeout_ms": 300}}
+            }
+        }
+    )
+    assert (await client.get("/plugins/kit/status?code=500")).status == 500, "deliberate 5xx"
+    for _ in range(2):
+        assert (await client.get("/plugins/kit/fail")).status == 502
+    refused = await client.get("/plugins/kit/status?code=200")
+    assert refused.status == 503
+    assert (await error_of(refused))["code"] == "circuit_open"
+    await asyncio.sleep(0.35)
+    assert (await client.get("/plugins/kit/fail")).status == 502, "the probe fails"
+    assert (await client.get("/plugins/kit/status?code=200")).status == 503, "open again"
+    await asyncio.sleep(0.35)
+    assert (await client.get("/plugins/kit/status?code=200")).status == 200, "the probe succeeds"
+    plugins = await (await client.get("/_backworks/plugins")).json()
+    assert plugins["plugins"][0]["circuit"] == "closed"
+
+
+async def test_hooks_run_in_order_around_the_handler(kit: Any, serve: Any) -> None:
+    for name in ("auth", "audit", "kit"):
+        kit(name)
+    client = await serve(
+        {
+            "hooks": ["auth"],
+            "endpoints": {
+                "/echo": {
+                    "method": "GET",
+                    "hooks": ["audit"],
+                    "runtime": {"type": "plugin", "handler": "kit"},
+                }
+            },
+        }
+    )
+    resp = await client.get("/echo")
+    assert resp.status == 200
+    assert resp.headers["x-hooked-by-auth"] == "yes"
+    assert resp.headers["x-hooked-by-audit"] == "yes"
+    denied = await client.get("/echo", headers={"x-deny": "1"})
+    assert denied.status == 401
+    assert "x-hooked-by-audit" not in denied.headers, "a hook that answers stops the chain"
+
+
+async def test_failing_hook_fails_open_unless_critical(kit: Any, serve: Any) -> None:
+    kit("lenient")
+    kit("strict")
+    kit("kit")
+    endpoints = {
+        "/open": {
+            "method": "GET",
+            "hooks": ["lenient"],
+            "runtime": {"type": "plugin", "handler": "kit"},
+        },
+        "/closed": {
+            "method": "GET",
+            "hooks": ["strict"],
+            "runtime": {"type": "plugin", "handler": "kit"},
+        },
+    }
+    client = await serve({"endpoints": endpoints, "plugins": {"strict": {"critical": True}}})
+    with capture_logs() as logs:
+        assert (await client.get("/open", headers={"x-hook-fail": "1"})).status == 200
+    assert any(e["event"] == "hook_skipped" for e in logs)
+    closed = await client.get("/closed", headers={"x-hook-fail": "1"})
+    assert closed.status == 503
+    assert (await error_of(closed))["plugin"] == "strict"
+
+
+async def test_admin_lists_plugins_with_state_counters_and_health(
+    kit: Any, serve: Any, tmp_path: Path
+) -> None:
+    kit("kit")
+    client = await serve({"plugins": {"kit": {}, "off": {"enabled": False}}})
+    await client.get("/plugins/kit/status?code=200")
+    body = await (await client.get("/_backworks/plugins")).json()
+    by_name = {p["name"]: p for p in body["plugins"]}
+    kit_row = by_name["kit"]
+    assert kit_row["state"] == "ready"
+    assert kit_row["abi"] == "1.0"
+    assert kit_row["circuit"] == "closed"
+    assert kit_row["counters"]["calls"] == 1
+    assert kit_row["counters"]["ok"] == 1
+    assert kit_row["health"] == {"status": 200, "details": {"ok": True, "plugin": "kit"}}
+    assert kit_row["path"] == str(tmp_path / "plugins" / f"libkit.{EXT}")
+    assert by_name["off"]["state"] == "disabled"
+    health = await client.get("/_backworks/health")
+    assert health.status == 200
+
+
+async def test_failed_init_makes_endpoints_answer_503_with_the_reason(kit: Any, serve: Any) -> None:
+    kit("kit")
+    client = await serve({"plugins": {"kit": {"config": {"fail_init": True}}}})
+    resp = await client.get("/plugins/kit")
+    assert resp.status == 503
+    error = await error_of(resp)
+    assert error["code"] == "plugin_unavailable"
+    assert "fail_init is set" in error["message"]
+    rows = (await (await client.get("/_backworks/plugins")).json())["plugins"]
+    assert rows[0]["state"] == "failed"
+    assert "fail_init is set" in rows[0]["error"]
+
+
+async def test_plugin_logs_land_in_the_structured_log(kit: Any, serve: Any) -> None:
+    kit("kit")
+    client = await serve({})
+    with capture_logs() as logs:
+        await client.get("/plugins/kit/log")
+    lines = [e for e in logs if e["event"] == "plugin_log"]
+    expected = {"plugin": "kit", "message": "hello from kit", "log_level": "info"}
+    assert expected.items() <= lines[0].items()
+    assert lines[1]["log_level"] == "error"
+
+
+async def test_access_log_has_one_line_per_request(kit: Any, serve: Any) -> None:
+    kit("kit")
+    client = await serve({})
+    with capture_logs() as logs:
+        resp = await client.get("/plugins/kit/status?code=202")
+    lines = [e for e in logs if e["event"] == "request"]
+    assert len(lines) == 1
+    assert lines[0]["status"] == 202
+    assert lines[0]["plugin"] == "kit"
+    assert lines[0]["request_id"] == resp.headers["X-Request-Id"]
+    assert lines[0]["duration_ms"] >= 0
