@@ -237,8 +237,8 @@ def scan(
     Never loads a library into this process, and never raises for a bad library: each
     one gets a result that says why it is unusable. Unchanged files reuse the cached
     verdict of an earlier scan (in `cache_dir`, default `default_cache_dir()`) unless
-    `rescan`. Descriptors are read in up to `jobs` (default: 2 at most) child
-    processes, each file within `timeout_s`.
+    `rescan`. Descriptors are read in `jobs` child processes at a time (default 2, 1
+    on a one-core machine), each file within `timeout_s`.
     """
     started = time.monotonic()
     run = _Scan(ScanCache.load(cache_dir), rescan, allow_insecure_permissions)

@@ -159,7 +159,7 @@ class _Child:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_package_root(), env.get("PYTHONPATH")]))
         # The child arms an alarm a little longer than the parent's own deadline, so a
         # hung child dies even if this process is killed before it can kill the child.
-        fds_and_alarm = (request_r, result_w, math.ceil(timeout_s) + 5)
+        fds_and_alarm = (request_r, result_w, min(math.ceil(timeout_s) + 5, 2**31 - 1))
         try:
             self.process = subprocess.Popen(
                 # -P: the current folder is not put on sys.path; a stray ./backworks
@@ -337,6 +337,7 @@ def _drive(work: _Work, verdicts: dict[str, Verdict], timeout_s: float) -> None:
                 child = _Child(timeout_s)
             verdict = child.examine(path, timeout_s)
             if not child.alive:
+                # A timeout is the one verdict of a dead child that is not lasting.
                 crashed_late = verdict.lasting and child.examined > 1
                 child = None
                 # A library loaded earlier in that child may have left a thread that
@@ -360,15 +361,17 @@ def examine_isolated(
     """
     if not paths:
         return {}
-    jobs = max(1, min(jobs or os.cpu_count() or 1, 2, len(paths)))
+    # Two children by default: enough to keep one hang from stalling the rest, few
+    # enough not to compete with a server starting on a small machine.
+    jobs = max(1, min(jobs or min(2, os.cpu_count() or 1), len(paths)))
     work = _Work(paths)
     verdicts: dict[str, Verdict] = {}
-    failures: list[_ScannerBroken] = []
+    failures: list[Exception] = []
 
     def run() -> None:
         try:
             _drive(work, verdicts, timeout_s)
-        except _ScannerBroken as e:
+        except Exception as e:  # a broken install or no fds left: report it, stop cleanly
             failures.append(e)
             work.stop.set()
 
