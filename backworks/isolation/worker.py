@@ -212,12 +212,12 @@ class Worker:
                 library = open_checked(init)
             else:
                 # Threads first: their stacks belong to the baseline, not to the plugin.
+                if init.cpu_limit_ms:
+                    self._watchdog = CpuWatchdog(init.cpu_limit_ms, self._cpu_exceeded)
                 for i in range(max(init.threads, 1)):
                     threading.Thread(
                         target=self._serve_calls, name=f"plugin-call-{i}", daemon=True
                     ).start()
-                if init.cpu_limit_ms:
-                    self._watchdog = CpuWatchdog(init.cpu_limit_ms, self._cpu_exceeded)
                 baseline_rss = _proc_status_kb("VmRSS")
                 if init.memory_limit_mb:
                     limit_address_space(init.memory_limit_mb)

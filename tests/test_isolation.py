@@ -1,0 +1,497 @@
+"""Process isolation end to end: real C plugins in real worker processes, driven
+through a real PluginRunner. A segfault, a hang or a memory blowup costs one call."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from backworks.abi import Request
+from backworks.breaker import CircuitBreaker
+from backworks.errors import (
+    CircuitOpenError,
+    PluginCallError,
+    PluginCrashedError,
+    PluginInitError,
+    PluginLoadError,
+    PluginTimeoutError,
+    PluginUnavailableError,
+)
+from backworks.executor import PluginRunner
+from backworks.isolation import ProcessBackend, probe
+from backworks.registry import PluginSpec
+from tests.cbuild import REPO
+from tests.conftest import BuildPlugin
+
+PLUGINS = Path(__file__).parent / "plugins"
+CRASHKIT = (PLUGINS / "crashkit.c").read_text()
+TESTKIT = (PLUGINS / "testkit.c").read_text()
+
+Make = Callable[..., Awaitable[PluginRunner]]
+
+
+def get(path: str, **fields: Any) -> Request:
+    return Request("GET", path, **fields)
+
+
+def pid_of(body: bytes) -> int:
+    return int(json.loads(body)["pid"])
+
+
+def backend_of(runner: PluginRunner) -> ProcessBackend:
+    assert isinstance(runner.backend, ProcessBackend)
+    return runner.backend
+
+
+def worker_pids(runner: PluginRunner) -> list[int]:
+    return [w["pid"] for w in runner.backend.snapshot()["workers"] if w["pid"]]
+
+
+async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def reaped(pid: int) -> bool:
+    """True once `pid` is no child of ours: neither running nor a zombie."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return False
+
+
+@pytest.fixture
+def lib(build_plugin: BuildPlugin, tmp_path: Path) -> Callable[..., Path]:
+    """`lib("crashkit" | "testkit", name=..., thread_safe=False)` compiles a test plugin."""
+
+    def build(kit: str = "crashkit", *, name: str = "crashy", thread_safe: bool = False) -> Path:
+        flags = ("-DKIT_FLAGS=BW_FLAG_THREAD_SAFE",) if thread_safe else ()
+        source = CRASHKIT if kit == "crashkit" else TESTKIT
+        path = build_plugin(
+            source, name=name, folder=tmp_path / "lib", extra_flags=(f'-DKIT_NAME="{name}"', *flags)
+        )
+        path.chmod(0o755)
+        path.parent.chmod(0o755)
+        return path
+
+    return build
+
+
+@pytest.fixture
+async def make(lib: Callable[..., Path]) -> AsyncIterator[Make]:
+    """Builds, probes and starts a ProcessBackend behind a PluginRunner; closes it after."""
+    runners: list[PluginRunner] = []
+
+    async def start(
+        kit: str = "crashkit",
+        *,
+        name: str = "crashy",
+        config: dict[str, Any] | None = None,
+        thread_safe: bool = False,
+        workers: int = 1,
+        per_worker: int = 1,
+        memory_limit_mb: int | None = None,
+        cpu_limit_ms: int | None = None,
+        max_concurrency: int | None = None,
+        timeout_ms: int = 3000,
+        failure_threshold: int = 100,
+    ) -> PluginRunner:
+        spec = PluginSpec(
+            name=name,
+            path=lib(kit, name=name, thread_safe=thread_safe),
+            config_json=json.dumps(config or {}).encode(),
+        )
+        info = await probe(spec)
+        backend = ProcessBackend(
+            info,
+            spec,
+            workers=workers,
+            concurrency_per_worker=per_worker,
+            memory_limit_mb=memory_limit_mb,
+            cpu_limit_ms=cpu_limit_ms,
+        )
+        await backend.start()
+        runner = PluginRunner(
+            backend,
+            max_concurrency=max_concurrency or workers * per_worker,
+            timeout_ms=timeout_ms,
+            queue_timeout_ms=3000,
+            breaker=CircuitBreaker(failure_threshold, recovery_timeout_ms=60_000),
+        )
+        runners.append(runner)
+        return runner
+
+    yield start
+    for runner in runners:
+        pids = worker_pids(runner)
+        await runner.close(drain_timeout=0.5)
+        assert all(reaped(pid) for pid in pids), "a worker outlived its runner"
+
+
+# ---------------------------------------------------------------------------
+# The same calls as in-process
+
+
+async def test_probe_reads_the_descriptor_in_a_worker(lib: Callable[..., Path]) -> None:
+    path = lib("testkit", name="kit")
+    info = await probe(PluginSpec(name="kit", path=path))
+    assert (info.name, info.version, info.path) == ("kit", "0.1.0", str(path))
+    assert info.has_health
+    assert info.has_on_request
+    assert info.has_on_response
+    assert not info.thread_safe
+    with pytest.raises(PluginLoadError, match="declares plugin 'kit', but the config expects"):
+        await probe(PluginSpec(name="other", path=path))
+    with pytest.raises(PluginLoadError, match="no such file"):
+        await probe(PluginSpec(name="kit", path=path.with_name("missing.so")))
+
+
+async def test_handle_hooks_and_health_run_in_the_worker(make: Make) -> None:
+    runner = await make("testkit", name="kit")
+    req = Request(
+        "POST",
+        "/kit/echo",
+        query="q=1",
+        endpoint="/kit/{rest}",
+        params=(("rest", "echo"),),
+        headers=(("x-a", "b"),),
+        body=b"\x00\x01\x02",
+        request_id="r1",
+        timeout_ms=3000,
+    )
+    echoed = json.loads((await runner.handle(req)).body)
+    assert echoed["path"] == "/kit/echo"
+    assert echoed["query"] == "q=1"
+    assert echoed["params"] == [["rest", "echo"]]
+    assert ["x-a", "b"] in echoed["headers"]
+    assert echoed["body_len"] == 3
+    assert echoed["request_id"] == "r1"
+
+    made = await runner.handle(get("/kit/headers"))
+    assert (made.status, made.body, made.content_type) == (
+        201,
+        b"made",
+        "text/plain; charset=utf-8",
+    )
+    assert made.headers == (("x-kit", "kit"),)
+    binary = await runner.handle(Request("POST", "/kit/binary", body=bytes(range(256)) * 100))
+    assert binary.body == bytes(range(256)) * 100
+
+    assert await runner.on_request(get("/x")) is None
+    denied = await runner.on_request(get("/x", headers=(("x-deny", "1"),)))
+    assert denied is not None
+    assert denied.status == 401
+    with pytest.raises(PluginCallError, match="hook failure from kit"):
+        await runner.on_request(get("/x", headers=(("x-hook-fail", "1"),)))
+    hooked = await runner.on_response(get("/x"), made)
+    assert hooked is not None
+    assert ("x-hooked-by-kit", "yes") in hooked.headers
+    assert hooked.body == b"made"
+
+    with pytest.raises(PluginCallError, match="deliberate failure from kit"):
+        await runner.handle(get("/kit/fail"))
+    report = await runner.health(timeout=2.0)
+    assert report is not None
+    assert json.loads(report.body) == {"ok": True, "plugin": "kit"}
+    assert runner.stats.ok >= 6
+    assert runner.stats.crashed == 0
+
+
+async def test_logs_from_the_worker_reach_structlog_with_its_pid(make: Make) -> None:
+    with capture_logs() as logs:
+        runner = await make()
+        pid = pid_of((await runner.handle(get("/pid"))).body)
+        await runner.handle(get("/log"))
+    lines = [e for e in logs if e["event"] == "plugin_log"]
+    assert lines == [
+        {
+            "event": "plugin_log",
+            "log_level": "info",
+            "plugin": "crashy",
+            "worker_pid": pid,
+            "message": f"hello from {pid}",
+        }
+    ]
+
+
+async def test_several_workers_share_the_calls_and_all_answer_health(make: Make) -> None:
+    runner = await make(workers=2)
+    started = time.monotonic()
+    answers = await asyncio.gather(*(runner.handle(get("/wait", query="ms=200")) for _ in range(2)))
+    assert time.monotonic() - started < 0.38, "two workers should run two calls at once"
+    assert all(a.status == 200 for a in answers)
+    pids = {pid_of((await runner.handle(get("/pid"))).body) for _ in range(4)}
+    assert pids <= set(worker_pids(runner))
+    report = await runner.health(timeout=2.0)
+    assert report is not None
+    assert pid_of(report.body) in worker_pids(runner)
+
+
+async def test_a_thread_safe_plugin_runs_calls_concurrently_in_one_worker(make: Make) -> None:
+    runner = await make("testkit", name="kit", thread_safe=True, per_worker=4)
+    await asyncio.gather(*(runner.handle(get("/overlap", query="ms=100")) for _ in range(4)))
+    assert json.loads((await runner.handle(get("/max-overlap"))).body) == {"max_overlap": 4}
+
+
+async def test_several_calls_per_worker_need_a_thread_safe_plugin(lib: Callable[..., Path]) -> None:
+    spec = PluginSpec(name="crashy", path=lib())
+    info = await probe(spec)
+    with pytest.raises(ValueError, match="must be 1 for a plugin without BW_FLAG_THREAD_SAFE"):
+        ProcessBackend(info, spec, concurrency_per_worker=2)
+
+
+# ---------------------------------------------------------------------------
+# Crashes
+
+
+@pytest.mark.parametrize(
+    ("path", "died"),
+    [
+        ("/segv", "died with SIGSEGV"),
+        ("/abort", "died with SIGABRT"),
+        ("/exit", "exited with status 7"),
+    ],
+)
+async def test_a_crash_costs_one_call_and_the_worker_is_respawned(
+    make: Make, path: str, died: str
+) -> None:
+    runner = await make()
+    first = pid_of((await runner.handle(get("/pid"))).body)
+    with pytest.raises(PluginCrashedError, match=f"worker {first} {died}"):
+        await runner.handle(get(path, query="code=7"))
+    assert runner.stats.crashed == 1
+    assert runner.breaker.consecutive_failures == 1
+    second = pid_of((await runner.handle(get("/pid"))).body)  # waits for the respawn
+    assert second != first
+    assert reaped(first)
+    [worker] = runner.backend.snapshot()["workers"]
+    assert worker["restarts"] == 1
+    assert worker["crashes"] == 1
+    assert worker["state"] == "ready"
+    assert died in worker["last_exit"]
+
+
+async def test_calls_queued_behind_a_crash_go_to_the_next_worker(make: Make) -> None:
+    runner = await make(max_concurrency=4)  # one worker, one call at a time: 3 wait here
+    crash = asyncio.ensure_future(runner.handle(get("/segv")))
+    queued = [asyncio.ensure_future(runner.handle(get("/pid"))) for _ in range(3)]
+    with pytest.raises(PluginCrashedError):
+        await crash
+    pids = {pid_of(r.body) for r in await asyncio.gather(*queued)}
+    assert len(pids) == 1
+    assert runner.stats.crashed == 1
+
+
+async def test_respawns_back_off_and_a_crash_loop_opens_the_breaker(make: Make) -> None:
+    runner = await make(failure_threshold=3)
+    with capture_logs() as logs:
+        for _ in range(2):
+            with pytest.raises(PluginCrashedError):
+                await runner.handle(get("/segv"))
+        await runner.handle(get("/pid"))  # an answer resets the backoff
+        with pytest.raises(PluginCrashedError):
+            await runner.handle(get("/segv"))
+        for _ in range(2):
+            with pytest.raises(PluginCrashedError):
+                await runner.handle(get("/segv"))
+    delays = [e["restart_in_ms"] for e in logs if e["event"] == "plugin_worker_crashed"]
+    assert delays == [100, 200, 100, 200, 400]
+    with pytest.raises(CircuitOpenError, match="3 consecutive failures"):
+        await runner.handle(get("/pid"))
+    assert runner.snapshot()["circuit"] == "open"
+
+
+async def test_init_failing_in_the_worker_raises_the_plugins_message(make: Make) -> None:
+    with pytest.raises(PluginInitError, match="crashkit init refuses: told to fail"):
+        await make(config={"init": "fail"})
+
+
+async def test_workers_dying_before_ready_fail_the_start(make: Make) -> None:
+    started = time.monotonic()
+    with pytest.raises(PluginInitError, match=r"died 3 times in a row .*SIGSEGV"):
+        await make(config={"init": "segv"})
+    assert time.monotonic() - started < 3, "retried with a short backoff, then gave up"
+
+
+async def test_a_plugin_that_cannot_restart_is_failed_and_calls_fail_fast(
+    make: Make, tmp_path: Path
+) -> None:
+    trap = tmp_path / "crash-at-init"
+    runner = await make(config={"segv_init_if": str(trap)})
+    trap.touch()  # from now on every new worker dies in init
+    with pytest.raises(PluginCrashedError):
+        await runner.handle(get("/segv"))
+    backend = backend_of(runner)
+    await until(lambda: backend.snapshot()["worker_failure"] is not None)
+    assert "died 3 times in a row" in backend.snapshot()["worker_failure"]
+    started = time.monotonic()
+    with pytest.raises(PluginUnavailableError, match="plugin failed: its worker died 3 times"):
+        await runner.handle(get("/pid"))
+    assert time.monotonic() - started < 0.05
+    [worker] = backend.snapshot()["workers"]
+    assert worker["state"] == "failed"
+    assert worker["pid"] is None
+
+
+# ---------------------------------------------------------------------------
+# Hard timeouts and limits
+
+
+async def test_a_call_ignoring_cancellation_is_killed_with_its_worker(make: Make) -> None:
+    runner = await make(timeout_ms=300, max_concurrency=2)
+    first = pid_of((await runner.handle(get("/pid"))).body)
+    with pytest.raises(PluginTimeoutError):
+        await runner.handle(get("/hang"))
+    gave_up = time.monotonic()
+    # The worker is still busy with /hang: this call waits in the host for the
+    # replacement (cancel grace, then SIGTERM), well within its own 300 ms.
+    second = pid_of((await runner.handle(get("/pid"))).body)
+    assert second != first
+    assert reaped(first)
+    assert time.monotonic() - gave_up < 0.3
+    assert runner.stats.in_flight == 0, "the abandoned call's slot was freed"
+    [worker] = runner.backend.snapshot()["workers"]
+    assert worker["restarts"] == 1
+    assert worker["crashes"] == 0
+    assert "died with SIGTERM" in worker["last_exit"]
+
+
+async def test_a_call_that_honours_cancellation_keeps_its_worker(make: Make) -> None:
+    runner = await make(timeout_ms=200)
+    first = pid_of((await runner.handle(get("/pid"))).body)
+    with pytest.raises(PluginTimeoutError):
+        await runner.handle(get("/wait", query="ms=5000"))
+    await until(lambda: runner.stats.in_flight == 0, timeout=1.0)
+    assert pid_of((await runner.handle(get("/pid"))).body) == first
+    assert runner.backend.snapshot()["workers"][0]["restarts"] == 0
+
+
+@pytest.mark.parametrize(("then", "died"), [("segv", "SIGSEGV"), ("abort", "SIGABRT")])
+async def test_exceeding_memory_limit_is_a_crash_with_a_clear_reason(
+    make: Make, then: str, died: str
+) -> None:
+    runner = await make(memory_limit_mb=64)
+    with pytest.raises(PluginCrashedError, match=f"{died} .*ran out of its memory_limit_mb of 64"):
+        await runner.handle(get("/hog", query=f"then={then}"))
+    assert (await runner.handle(get("/pid"))).status == 200
+
+
+async def test_a_plugin_that_handles_a_failed_allocation_keeps_its_worker(make: Make) -> None:
+    runner = await make(memory_limit_mb=64)
+    first = pid_of((await runner.handle(get("/pid"))).body)
+    with pytest.raises(PluginCallError, match="out of memory"):
+        await runner.handle(get("/hog", query="then=fail"))
+    assert pid_of((await runner.handle(get("/pid"))).body) == first
+
+
+async def test_cpu_limit_stops_a_spinning_call(make: Make) -> None:
+    runner = await make(cpu_limit_ms=100, timeout_ms=5000)
+    first = pid_of((await runner.handle(get("/pid"))).body)
+    started = time.monotonic()
+    with pytest.raises(PluginTimeoutError, match=r"used 1\d\d ms of CPU time.*cpu_limit_ms of 100"):
+        await runner.handle(get("/spin"))
+    assert time.monotonic() - started < 1.0
+    second = pid_of((await runner.handle(get("/pid"))).body)
+    assert second != first, "a call ignoring cancellation takes its worker along"
+
+    # Cancelled politely: the worker stays. Sleeping is not CPU time; short spins pass.
+    with pytest.raises(PluginTimeoutError, match="cpu_limit_ms"):
+        await runner.handle(get("/spin-polite"))
+    assert (await runner.handle(get("/wait", query="ms=300"))).status == 200
+    assert (await runner.handle(get("/spin", query="ms=20"))).status == 200
+    assert pid_of((await runner.handle(get("/pid"))).body) == second
+
+
+# ---------------------------------------------------------------------------
+# No leftovers
+
+
+async def test_snapshot_shows_every_worker(make: Make) -> None:
+    runner = await make(workers=2, memory_limit_mb=256, cpu_limit_ms=1000)
+    snap = runner.snapshot()
+    assert snap["isolation"] == "process"
+    assert snap["memory_limit_mb"] == 256
+    assert snap["cpu_limit_ms"] == 1000
+    assert [set(w) >= {"pid", "state", "restarts", "last_exit"} for w in snap["workers"]] == [
+        True,
+        True,
+    ]
+    assert [w["state"] for w in snap["workers"]] == ["ready", "ready"]
+    assert snap["worker_failure"] is None
+
+
+async def test_close_shuts_every_state_down_and_reaps_the_workers(
+    lib: Callable[..., Path], tmp_path: Path
+) -> None:
+    marker = tmp_path / "marker"
+    spec = PluginSpec(
+        name="crashy", path=lib(), config_json=json.dumps({"marker": str(marker)}).encode()
+    )
+    backend = ProcessBackend(await probe(spec), spec, workers=2)
+    await backend.start()
+    runner = PluginRunner(
+        backend, max_concurrency=2, timeout_ms=1000, queue_timeout_ms=100, breaker=CircuitBreaker()
+    )
+    pids = worker_pids(runner)
+    assert await runner.close(drain_timeout=1.0)
+    assert sorted(marker.read_text().split("\n")[:-1]) == sorted(f"shutdown {p}" for p in pids)
+    assert all(reaped(pid) for pid in pids)
+    assert [w["state"] for w in backend.snapshot()["workers"]] == ["stopped", "stopped"]
+
+
+async def test_close_kills_a_worker_stuck_in_a_call(make: Make) -> None:
+    runner = await make(timeout_ms=10_000)
+    [pid] = worker_pids(runner)
+    stuck = asyncio.ensure_future(runner.handle(get("/hang")))
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    assert not await runner.close(drain_timeout=0.1)
+    assert reaped(pid)
+    assert time.monotonic() - started < 1.0
+    with pytest.raises(PluginCrashedError, match="stopped because the plugin was closed"):
+        await stuck
+
+
+async def test_workers_die_with_a_host_killed_by_sigkill(lib: Callable[..., Path]) -> None:
+    host = subprocess.Popen(
+        [sys.executable, "-m", "tests.isolation_host", str(lib()), "crashy", "2"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert host.stdout is not None
+        pids = json.loads(host.stdout.readline())["workers"]
+        assert len(pids) == 2
+        # Not our children: watch them through pidfds, immune to PID reuse.
+        pidfds = [os.pidfd_open(pid) for pid in pids]
+    finally:
+        host.send_signal(signal.SIGKILL)
+        host.wait()
+        if host.stdout is not None:
+            host.stdout.close()
+    try:
+        deadline = time.monotonic() + 5
+        pending = list(pidfds)
+        while pending and time.monotonic() < deadline:
+            done, _, _ = select.select(pending, [], [], deadline - time.monotonic())
+            pending = [fd for fd in pending if fd not in done]
+        assert not pending, "a worker outlived its host"
+    finally:
+        for fd in pidfds:
+            os.close(fd)
