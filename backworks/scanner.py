@@ -42,6 +42,7 @@ JSON_KEYS = ("path", "ok", "name", "version", "description", "abi", "flags", "er
 
 
 def _names(flags: Iterable[str]) -> tuple[str, ...]:
+    """Flag names arrive as JSON lists; a tuple keeps the frozen result unchangeable."""
     return tuple(flags)
 
 
