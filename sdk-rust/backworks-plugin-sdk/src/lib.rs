@@ -71,6 +71,11 @@ pub use http::{Request, Response, TEXT_PLAIN};
 pub use json::{Map, Number, ToJson, Value};
 pub use plugin::{is_valid_plugin_name, BackworksPlugin, HealthStatus, Hooks, PluginFlags, PluginHealth};
 
+/// The README's Rust examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
 /// Exports a [`BackworksPlugin`] type as a Backworks plugin library.
 ///
 /// `export_plugin!(MyPlugin)` builds each instance with `MyPlugin::default()`;
