@@ -112,6 +112,35 @@ trait Store: Send + Sync {
         count += 1;
         self.put(format!("{a}{b}"), &count.to_string()).await;
     }
+    async fn put_all<I>(&self, items: I) -> usize
+    where
+        I: IntoIterator<Item = (String, String)> + Send,
+        I::IntoIter: Send,
+    {
+        let mut n = 0;
+        for (k, v) in items {
+            self.put(k, &v).await;
+            n += 1;
+        }
+        n
+    }
+}
+
+/// Generic impls and a `where` clause on the impl block.
+struct Prefixed<S>(S, &'static str);
+
+#[async_trait]
+impl<S> Store for Prefixed<S>
+where
+    S: Store,
+{
+    async fn get(&self, key: &str) -> Option<String> {
+        self.0.get(&format!("{}{key}", self.1)).await
+    }
+
+    async fn put(&self, key: String, value: &str) {
+        self.0.put(format!("{}{key}", self.1), value).await
+    }
 }
 
 #[derive(Default)]
@@ -138,6 +167,12 @@ fn own_traits_with_generics_lifetimes_and_patterns() {
     assert_eq!(block_on(store.first(&keys)), Some("n"));
     assert_eq!(block_on(store.parse("n")), Ok(42));
     assert_eq!(block_on(store.parse("zz")), Err(PluginError::processing("no zz")));
+    assert_eq!(block_on(store.put_all(vec![("p".to_owned(), "1".to_owned())])), 1);
+
+    let prefixed = Prefixed(store, "ns:");
+    block_on(prefixed.put("k".into(), "v"));
+    assert_eq!(block_on(prefixed.get("k")).as_deref(), Some("v"));
+    assert_eq!(block_on(prefixed.0.get("ns:k")).as_deref(), Some("v"));
 }
 
 /// `?Send` futures may hold non-Send values across `.await`.
