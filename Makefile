@@ -24,7 +24,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-run: $(STAMP) hello-plugin
+run: $(STAMP) hello-plugin weather-plugin
 	$(BIN)/backworks serve --config examples/backworks.yaml
 
 hello-plugin: plugins/libhello.$(PLUGIN_EXT)
@@ -34,7 +34,7 @@ plugins/libhello.$(PLUGIN_EXT): sdk-c/examples/hello/hello.c sdk-c/include/backw
 	$(CC) -std=c99 -O2 -Wall -Wextra -shared -fPIC -I sdk-c/include -o $@ $<
 
 clean:
-	rm -rf $(VENV) plugins .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) plugins .pytest_cache .mypy_cache .ruff_cache sdk-rust/target examples/weather-plugin/target
 
 # The Rust example plugin (std only, so it builds offline). Cargo decides what is
 # stale; the library is copied in under a temporary name and renamed, so plugin

@@ -2,8 +2,9 @@
 
 Each command is one small function from parsed arguments to an exit code, wired in
 by `build_parser` as a subcommand; a new command (serve, validate, new) is a parser
-entry and a function. Exit codes: 0 all is well, 1 something examined is unusable,
-2 the command itself was wrong (arguments, a missing folder, a bad config file).
+entry and a function. Exit codes: 0 all is well, 1 something examined is unusable
+(or the server could not start), 2 the command itself was wrong (arguments, a
+missing folder, a bad config file given to `plugins list`).
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import structlog
-import yaml
 
 from backworks import discovery
+from backworks.config import Config, default_config, find_config, load_config
 from backworks.errors import ConfigError
+from backworks.logs import configure_logging
 from backworks.scanner import ScanResult
 
 EXIT_OK = 0
@@ -45,8 +48,25 @@ def build_parser() -> argparse.ArgumentParser:
         description="Turn compiled plugins into HTTP APIs through a versioned C ABI.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_server_commands(commands)
     _add_plugins_commands(commands)
     return parser
+
+
+def _add_server_commands(commands: argparse._SubParsersAction[Any]) -> None:
+    serve = commands.add_parser("serve", help="serve the endpoints of a config file")
+    serve.add_argument(
+        "--config", type=Path, metavar="FILE", help="default: ./backworks.yaml if present"
+    )
+    serve.add_argument("--host", help="listen on this address (overrides server.host)")
+    serve.add_argument("--port", type=int, help="listen on this port (overrides server.port)")
+    serve.set_defaults(run=cmd_serve)
+
+    validate = commands.add_parser("validate", help="check a config file and list its problems")
+    validate.add_argument(
+        "--config", type=Path, metavar="FILE", help="default: ./backworks.yaml if present"
+    )
+    validate.set_defaults(run=cmd_validate)
 
 
 def _add_plugins_commands(commands: argparse._SubParsersAction[Any]) -> None:
@@ -113,6 +133,50 @@ def _positive_seconds(text: str) -> float:
 
 # ---------------------------------------------------------------------------
 # Commands
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """`backworks serve`: exit 0 after a clean shutdown, 1 when the start fails."""
+    from backworks.host import StartupError  # the server stack loads only for this command
+    from backworks.server import serve
+
+    try:
+        config, _ = _server_config(args)
+    except ConfigError as e:
+        print(f"backworks: {e}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    server = attrs.evolve(
+        config.server,
+        host=args.host if args.host is not None else config.server.host,
+        port=args.port if args.port is not None else config.server.port,
+    )
+    config = attrs.evolve(config, server=server)
+    configure_logging(config.logging.level, config.logging.format)
+    try:
+        serve(config)
+    except StartupError as e:
+        structlog.get_logger("backworks.server").error("startup_failed", error=str(e))
+        return EXIT_UNUSABLE
+    except OSError as e:  # the port is taken, or the address is not ours
+        structlog.get_logger("backworks.server").error(
+            "startup_failed", error=f"cannot listen on {server.host}:{server.port}: {e.strerror}"
+        )
+        return EXIT_UNUSABLE
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """`backworks validate`: print every problem with its key path; exit 1 if any."""
+    try:
+        config, source = _server_config(args)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return EXIT_UNUSABLE
+    print(
+        f"{source}: valid ({len(config.endpoints)} endpoints, "
+        f"{len(config.plugins)} plugins configured)"
+    )
+    return EXIT_OK
 
 
 def cmd_plugins_list(args: argparse.Namespace) -> int:
@@ -224,33 +288,22 @@ def _print_details(r: ScanResult) -> None:
 
 
 def _discovery_settings(config_file: Path) -> tuple[list[Path], bool]:
-    """`plugin_discovery.directories` (relative to the file's folder) and `.recursive`.
+    """`plugin_discovery.directories` (resolved against the file's folder) and `.recursive`."""
+    if not config_file.is_file():
+        raise UsageError(f"config file {str(config_file)!r} does not exist")
+    discovery_config = load_config(config_file).discovery
+    return list(discovery_config.directories), discovery_config.recursive
 
-    A stand-in that reads just these two keys, until backworks/config.py's parser can
-    be used here (it validates the whole file with the same defaults).
-    """
-    source = str(config_file)
-    try:
-        data = yaml.safe_load(config_file.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(source, [f"cannot read the file: {e.strerror}"]) from e
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(source, [f"not valid YAML: {e}"]) from e
-    top = data if isinstance(data, dict) else {}
-    section = top.get("plugin_discovery") or {}
-    if not isinstance(section, dict):
-        raise ConfigError(source, [f"plugin_discovery: must be a mapping (got {section!r:.60})"])
-    problems = []
-    directories = section.get("directories", [str(DEFAULT_PLUGIN_DIR)])
-    if not isinstance(directories, list) or not all(isinstance(d, str) and d for d in directories):
-        got = f"{directories!r:.60}"
-        problems.append(f"plugin_discovery.directories: must be a list of folders (got {got})")
-    recursive = section.get("recursive", False)
-    if not isinstance(recursive, bool):
-        problems.append(f"plugin_discovery.recursive: must be true or false (got {recursive!r})")
-    if problems:
-        raise ConfigError(source, problems)
-    return [config_file.parent / d for d in directories], recursive
+
+def _server_config(args: argparse.Namespace) -> tuple[Config, str]:
+    """The config named by --config, else ./backworks.yaml, else the defaults."""
+    explicit: Path | None = args.config
+    if explicit is not None and not explicit.is_file():
+        raise UsageError(f"config file {str(explicit)!r} does not exist")
+    path = find_config(explicit, Path.cwd())
+    if path is None:
+        return default_config(Path.cwd()), "defaults (no backworks.yaml here)"
+    return load_config(path), str(path)
 
 
 # ---------------------------------------------------------------------------

@@ -173,7 +173,7 @@ def test_a_bad_config_file_exits_2_naming_the_key(
     config.write_text("plugin_discovery:\n  directories: plugins\n  recursive: sometimes\n")
     code, _, err = run(capsys, "plugins", "list", "--config", str(config))
     assert code == 2
-    assert "plugin_discovery.directories: must be a list of folders" in err
+    assert "plugin_discovery.directories: must be a list of strings" in err
     assert "plugin_discovery.recursive: must be true or false" in err
 
 

@@ -1,0 +1,208 @@
+"""`backworks serve` and `backworks validate` as a user runs them: real processes, real ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import BuildPlugin
+
+REPO = Path(__file__).resolve().parent.parent
+KIT = (Path(__file__).parent / "plugins" / "testkit.c").read_text()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(url: str, timeout: float = 10) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 -- loopback
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+class Server:
+    """A `backworks serve` child process on a free loopback port."""
+
+    def __init__(self, config: Path, cwd: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "BACKWORKS_CACHE_DIR": str(cwd / "cache")}
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "backworks",
+                "serve",
+                "--config",
+                str(config),
+                "--port",
+                str(self.port),
+            ],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"server exited early: {self.proc.stderr.read().decode()}")  # type: ignore[union-attr]
+            try:
+                if get(f"{self.url}/_backworks/health", timeout=1)[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.05)
+        pytest.fail("server did not become ready")
+
+    def stop(self) -> tuple[int, list[dict[str, Any]]]:
+        self.proc.send_signal(signal.SIGTERM)
+        _, err = self.proc.communicate(timeout=30)
+        return self.proc.returncode, [json.loads(line) for line in err.decode().splitlines()]
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[list[Server]]:
+    servers: list[Server] = []
+    yield servers
+    for server in servers:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.communicate()
+
+
+def write_config(folder: Path, config: dict[str, Any]) -> Path:
+    path = folder / "backworks.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_sigterm_lets_the_call_in_flight_finish_then_shuts_plugins_down_once(
+    tmp_path: Path, build_plugin: BuildPlugin, served: list[Server]
+) -> None:
+    build_plugin(KIT, "kit", tmp_path / "plugins", extra_flags=('-DKIT_NAME="kit"',))
+    marker = tmp_path / "shutdowns.txt"
+    config = write_config(
+        tmp_path,
+        {
+            "plugins": {"kit": {"config": {"marker": str(marker)}}},
+            "logging": {"format": "json"},
+        },
+    )
+    server = Server(config, tmp_path)
+    served.append(server)
+    server.wait_ready()
+    answers: list[tuple[int, bytes]] = []
+    call = threading.Thread(
+        target=lambda: answers.append(get(f"{server.url}/plugins/kit/sleep?ms=1000"))
+    )
+    call.start()
+    time.sleep(0.3)  # the call is inside the plugin now
+    code, logs = server.stop()
+    call.join()
+    assert answers == [(200, b'{"slept": true}')]
+    assert code == 0
+    assert marker.read_text() == "kit\n", "shutdown ran exactly once"
+    events = [e["event"] if e["event"] != "request" else e["path"] for e in logs]
+    assert events.index("/plugins/kit/sleep") < events.index("plugins_closed"), (
+        "plugins shut down only after the call in flight was answered"
+    )
+
+
+def test_a_critical_plugin_that_cannot_start_stops_the_start_with_exit_1(
+    tmp_path: Path, build_plugin: BuildPlugin, served: list[Server]
+) -> None:
+    build_plugin(KIT, "kit", tmp_path / "plugins", extra_flags=('-DKIT_NAME="kit"',))
+    config = write_config(
+        tmp_path,
+        {
+            "plugins": {"kit": {"critical": True, "config": {"fail_init": True}}},
+            "logging": {"format": "json"},
+        },
+    )
+    server = Server(config, tmp_path)
+    served.append(server)
+    _, err = server.proc.communicate(timeout=30)
+    assert server.proc.returncode == 1
+    failure = [json.loads(line) for line in err.decode().splitlines()][-1]
+    assert failure["event"] == "startup_failed"
+    assert "critical plugin 'kit' could not start" in failure["error"]
+    assert "fail_init is set" in failure["error"]
+
+
+def test_the_example_config_serves_the_hello_plugin(
+    tmp_path: Path, build_plugin: BuildPlugin, served: list[Server]
+) -> None:
+    """What `make run` does, in a scratch copy of the example's layout."""
+    (tmp_path / "examples").mkdir()
+    shutil.copy(REPO / "examples" / "backworks.yaml", tmp_path / "examples")
+    hello = (REPO / "sdk-c" / "examples" / "hello" / "hello.c").read_text()
+    build_plugin(hello, "hello", tmp_path / "plugins")
+    server = Server(tmp_path / "examples" / "backworks.yaml", tmp_path)
+    served.append(server)
+    server.wait_ready()
+    assert get(f"{server.url}/hello?name=Ada") == (200, b'{"hello": "Ada"}')
+    status, body = get(f"{server.url}/health")
+    assert status == 200
+    assert json.loads(body)["status"] == "healthy"
+    code, _ = server.stop()
+    assert code == 0
+
+
+def test_validate_lists_every_problem_with_its_key_path(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        {
+            "plugins": {"kit": {"timeout_ms": -3, "timout_ms": 5}},
+            "server": {"port": "http"},
+        },
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "backworks", "validate", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "plugins.kit.timeout_ms" in result.stderr
+    assert "did you mean 'timeout_ms'" in result.stderr
+    assert "server.port" in result.stderr
+
+
+def test_validate_accepts_the_example_config() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "backworks",
+            "validate",
+            "--config",
+            str(REPO / "examples" / "backworks.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "valid" in result.stdout
