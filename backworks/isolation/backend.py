@@ -347,7 +347,7 @@ class ProcessBackend:
         if entry.abandoned or slot.proc is None:
             return
         entry.abandoned = True
-        slot.proc.send(fr.frame(fr.CANCEL, entry.call_id))
+        slot.proc.send_control(fr.frame(fr.CANCEL, entry.call_id))
         self._expect_return(slot, entry)
 
     def snapshot(self) -> dict[str, Any]:

@@ -59,6 +59,7 @@ class WorkerProcess:
         loop: asyncio.AbstractEventLoop,
         popen: subprocess.Popen[bytes],
         sock: socket.socket,
+        control: socket.socket,
         on_frame: FrameHandler,
         on_exit: Callable[[WorkerProcess], None],
     ) -> None:
@@ -69,6 +70,7 @@ class WorkerProcess:
         self._loop = loop
         self._popen = popen
         self._sock: socket.socket | None = sock
+        self._control = control  # CANCEL frames only; never read from
         self._fd = sock.fileno()
         self._on_frame = on_frame
         self._on_exit = on_exit
@@ -95,31 +97,41 @@ class WorkerProcess:
         *,
         env: dict[str, str] | None = None,
     ) -> WorkerProcess:
-        """Starts `python -m backworks.isolation.worker` with one end of a socketpair."""
+        """Starts `python -m backworks.isolation.worker` with its two channels.
+
+        The calls channel carries calls and answers; the control channel carries
+        cancellations, so they reach a worker whose main thread is inside a call.
+        """
         loop = asyncio.get_running_loop()  # also proves we are on the loop thread
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        control, their_control = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         child_env = dict(os.environ)
         root = _package_root()
         path = child_env.get("PYTHONPATH")
         child_env["PYTHONPATH"] = f"{root}{os.pathsep}{path}" if path else root
         child_env.update(env or {})
+        fds = (theirs.fileno(), their_control.fileno())
         try:
             popen = subprocess.Popen(
-                [sys.executable, "-m", WORKER_MODULE, str(theirs.fileno()), str(os.getpid())],
-                pass_fds=(theirs.fileno(),),
+                [sys.executable, "-m", WORKER_MODULE, *map(str, fds), str(os.getpid())],
+                pass_fds=fds,
                 stdin=subprocess.DEVNULL,
                 env=child_env,
             )
         except BaseException:
             ours.close()
+            control.close()
             raise
         finally:
             theirs.close()
+            their_control.close()
         ours.setblocking(False)
+        control.setblocking(False)
         try:
-            return cls(loop, popen, ours, on_frame, on_exit)
+            return cls(loop, popen, ours, control, on_frame, on_exit)
         except BaseException:  # pidfd_open failed: do not leave the child behind
             ours.close()
+            control.close()
             popen.kill()
             popen.wait()
             raise
@@ -173,6 +185,13 @@ class WorkerProcess:
         if sent < len(data):
             self._pending.append(data[sent:])
             self._loop.add_writer(self._fd, self._writable)
+
+    def send_control(self, data: bytes) -> None:
+        """Sends a small control frame (CANCEL), best effort: a kill may follow anyway."""
+        if self._sock is None:
+            return
+        with contextlib.suppress(OSError):  # full (never, in practice) or gone
+            self._control.send(data)
 
     def _writable(self) -> None:
         sock = self._sock
@@ -233,10 +252,11 @@ class WorkerProcess:
             self._timers.append(self._loop.call_later(_EOF_KILL_DELAY, self.signal, signal.SIGKILL))
 
     def close_channel(self) -> None:
-        """Closes our end: the worker reads EOF and exits."""
+        """Closes our ends: the worker reads EOF and exits, even in the middle of a call."""
         sock, self._sock = self._sock, None
         if sock is None:
             return
+        self._control.close()
         self._loop.remove_reader(self._fd)
         if self._pending:
             self._loop.remove_writer(self._fd)

@@ -1,20 +1,21 @@
 """A worker process: loads one plugin with backworks.abi and serves the host's calls.
 
-The host starts it as `python -m backworks.isolation.worker <fd> <host pid>`, `fd`
-being one end of a socketpair. The first frame it reads is INIT (what to load, how
-many threads, which limits); it answers READY with the plugin's descriptor, or
-START_FAILED with the reason, and then serves calls until the channel closes:
+The host starts it as `python -m backworks.isolation.worker CALLS CONTROL HOST_PID`,
+two file descriptors of socketpairs and the host's pid:
 
-- the main thread only reads frames: a call goes to a small pool of threads (one
-  unless the plugin is thread-safe), a CANCEL sets that call's cancel word at once;
-- each answer is one frame, written under a lock (log lines travel the same way);
-- EOF means the host is gone or done with us: exit at once, without `shutdown`
-  (an orderly stop sends SHUTDOWN first). With PR_SET_PDEATHSIG the kernel also
-  kills us when the host dies, even by SIGKILL.
+- CALLS carries the INIT frame, then one frame per call each way (and the plugin's
+  log lines). The main thread reads it. A plugin that takes one call at a time (not
+  BW_FLAG_THREAD_SAFE) runs each call right there, on the thread that read it: no
+  hand-off between threads on the way. A thread-safe plugin's calls go to a pool of
+  `threads` threads.
+- CONTROL carries CANCEL frames, read by a thread of their own, so a call can be
+  cancelled while the main thread is inside it. EOF on it means the host is gone
+  or done with us: exit at once, even in the middle of a hung call, and without
+  `shutdown` (an orderly stop sends SHUTDOWN first). With PR_SET_PDEATHSIG the
+  kernel also kills us when the host dies, even by SIGKILL.
 
-Limits (see `Limits`): `memory_limit_mb` is RLIMIT_AS, set before the library is
-loaded; `cpu_limit_ms` is a watchdog thread reading each running call's thread CPU
-clock.
+Limits: `memory_limit_mb` is RLIMIT_AS, set before the library is loaded;
+`cpu_limit_ms` is a watchdog thread reading each running call's thread CPU clock.
 """
 
 from __future__ import annotations
@@ -198,9 +199,15 @@ class Worker:
         self.channel = channel
         self.init = init
         self.instance: NativeInstance | None = None
-        self._calls: queue.SimpleQueue[tuple[int, int, bytes, CancelFlag]] = queue.SimpleQueue()
-        self._cancels: dict[int, CancelFlag] = {}
+        self._pool: queue.SimpleQueue[tuple[int, int, bytes, CancelFlag]] | None = None
         self._watchdog: CpuWatchdog | None = None
+        # Cancel words of the calls in flight. A CANCEL may overtake its call (they
+        # travel on different channels): it is then kept in _early until the call
+        # arrives. _last_id tells such a CANCEL from a late one for a finished call.
+        self._lock = threading.Lock()
+        self._cancels: dict[int, CancelFlag] = {}
+        self._early: set[int] = set()
+        self._last_id = 0
 
     def start(self) -> bool:
         """Loads and initialises the plugin; reports READY or START_FAILED."""
@@ -214,10 +221,12 @@ class Worker:
                 # Threads first: their stacks belong to the baseline, not to the plugin.
                 if init.cpu_limit_ms:
                     self._watchdog = CpuWatchdog(init.cpu_limit_ms, self._cpu_exceeded)
-                for i in range(max(init.threads, 1)):
-                    threading.Thread(
-                        target=self._serve_calls, name=f"plugin-call-{i}", daemon=True
-                    ).start()
+                if init.threads > 1:
+                    self._pool = queue.SimpleQueue()
+                    for i in range(init.threads):
+                        threading.Thread(
+                            target=self._serve_pool, name=f"plugin-call-{i}", daemon=True
+                        ).start()
                 baseline_rss = _proc_status_kb("VmRSS")
                 if init.memory_limit_mb:
                     limit_address_space(init.memory_limit_mb)
@@ -245,36 +254,74 @@ class Worker:
         return not init.probe
 
     def serve(self, frames: Iterator[tuple[int, int, bytes]]) -> None:
-        """Reads frames until EOF; calls run on the pool, cancellations right here."""
-        cancels, calls = self._cancels, self._calls
+        """Runs (or hands to the pool) every call frame until EOF."""
+        pool, execute, register = self._pool, self._execute, self._register
         for kind, call_id, body in frames:
-            if kind == fr.CANCEL:
-                cancel = cancels.get(call_id)
-                if cancel is not None:
-                    cancel.set()
-            elif kind in fr.CALL_KINDS:
-                cancel = CancelFlag()
-                cancels[call_id] = cancel
-                calls.put((kind, call_id, body, cancel))
-            else:
+            if kind not in fr.CALL_KINDS:
                 print(f"backworks worker: unexpected frame kind {kind}", file=sys.stderr)
                 os._exit(EXIT_PROTOCOL)
+            cancel = register(call_id)
+            if pool is None:
+                execute(kind, call_id, body, cancel)
+            else:
+                pool.put((kind, call_id, body, cancel))
 
-    def _serve_calls(self) -> None:
-        calls, watchdog, send = self._calls, self._watchdog, self.channel.send
+    def _serve_pool(self) -> None:
+        assert self._pool is not None
+        pool, execute = self._pool, self._execute
         while True:
-            kind, call_id, body, cancel = calls.get()
+            execute(*pool.get())
+
+    def _execute(self, kind: int, call_id: int, body: bytes, cancel: CancelFlag) -> None:
+        watchdog = self._watchdog
+        if watchdog is not None:
+            watchdog.begin(call_id, cancel)
+        try:
+            answer = self._run(kind, call_id, body, cancel)
+        finally:
             if watchdog is not None:
-                watchdog.begin(call_id, cancel)
+                watchdog.end(call_id)
+            with self._lock:
+                del self._cancels[call_id]
+        self.channel.send(answer)
+        if kind == fr.SHUTDOWN:
+            os._exit(0)
+
+    def _register(self, call_id: int) -> CancelFlag:
+        cancel = CancelFlag()
+        with self._lock:
+            self._last_id = call_id
+            if call_id in self._early:
+                self._early.discard(call_id)
+                cancel.set()
+            self._cancels[call_id] = cancel
+        return cancel
+
+    def cancel(self, call_id: int) -> None:
+        with self._lock:
+            cancel = self._cancels.get(call_id)
+            if cancel is not None:
+                cancel.set()
+            elif 0 < (call_id - self._last_id) % 2**32 < 2**31:  # not arrived yet
+                self._early.add(call_id)
+
+    def watch_control(self, sock: socket.socket) -> None:
+        """The control thread: CANCEL frames, and EOF when the host is gone."""
+        reader = fr.FrameReader()
+        while True:
             try:
-                answer = self._run(kind, call_id, body, cancel)
-            finally:
-                if watchdog is not None:
-                    watchdog.end(call_id)
-                self._cancels.pop(call_id, None)
-            send(answer)
-            if kind == fr.SHUTDOWN:
+                data = sock.recv(4096)
+            except OSError:
+                data = b""
+            if not data:
                 os._exit(0)
+            try:
+                frames = reader.feed(data)
+            except fr.ProtocolError:
+                os._exit(EXIT_PROTOCOL)
+            for kind, call_id, _ in frames:
+                if kind == fr.CANCEL:
+                    self.cancel(call_id)
 
     def _run(self, kind: int, call_id: int, body: bytes, cancel: CancelFlag) -> bytes:
         instance = self.instance
@@ -313,16 +360,16 @@ class Worker:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 3:
-        print("usage: python -m backworks.isolation.worker FD HOST_PID", file=sys.stderr)
+    if len(argv) != 4:
+        print("usage: python -m backworks.isolation.worker CALLS CONTROL HOST_PID", file=sys.stderr)
         return 2
-    fd, host_pid = int(argv[1]), int(argv[2])
+    calls_fd, control_fd, host_pid = (int(a) for a in argv[1:])
     die_with_host(host_pid)
     # Ctrl-C in a terminal reaches the whole process group; the host decides when
     # its workers stop (after draining), not the keyboard.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     faulthandler.enable()  # a crash leaves the Python side of the story on stderr
-    channel = Channel(socket.socket(fileno=fd))
+    channel = Channel(socket.socket(fileno=calls_fd))
     frames = channel.frames()
     first = next(frames, None)
     if first is None:
@@ -332,6 +379,12 @@ def main(argv: list[str]) -> int:
         print(f"backworks worker: expected INIT, got frame kind {kind}", file=sys.stderr)
         return EXIT_PROTOCOL
     worker = Worker(channel, fr.decode_init(body))
+    threading.Thread(
+        target=worker.watch_control,
+        args=(socket.socket(fileno=control_fd),),
+        name="control",
+        daemon=True,
+    ).start()
     if worker.start():
         worker.serve(frames)
     # Daemon threads may sit inside plugin code: leave without waiting for them.
