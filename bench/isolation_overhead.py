@@ -120,7 +120,7 @@ async def main(calls: int, rounds: int, concurrency: int) -> None:
     for name, (wall, cpu, child) in best.items():
         print(
             f"  {name:8} {wall / calls * 1e6:7.1f} µs/call {calls / wall:8.0f} calls/s"
-            f"   CPU per call: host {cpu / calls * 1e6:5.1f} µs, worker {child / calls * 1e6:5.1f} µs"
+            f"   CPU/call: host {cpu / calls * 1e6:5.1f} µs, worker {child / calls * 1e6:5.1f} µs"
         )
     ratio = best["process"][0] / best["thread"][0]
     extra = (best["process"][0] - best["thread"][0]) / calls * 1e6

@@ -8,6 +8,7 @@ import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,6 +32,8 @@ from backworks.errors import (
 )
 from backworks.executor import PluginRunner
 from backworks.isolation import ProcessBackend, probe
+from backworks.isolation.framing import WorkerInit
+from backworks.isolation.worker import Channel, Worker
 from backworks.registry import PluginSpec
 from tests.cbuild import REPO
 from tests.conftest import BuildPlugin
@@ -415,6 +418,20 @@ async def test_cpu_limit_stops_a_spinning_call(make: Make) -> None:
     assert (await runner.handle(get("/wait", query="ms=300"))).status == 200
     assert (await runner.handle(get("/spin", query="ms=20"))).status == 200
     assert pid_of((await runner.handle(get("/pid"))).body) == second
+
+
+def test_a_cancel_that_overtakes_its_call_still_cancels_it() -> None:
+    """Cancels travel on their own channel, so one may arrive before its call."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        worker = Worker(Channel(ours), WorkerInit(path="unused", name="unused"))
+        worker.cancel(5)
+        assert worker.register(5).is_set
+        worker.cancel(4)  # late: call 4 finished before its cancel arrived
+        assert not worker.register(6).is_set
+        worker.register(0xFFFFFFFF)
+        worker.cancel(1)  # ids wrap around: 1 comes after 0xFFFFFFFF
+        assert worker.register(1).is_set
 
 
 # ---------------------------------------------------------------------------

@@ -255,7 +255,7 @@ class Worker:
 
     def serve(self, frames: Iterator[tuple[int, int, bytes]]) -> None:
         """Runs (or hands to the pool) every call frame until EOF."""
-        pool, execute, register = self._pool, self._execute, self._register
+        pool, execute, register = self._pool, self._execute, self.register
         for kind, call_id, body in frames:
             if kind not in fr.CALL_KINDS:
                 print(f"backworks worker: unexpected frame kind {kind}", file=sys.stderr)
@@ -287,7 +287,7 @@ class Worker:
         if kind == fr.SHUTDOWN:
             os._exit(0)
 
-    def _register(self, call_id: int) -> CancelFlag:
+    def register(self, call_id: int) -> CancelFlag:
         cancel = CancelFlag()
         with self._lock:
             self._last_id = call_id
