@@ -158,6 +158,7 @@ class Host:
                 settings.circuit_breaker.failure_threshold,
                 settings.circuit_breaker.recovery_timeout_ms,
             ),
+            dispatch=settings.dispatch,
         )
         self.plugins[spec.name] = LoadedPlugin(
             spec.name, PluginState.READY, str(spec.path), instance.info, instance
