@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,17 @@ def reaped(pid: int) -> bool:
     except ChildProcessError:
         return True
     return False
+
+
+@pytest.fixture(autouse=True)
+def no_child_left() -> Iterator[None]:
+    """After every test: no child process of ours, neither running nor a zombie."""
+    yield
+    try:
+        leftover = os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        return
+    pytest.fail(f"a child process was left behind: {leftover}")
 
 
 @pytest.fixture
@@ -329,6 +340,18 @@ async def test_workers_dying_before_ready_fail_the_start(make: Make) -> None:
     with pytest.raises(PluginInitError, match=r"died 3 times in a row .*SIGSEGV"):
         await make(config={"init": "segv"})
     assert time.monotonic() - started < 3, "retried with a short backoff, then gave up"
+
+
+async def test_an_init_that_hangs_fails_the_start_after_its_timeout(
+    lib: Callable[..., Path],
+) -> None:
+    spec = PluginSpec(name="crashy", path=lib(), config_json=b'{"init": "hang"}')
+    backend = ProcessBackend(await probe(spec), spec, init_timeout_ms=300)
+    started = time.monotonic()
+    with pytest.raises(PluginInitError, match="init did not finish within 300 ms"):
+        await backend.start()
+    assert time.monotonic() - started < 1.5
+    assert [w["state"] for w in backend.snapshot()["workers"]] == ["failed"]
 
 
 async def test_a_plugin_that_cannot_restart_is_failed_and_calls_fail_fast(

@@ -21,7 +21,14 @@ What happens when things go wrong:
   completes only when the worker is gone, so the concurrency slot frees exactly when
   the work has really stopped. Other calls running on that worker die with it.
 - `cpu_limit_ms` overruns are caught in the worker (see worker.CpuWatchdog) and
-  treated like an abandoned call; the call fails with PluginTimeoutError.
+  treated like an abandoned call; the call fails with PluginTimeoutError. Only the
+  calling thread's CPU time counts; threads the plugin starts itself are not charged.
+- `memory_limit_mb` is RLIMIT_AS in the worker on top of its baseline address space
+  (see worker.limit_address_space). Going over it is not a signal of its own: the
+  plugin's allocation fails and it crashes or aborts, or returns BW_FAIL. When a
+  worker dies after its peak RSS (from the kernel, at reaping) grew by most of the
+  limit, the crash message says it most likely ran out of memory. Memory reserved
+  but never touched is not seen that way; the crash is still reported by signal.
 
 Everything here runs on the event-loop thread; no locks.
 """

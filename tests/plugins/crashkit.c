@@ -15,7 +15,7 @@
  *   .../log              logs "hello from <pid>" at info level
  *   anything else        200 {}
  *
- * Config: "init": "segv" | "abort" | "fail" crashes or fails init; "segv_init_if" names a
+ * Config: "init": "segv" | "abort" | "fail" | "hang" crashes, fails or hangs init; "segv_init_if" names a
  * file whose existence makes init crash; "marker" names a file that shutdown appends
  * "shutdown <pid>" to.
  */
@@ -84,6 +84,7 @@ static int32_t ck_init(const bw_host *host, const char *config, size_t len, void
     if (strcmp(how, "segv") == 0) crash();
     if (strcmp(how, "abort") == 0) abort();
     if (strcmp(how, "fail") == 0) return bw_fail(error, "crashkit init refuses: told to fail");
+    if (strcmp(how, "hang") == 0) sleep_ms(60000);
     config_string(config, "segv_init_if", file, sizeof file);
     if (file[0] && access(file, F_OK) == 0) crash();
     st = (ck_state *)calloc(1, sizeof *st);
