@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -189,83 +190,131 @@ def _text(s: str) -> bytes:
     return s.encode("utf-8", "surrogateescape")
 
 
-class _Strings:
-    """Packs many strings into one host-owned buffer; `bw_str`s point into it.
+def _address(cdata: Any) -> int:
+    return int(ffi.cast("uintptr_t", cdata))
 
-    One allocation per call instead of one per string: the buffer lives as long as the
-    frame that holds this object.
+
+class _Packed:
+    """Strings laid end to end in one host-owned buffer, as flat (address, length) spans.
+
+    One allocation and no per-string cffi objects: marshalling is what a plugin call
+    costs most, so the structs that point into the buffer are packed with `struct`
+    in native layout (checked against cffi's at import) instead of field by field.
     """
 
-    __slots__ = ("_base", "_chunks", "_offsets", "_size")
+    __slots__ = ("buffer", "spans")
 
-    def __init__(self) -> None:
-        self._chunks: list[bytes] = []
-        self._offsets: list[int] = []
-        self._size = 0
-        self._base: Any = None
+    def __init__(self, texts: Sequence[str | bytes]) -> None:
+        encoded = [t if isinstance(t, bytes) else _text(t) for t in texts]
+        blob = b"".join(encoded)
+        self.buffer = ffi.from_buffer(blob) if blob else None
+        spans: list[int] = []
+        position = _address(self.buffer) if blob else 0
+        for chunk in encoded:
+            size = len(chunk)
+            spans += (position if size else 0, size)
+            position += size
+        self.spans = spans
 
-    def add(self, value: str | bytes) -> int:
-        data = value if isinstance(value, bytes) else _text(value)
-        self._chunks.append(data)
-        self._offsets.append(self._size)
-        self._size += len(data)
-        return len(self._chunks) - 1
 
-    def freeze(self) -> None:
-        self._base = ffi.from_buffer(b"".join(self._chunks)) if self._size else None
+# bw_request: struct_size, method, path, query, endpoint, params (+len), headers (+len),
+# body (+len), request_id, timeout_ms, cancelled -- in the header's order.
+_REQUEST = struct.Struct("@I" + "PN" * 8 + "IP")
+_HEADER_SIZE = ffi.sizeof("bw_header")
+_pair_structs: dict[int, struct.Struct] = {}
 
-    def fill(self, target: Any, index: int) -> None:
-        """Points the `bw_str` `target` at string `index`."""
-        length = len(self._chunks[index])
-        if length:
-            target.ptr = self._base + self._offsets[index]
-            target.len = length
+
+def _pair_struct(count: int) -> struct.Struct:
+    """The `struct` layout of `bw_header[count]`."""
+    packer = _pair_structs.get(count)
+    if packer is None:
+        packer = _pair_structs.setdefault(count, struct.Struct("@" + "PN" * (2 * count)))
+    return packer
+
+
+def _pack_pairs(spans: list[int], count: int) -> Any:
+    """A host-owned `bw_header[count]` from 4 * count span numbers; None when empty."""
+    return ffi.from_buffer(_pair_struct(count).pack(*spans)) if count else None
 
 
 class _RequestFrame:
-    """Host-owned memory of one `bw_request`, alive while this object is referenced."""
+    """Host-owned memory of one `bw_request`, alive while this object is referenced.
 
-    __slots__ = ("body", "c_request", "cancel", "headers", "params", "strings")
+    One buffer holds it all: the struct, then the header/param array, then every
+    string; only a non-empty body is referenced where it lies (no copy).
+    """
+
+    __slots__ = ("body", "buffer", "c_request", "cancel", "raw")
 
     def __init__(self, req: Request, cancel: CancelFlag) -> None:
-        strings = _Strings()
-        scalar = [strings.add(s) for s in (req.method, req.path, req.query, req.endpoint)]
-        rid = strings.add(req.request_id)
-        params = [(strings.add(k), strings.add(v)) for k, v in req.params]
-        headers = [(strings.add(k), strings.add(v)) for k, v in req.headers]
-        strings.freeze()
-
-        c = ffi.new("bw_request *")
-        c.struct_size = ffi.sizeof("bw_request")
-        strings.fill(c.method, scalar[0])
-        strings.fill(c.path, scalar[1])
-        strings.fill(c.query, scalar[2])
-        strings.fill(c.endpoint, scalar[3])
-        strings.fill(c.request_id, rid)
-        self.params = _pairs(strings, params)
-        self.headers = _pairs(strings, headers)
-        if self.params is not None:
-            c.params, c.params_len = self.params, len(params)
-        if self.headers is not None:
-            c.headers, c.headers_len = self.headers, len(headers)
-        self.body = ffi.from_buffer(req.body) if req.body else None
-        if self.body is not None:
-            c.body, c.body_len = self.body, len(req.body)
-        c.timeout_ms = min(max(req.timeout_ms, 0), 0xFFFFFFFF)
-        c.cancelled = cancel._word
-        self.c_request = c
-        self.strings = strings
+        texts: list[str | bytes] = [req.method, req.path, req.query, req.endpoint, req.request_id]
+        for pair in req.params:
+            texts += pair
+        for pair in req.headers:
+            texts += pair
+        encoded = [t if isinstance(t, bytes) else _text(t) for t in texts]
+        n_params, n_headers = len(req.params), len(req.headers)
+        pairs_at = _REQUEST.size
+        strings_at = pairs_at + (n_params + n_headers) * _HEADER_SIZE
+        self.buffer = buffer = bytearray(strings_at)
+        buffer += b"".join(encoded)
+        self.raw = ffi.from_buffer(buffer)
+        base = _address(self.raw)
+        spans: list[int] = []
+        position = base + strings_at
+        for chunk in encoded:
+            size = len(chunk)
+            spans += (position if size else 0, size)
+            position += size
+        if n_params or n_headers:
+            _pair_struct(n_params + n_headers).pack_into(buffer, pairs_at, *spans[10:])
+        body = req.body
+        self.body = ffi.from_buffer(body) if body else None
         self.cancel = cancel
+        _REQUEST.pack_into(
+            buffer,
+            0,
+            _REQUEST.size,
+            *spans[:8],  # method, path, query, endpoint
+            base + pairs_at if n_params else 0,
+            n_params,
+            base + pairs_at + n_params * _HEADER_SIZE if n_headers else 0,
+            n_headers,
+            _address(self.body) if body else 0,
+            len(body),
+            *spans[8:10],  # request_id
+            min(max(req.timeout_ms, 0), 0xFFFFFFFF),
+            _address(cancel._word),
+        )
+        self.c_request = ffi.cast("bw_request *", self.raw)
 
 
-def _pairs(strings: _Strings, items: Sequence[tuple[int, int]]) -> Any:
-    if not items:
-        return None
-    array = ffi.new("bw_header[]", len(items))
-    for slot, (k, v) in zip(array, items, strict=True):
-        strings.fill(slot.name, k)
-        strings.fill(slot.value, v)
-    return array
+def _check_request_layout() -> None:
+    """The `struct` format above must lay bw_request out exactly as the C compiler does."""
+    if _REQUEST.size != ffi.sizeof("bw_request") or struct.calcsize("@PNPN") != _HEADER_SIZE:
+        msg = "bw_request/bw_header layout differs from the struct format used to pack them"
+        raise RuntimeError(msg)
+    raw = ffi.from_buffer(_REQUEST.pack(*range(1, 20)))
+    probe = ffi.cast("bw_request *", raw)
+    fields = (
+        probe.struct_size,
+        _address(probe.method.ptr), probe.method.len,
+        _address(probe.path.ptr), probe.path.len,
+        _address(probe.query.ptr), probe.query.len,
+        _address(probe.endpoint.ptr), probe.endpoint.len,
+        _address(probe.params), probe.params_len,
+        _address(probe.headers), probe.headers_len,
+        _address(probe.body), probe.body_len,
+        _address(probe.request_id.ptr), probe.request_id.len,
+        probe.timeout_ms,
+        _address(probe.cancelled),
+    )  # fmt: skip
+    if fields != tuple(range(1, 20)):
+        msg = f"bw_request fields land at other offsets than packed: {fields}"
+        raise RuntimeError(msg)
+
+
+_check_request_layout()
 
 
 class _ResponseFrame:
@@ -281,17 +330,19 @@ class _ResponseFrame:
             self._fill(upstream)
 
     def _fill(self, resp: Response) -> None:
-        strings = _Strings()
-        ctype = strings.add(resp.content_type)
-        headers = [(strings.add(k), strings.add(v)) for k, v in resp.headers]
-        strings.freeze()
+        texts: list[str | bytes] = [resp.content_type]
+        for pair in resp.headers:
+            texts += pair
+        strings = _Packed(texts)
+        array = _pack_pairs(strings.spans[2:], len(resp.headers))
+        body = ffi.from_buffer(resp.body) if resp.body else None
         c = self.c_response
         c.status = resp.status
-        strings.fill(c.content_type, ctype)
-        array = _pairs(strings, headers)
+        c.content_type.ptr = ffi.cast("const char *", strings.spans[0])
+        c.content_type.len = strings.spans[1]
         if array is not None:
-            c.headers, c.headers_len = array, len(headers)
-        body = ffi.from_buffer(resp.body) if resp.body else None
+            c.headers = ffi.cast("const bw_header *", array)
+            c.headers_len = len(resp.headers)
         if body is not None:
             c.body, c.body_len = body, len(resp.body)
         self.keep = (strings, array, body)
