@@ -72,7 +72,7 @@ def answer_static(endpoint: StaticEndpoint, request: web.Request) -> web.Respons
 
 
 async def plugin_request(
-    request: web.Request, pattern: str, params: tuple[tuple[str, str], ...]
+    request: web.Request, pattern: str, params: tuple[tuple[str, str], ...], timeout_ms: int
 ) -> Request:
     """Maps an HTTP request onto the ABI's `bw_request`."""
     return Request(
@@ -85,6 +85,7 @@ async def plugin_request(
         headers=tuple((name.lower(), value) for name, value in request.headers.items()),
         body=await request.read(),
         request_id=request[REQUEST_ID],
+        timeout_ms=timeout_ms,
     )
 
 
@@ -92,13 +93,18 @@ def to_web_response(resp: Response, plugin: str) -> web.Response:
     """Copies a plugin's answer into an aiohttp response, refusing what HTTP cannot carry."""
     if not 100 <= resp.status <= 599:
         raise PluginCallError(plugin, f"returned HTTP status {resp.status}, not 100-599")
+    content_type = resp.content_type or DEFAULT_CONTENT_TYPE
+    if not resp.headers:
+        return web.Response(
+            status=resp.status, body=resp.body, headers={"Content-Type": content_type}
+        )
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in resp.headers:
         if name.lower() in _RESERVED_HEADERS or not _header_ok(name, value):
             log.warning("plugin_header_dropped", plugin=plugin, header=name)
             continue
         headers.add(name, value)
-    headers["Content-Type"] = resp.content_type or DEFAULT_CONTENT_TYPE
+    headers["Content-Type"] = content_type
     return web.Response(status=resp.status, body=resp.body, headers=headers)
 
 
@@ -120,7 +126,8 @@ async def answer_plugin(
 ) -> web.Response:
     """Request hooks in order, then the handler, then response hooks in reverse."""
     request[PLUGIN] = endpoint.handler
-    req = await plugin_request(request, endpoint.pattern, params)
+    runner = plugins.runner(endpoint.handler)
+    req = await plugin_request(request, endpoint.pattern, params, runner.timeout_ms)
     hooks = [*global_hooks, *endpoint.hooks]
     entered: list[str] = []
     resp: Response | None = None
@@ -131,8 +138,7 @@ async def answer_plugin(
             break
         entered.append(name)
     if resp is None:
-        runner = plugins.runner(endpoint.handler)
-        resp = await runner.handle(attrs.evolve(req, timeout_ms=runner.timeout_ms))
+        resp = await runner.handle(req)
     for name in reversed(entered):
         resp = await _response_hook(plugins, name, req, resp)
     return to_web_response(resp, request[PLUGIN])
@@ -143,7 +149,7 @@ async def _request_hook(plugins: Plugins, name: str, req: Request) -> Response |
         runner = plugins.runner(name)
         if not runner.info.has_on_request:
             return None
-        return await runner.on_request(attrs.evolve(req, timeout_ms=runner.timeout_ms))
+        return await runner.on_request(_with_timeout(req, runner.timeout_ms))
     except PluginError as e:
         _hook_failed(plugins, name, "on_request", e, req)
         return None
@@ -154,13 +160,16 @@ async def _response_hook(plugins: Plugins, name: str, req: Request, upstream: Re
         runner = plugins.runner(name)
         if not runner.info.has_on_response:
             return upstream
-        replaced = await runner.on_response(
-            attrs.evolve(req, timeout_ms=runner.timeout_ms), upstream
-        )
+        replaced = await runner.on_response(_with_timeout(req, runner.timeout_ms), upstream)
     except PluginError as e:
         _hook_failed(plugins, name, "on_response", e, req)
         return upstream
     return upstream if replaced is None else replaced
+
+
+def _with_timeout(req: Request, timeout_ms: int) -> Request:
+    """The request as one hook sees it: its own plugin's budget."""
+    return req if req.timeout_ms == timeout_ms else attrs.evolve(req, timeout_ms=timeout_ms)
 
 
 def _hook_failed(plugins: Plugins, name: str, hook: str, error: PluginError, req: Request) -> None:
