@@ -60,6 +60,13 @@ def _add_server_commands(commands: argparse._SubParsersAction[Any]) -> None:
     )
     serve.add_argument("--host", help="listen on this address (overrides server.host)")
     serve.add_argument("--port", type=int, help="listen on this port (overrides server.port)")
+    serve.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="server processes on the one port, each with its own plugins (default 1)",
+    )
     serve.set_defaults(run=cmd_serve)
 
     validate = commands.add_parser("validate", help="check a config file and list its problems")
@@ -120,6 +127,13 @@ def _add_examine_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        msg = f"must be a whole number of at least 1 (got {text!r})"
+        raise argparse.ArgumentTypeError(msg)
+    return int(text)
+
+
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -152,6 +166,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     config = attrs.evolve(config, server=server)
     configure_logging(config.logging.level, config.logging.format)
+    if args.workers > 1:
+        from backworks.multiprocess import serve_workers
+
+        serve_workers(config, args.workers)
+        return EXIT_OK
     try:
         serve(config)
     except StartupError as e:

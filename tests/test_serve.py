@@ -206,3 +206,68 @@ def test_validate_accepts_the_example_config() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "valid" in result.stdout
+
+
+def children_of(pid: int) -> set[int]:
+    tasks = Path(f"/proc/{pid}/task")
+    found: set[int] = set()
+    for task in tasks.iterdir():
+        found |= {int(p) for p in (task / "children").read_text().split()}
+    return found
+
+
+def test_workers_serve_one_port_and_a_dead_worker_is_replaced(
+    tmp_path: Path, build_plugin: BuildPlugin
+) -> None:
+    build_plugin(KIT, "kit", tmp_path / "plugins", extra_flags=('-DKIT_NAME="kit"',))
+    config = write_config(tmp_path, {"logging": {"format": "json"}})
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "backworks",
+            "serve",
+            "--config",
+            str(config),
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "BACKWORKS_CACHE_DIR": str(tmp_path / "cache")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while len(children_of(proc.pid)) < 2 or not _answers(port):
+            assert time.monotonic() < deadline, "workers did not come up"
+            time.sleep(0.1)
+        first = children_of(proc.pid)
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        while victim in children_of(proc.pid) or len(children_of(proc.pid)) < 2:
+            assert time.monotonic() < deadline + 10, "the dead worker was not replaced"
+            time.sleep(0.1)
+        assert _answers(port)
+        survivors = children_of(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        for pid in survivors:
+            assert (
+                not Path(f"/proc/{pid}").exists()
+                or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+            ), "a worker outlived the master"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _answers(port: int) -> bool:
+    try:
+        return get(f"http://127.0.0.1:{port}/plugins/kit/status?code=200", timeout=2)[0] == 200
+    except OSError:
+        return False
