@@ -12,9 +12,10 @@ LOG, ...) carry 0. A body is a sequence of fields:
                             so the exact bytes aiohttp decoded survive the trip)
     pairs                   u32 count, then each name and value as a str
 
-A call is one frame each way: the host sends HANDLE (a request), the worker answers
-RESPONSE, NONE or FAILED. Nothing here does I/O; both sides feed what they read into a
-`FrameReader` and hand bodies to the `decode_*` functions.
+A call is one frame each way on the calls channel: the host sends HANDLE (a
+request), the worker answers RESPONSE, NONE or FAILED. CANCEL frames use the same
+format on the control channel. Nothing here does I/O; both sides feed what they read
+into a `FrameReader` and hand bodies to the `decode_*` functions.
 """
 
 from __future__ import annotations
