@@ -32,8 +32,12 @@ from backworks.stats import PluginStats
 log = structlog.get_logger("backworks.executor")
 
 Dispatch = Literal["auto", "pool", "inline"]
-# An inline call longer than this stalls every other request; the plugin is demoted.
+# An inline call longer than this stalls every other request. One overrun can be the
+# machine's fault (a preempted VM, a GC pause); INLINE_STRIKES of them within
+# INLINE_STRIKE_WINDOW calls are the plugin's, and demote it to the pool.
 INLINE_BUDGET_S = 0.002
+INLINE_STRIKES = 3
+INLINE_STRIKE_WINDOW = 1024
 
 # Threads per thread-safe plugin when its config sets no max_concurrency: the
 # standard library's own default for I/O-bound pools.
@@ -127,9 +131,9 @@ class PluginRunner:
     timeout. An inline call runs on the event-loop thread itself, which saves the
     thread hop that otherwise costs more than the native call; it is offered to
     plugins that declare BW_FLAG_NONBLOCKING (`dispatch: auto`) or whose config asks
-    (`dispatch: inline`). An inline call cannot be timed out, so one that overruns
-    INLINE_BUDGET_S demotes the plugin to the pool for good, with a warning: a slow
-    inline call stalls every request of the server.
+    (`dispatch: inline`). An inline call cannot be timed out, so a plugin whose inline
+    calls keep overrunning INLINE_BUDGET_S is demoted to the pool for good, with a
+    warning: a slow inline call stalls every request of the server.
     """
 
     def __init__(
@@ -158,6 +162,8 @@ class PluginRunner:
         )
         # Never set: an inline call cannot be abandoned, so one flag serves them all.
         self._inline_cancel = CancelFlag()
+        self._inline_calls = 0
+        self._strikes = 0
 
     @property
     def dispatch(self) -> str:
@@ -246,12 +252,25 @@ class PluginRunner:
         finally:
             self.gate.leave()
             elapsed = time.perf_counter() - started
-            if elapsed > INLINE_BUDGET_S:
-                self._demote(elapsed)
+            self._judge_inline(elapsed)
         self._succeeded(elapsed)
         return result
 
-    def _demote(self, elapsed: float) -> None:
+    def _judge_inline(self, elapsed: float) -> None:
+        self._inline_calls += 1
+        if self._inline_calls % INLINE_STRIKE_WINDOW == 0:
+            self._strikes = 0
+        if elapsed <= INLINE_BUDGET_S:
+            return
+        self._strikes += 1
+        if self._strikes < INLINE_STRIKES:
+            log.info(
+                "plugin_inline_overrun",
+                plugin=self.name,
+                duration_ms=round(elapsed * 1000, 3),
+                strikes=self._strikes,
+            )
+            return
         self._inline = None
         log.warning(
             "plugin_demoted_to_pool",
