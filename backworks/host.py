@@ -21,7 +21,8 @@ from backworks.breaker import CircuitBreaker
 from backworks.config import Config, PluginConfig
 from backworks.endpoints import Endpoint, MountedEndpoint, PluginEndpoint, StaticEndpoint
 from backworks.errors import BackworksError, PluginError, PluginUnavailableError
-from backworks.executor import DEFAULT_POOL_SIZE, PluginRunner, ThreadBackend
+from backworks.executor import DEFAULT_POOL_SIZE, Backend, PluginRunner, ThreadBackend
+from backworks.isolation import ProcessBackend, probe
 from backworks.registry import LoadedPlugin, PluginSpec, PluginState, load_plugin
 from backworks.routing import Route, RouteTable
 
@@ -120,6 +121,9 @@ class Host:
         return specs
 
     async def _load(self, spec: PluginSpec, settings: PluginConfig) -> None:
+        if settings.isolation == "process":
+            await self._load_isolated(spec, settings)
+            return
         loop = asyncio.get_running_loop()
         try:
             instance = await asyncio.wait_for(
@@ -149,17 +153,7 @@ class Host:
                 configured=settings.max_concurrency,
                 reason="the plugin is not BW_FLAG_THREAD_SAFE",
             )
-        self.runners[spec.name] = PluginRunner(
-            ThreadBackend(instance, limit),
-            max_concurrency=limit,
-            timeout_ms=settings.timeout_ms,
-            queue_timeout_ms=settings.queue_timeout_ms,
-            breaker=CircuitBreaker(
-                settings.circuit_breaker.failure_threshold,
-                settings.circuit_breaker.recovery_timeout_ms,
-            ),
-            dispatch=settings.dispatch,
-        )
+        self._add_runner(spec, settings, ThreadBackend(instance, limit), limit)
         self.plugins[spec.name] = LoadedPlugin(
             spec.name, PluginState.READY, str(spec.path), instance.info, instance
         )
@@ -169,6 +163,66 @@ class Host:
             version=instance.info.version,
             path=str(spec.path),
             max_concurrency=limit,
+        )
+
+    async def _load_isolated(self, spec: PluginSpec, settings: PluginConfig) -> None:
+        """`isolation: process`: the library is only ever loaded in worker processes."""
+        workers = settings.workers or 1
+        try:
+            info = await probe(spec, timeout=settings.timeout_ms / 1000)
+            # max_concurrency is the plugin's total; each worker takes its share.
+            # Without BW_FLAG_THREAD_SAFE a worker runs one call at a time (ABI rule 4).
+            per_worker = 1
+            if info.thread_safe:
+                total = settings.max_concurrency or workers * DEFAULT_POOL_SIZE
+                per_worker = max(1, -(-total // workers))
+            elif settings.max_concurrency and settings.max_concurrency > workers:
+                log.warning(
+                    "plugin_concurrency_capped",
+                    plugin=spec.name,
+                    configured=settings.max_concurrency,
+                    reason="the plugin is not BW_FLAG_THREAD_SAFE: one call per worker",
+                )
+            backend = ProcessBackend(
+                info,
+                spec,
+                workers=workers,
+                concurrency_per_worker=per_worker,
+                memory_limit_mb=settings.memory_limit_mb,
+                cpu_limit_ms=settings.cpu_limit_ms,
+                init_timeout_ms=settings.timeout_ms,
+            )
+            await backend.start()
+        except BackworksError as e:
+            reason = e.message if isinstance(e, PluginError) else str(e)
+            self._fail(spec.name, str(spec.path), reason, settings)
+            return
+        limit = workers * per_worker
+        self._add_runner(spec, settings, backend, limit)
+        self.plugins[spec.name] = LoadedPlugin(spec.name, PluginState.READY, str(spec.path), info)
+        log.info(
+            "plugin_loaded",
+            plugin=spec.name,
+            version=info.version,
+            path=str(spec.path),
+            max_concurrency=limit,
+            isolation="process",
+            workers=workers,
+        )
+
+    def _add_runner(
+        self, spec: PluginSpec, settings: PluginConfig, backend: Backend, limit: int
+    ) -> None:
+        self.runners[spec.name] = PluginRunner(
+            backend,
+            max_concurrency=limit,
+            timeout_ms=settings.timeout_ms,
+            queue_timeout_ms=settings.queue_timeout_ms,
+            breaker=CircuitBreaker(
+                settings.circuit_breaker.failure_threshold,
+                settings.circuit_breaker.recovery_timeout_ms,
+            ),
+            dispatch=settings.dispatch,
         )
 
     def _fail(
