@@ -1,0 +1,21 @@
+"""The baseline of `make bench`: the plain aiohttp app a user would write instead.
+
+It answers the hello plugin's JSON from a Python handler with json.dumps, on the same
+event loop and aiohttp version as Backworks itself, with no access log.
+"""
+
+import json
+import sys
+
+from aiohttp import web
+
+
+async def hello(request: web.Request) -> web.Response:
+    return web.Response(
+        body=json.dumps({"hello": "world"}).encode(), content_type="application/json"
+    )
+
+
+app = web.Application()
+app.router.add_get("/hello", hello)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
