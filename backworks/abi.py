@@ -19,7 +19,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import attrs
 from cffi import FFI
@@ -31,6 +31,9 @@ from backworks.errors import (
     PluginInitError,
     PluginLoadError,
 )
+
+if TYPE_CHECKING:
+    from backworks.abi_legacy import LegacyInstance, LegacyLibrary
 
 HEADER_NAME = "backworks/plugin.h"
 ENTRY_SYMBOL = "backworks_plugin_entry"
@@ -82,7 +85,8 @@ FLAG_NAMES: dict[int, str] = {FLAG_THREAD_SAFE: "thread_safe", FLAG_NONBLOCKING:
 
 # A descriptor must be at least as large as version 1.0's; later minors only append.
 _PLUGIN_SIZE_1_0 = ffi.sizeof("bw_plugin")
-_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+PLUGIN_NAME_RULE = "[a-z0-9][a-z0-9_-]{0,63}"
+_NAME_RE = re.compile(PLUGIN_NAME_RULE)
 # Strings in a descriptor are read with a bound, so a garbage pointer to memory with
 # no NUL in reach cannot make us read forever.
 _MAX_DESCRIPTOR_STRING = 4096
@@ -91,6 +95,13 @@ _MAX_DESCRIPTOR_STRING = 4096
 def abi_text(version: int) -> str:
     """`0x00010002` -> `"1.2"`."""
     return f"{version >> 16}.{version & 0xFFFF}"
+
+
+def invalid_name_reason(name: str) -> str | None:
+    """Why `name` cannot be a plugin name, or None when it can (ABI and legacy alike)."""
+    if _NAME_RE.fullmatch(name):
+        return None
+    return f"plugin name {name!r} is invalid: expected {PLUGIN_NAME_RULE}"
 
 
 # ---------------------------------------------------------------------------
@@ -486,9 +497,8 @@ def _read_descriptor(desc: Any, path: str) -> PluginInfo:
         if getattr(desc, field) == ffi.NULL:
             raise PluginLoadError(path, f"descriptor has no {field!r} function (it is required)")
     name = _descriptor_string(desc.name, "name", path, required=True)
-    if not _NAME_RE.fullmatch(name):
-        msg = f"plugin name {name!r} is invalid: expected [a-z0-9][a-z0-9_-]{{0,63}}"
-        raise PluginLoadError(path, msg)
+    if (why := invalid_name_reason(name)) is not None:
+        raise PluginLoadError(path, why)
     return PluginInfo(
         path=path,
         name=name,
@@ -530,12 +540,8 @@ class NativeLibrary:
         return NativeInstance(self, host, state[0])
 
 
-def open_library(path: str | Path) -> NativeLibrary:
-    """Loads `path` and validates its descriptor; raises `PluginLoadError` naming the fault.
-
-    Loading runs the library's constructors in this process: untrusted files are
-    examined by discovery in a child process first.
-    """
+def _dlopen(path: str | Path) -> tuple[str, Any]:
+    """Loads exactly the file `path` names; raises `PluginLoadError` when it cannot."""
     path = str(path)
     # dlopen() (and cffi's find_library fallback) would search the system's library
     # path for a name without a slash ("libx.so", "m"): load exactly the file named.
@@ -544,15 +550,60 @@ def open_library(path: str | Path) -> NativeLibrary:
         raise PluginLoadError(path, "cannot be loaded: no such file")
     try:
         # RTLD_NOW: an unresolved symbol fails here, not in the middle of a request.
-        lib = ffi.dlopen(file, ffi.RTLD_NOW | ffi.RTLD_LOCAL)
+        return path, ffi.dlopen(file, ffi.RTLD_NOW | ffi.RTLD_LOCAL)
     except OSError as e:
         raise PluginLoadError(path, f"cannot be loaded: {e}") from e
+
+
+def _entry_point(lib: Any) -> Any:
+    """The library's `backworks_plugin_entry`, or None when it does not export one."""
     try:
-        entry = lib.backworks_plugin_entry
+        return lib.backworks_plugin_entry
     except AttributeError:
-        raise PluginLoadError(path, f"does not export {ENTRY_SYMBOL}()") from None
+        return None
+
+
+def open_library(path: str | Path) -> NativeLibrary:
+    """Loads `path` and validates its descriptor; raises `PluginLoadError` naming the fault.
+
+    ABI 1 only; the host opens plugins with `open_plugin_library`, which also takes
+    libraries of the legacy ABI. Loading runs the library's constructors in this
+    process: untrusted files are examined by discovery in a child process first.
+    """
+    path, lib = _dlopen(path)
+    entry = _entry_point(lib)
+    if entry is None:
+        raise PluginLoadError(path, f"does not export {ENTRY_SYMBOL}()")
     desc = entry(ABI_VERSION)
     return NativeLibrary(path, lib, desc, _read_descriptor(desc, path))
+
+
+PluginLibrary: TypeAlias = "NativeLibrary | LegacyLibrary"
+PluginInstance: TypeAlias = "NativeInstance | LegacyInstance"
+
+
+def open_plugin_library(path: str | Path) -> PluginLibrary:
+    """Loads any plugin library: ABI 1 (`backworks_plugin_entry`) first, else the legacy
+    ABI 0 of the original design (`plugin_info`, see abi_legacy). The one way the host
+    and discovery open plugins; raises `PluginLoadError` naming the fault.
+
+    Both kinds answer `info` and `instantiate(config_json, log)`, and their instances
+    the calls of `NativeInstance`.
+    """
+    # The adapter builds on this module (ffi, the value classes): imported here, not
+    # at the top, so the two modules do not import each other while loading.
+    from backworks import abi_legacy
+
+    path, lib = _dlopen(path)
+    entry = _entry_point(lib)
+    if entry is not None:
+        desc = entry(ABI_VERSION)
+        return NativeLibrary(path, lib, desc, _read_descriptor(desc, path))
+    legacy = abi_legacy.open_legacy_library(path, lib)
+    if legacy is None:
+        msg = f"does not export {ENTRY_SYMBOL}() (nor the legacy {abi_legacy.INFO_SYMBOL}())"
+        raise PluginLoadError(path, msg)
+    return legacy
 
 
 class NativeInstance:

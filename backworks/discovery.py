@@ -6,8 +6,9 @@ settle it, and only files that pass every one are loaded, in a scanner child pro
 1. list `.so`/`.dylib`/`.dll` files (optionally recursively);
 2. keep regular files (not broken links, devices...), and one name per file;
 3. reuse the verdict of an earlier scan when the file has not changed (scan_cache);
-4. sniff: an ELF/Mach-O/PE magic number and an entry symbol's name in the bytes,
-   else the file is skipped as "not a Backworks plugin" and never loaded;
+4. sniff: an ELF/Mach-O/PE magic number and the name of an entry symbol (ABI 1's
+   `backworks_plugin_entry` or the legacy ABI's `plugin_info`) in the bytes, else
+   the file is skipped as "not a Backworks plugin" and never loaded;
 5. refuse files that others may write (trust.check_permissions), unless allowed;
 6. read the descriptor in a child (scanner), where a crash or hang blames that file;
 7. refuse every file of a plugin name that more than one file declares.
@@ -29,6 +30,7 @@ import attrs
 import structlog
 
 from backworks.abi import ENTRY_SYMBOL
+from backworks.abi_legacy import INFO_SYMBOL
 from backworks.errors import PluginLoadError
 from backworks.scan_cache import FileKey, ScanCache
 from backworks.scanner import ScanResult, examine_isolated
@@ -50,10 +52,11 @@ LIBRARY_SUFFIXES = (".so", ".dylib", ".dll")
 # The exported names that make a library worth loading. A library that exports one
 # holds it as a NUL-terminated string: in ELF's .dynstr, in Mach-O's string table (with
 # a leading underscore), in a PE export name table.
-PLUGIN_SYMBOLS: tuple[str, ...] = (ENTRY_SYMBOL,)
+PLUGIN_SYMBOLS: tuple[str, ...] = (ENTRY_SYMBOL, INFO_SYMBOL)
 DEFAULT_TIMEOUT_S = 10.0
 
-NOT_A_PLUGIN = f"not a Backworks plugin (no {' or '.join(PLUGIN_SYMBOLS)} symbol)"
+_NOT_A_PLUGIN_PREFIX = "not a Backworks plugin"
+NOT_A_PLUGIN = f"{_NOT_A_PLUGIN_PREFIX} (no {' or '.join(PLUGIN_SYMBOLS)} symbol)"
 NOT_A_LIBRARY = "not a shared library (no ELF, Mach-O or PE header)"
 
 _MAGIC_NUMBERS = (
@@ -184,7 +187,7 @@ class _Scan:
         key = FileKey.of(path, st)
         if self.cache is not None and not self.rescan:
             cached = self.cache.get(key)
-            if cached is not None:
+            if cached is not None and not _sought_other_symbols(cached):
                 self.cached += 1
                 return attrs.evolve(cached, path=path)
         result = _sniff(path)
@@ -204,6 +207,13 @@ class _Scan:
         if self.cache is not None:
             self.cache.save()
         return _refuse_shared_names([r for r in self.results.values() if r is not None])
+
+
+def _sought_other_symbols(result: ScanResult) -> bool:
+    """A cached "not a plugin" verdict of a host that looked for other symbols (one
+    from before legacy libraries were taken, say): the file may be a plugin now."""
+    error = result.error or ""
+    return result.skipped and error.startswith(_NOT_A_PLUGIN_PREFIX) and error != NOT_A_PLUGIN
 
 
 def _refuse_shared_names(results: list[ScanResult]) -> list[ScanResult]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import attrs
 
-from backworks.abi import NativeInstance, PluginInfo, open_library
+from backworks.abi import PluginInfo, PluginInstance, open_plugin_library
 from backworks.errors import PluginLoadError
 from backworks.logs import plugin_log_sink
 from backworks.trust import check_digest, check_permissions
@@ -36,7 +36,7 @@ class PluginSpec:
     sha256: str | None = None
 
 
-def load_plugin(spec: PluginSpec) -> NativeInstance:
+def load_plugin(spec: PluginSpec) -> PluginInstance:
     """Loads and initialises one plugin; raises PluginLoadError or PluginInitError.
 
     Blocking: `init` is plugin code and may take its time. Call it off the event loop.
@@ -48,7 +48,7 @@ def load_plugin(spec: PluginSpec) -> NativeInstance:
         check_permissions(path)
     if spec.sha256:
         check_digest(path, spec.sha256)
-    library = open_library(path)
+    library = open_plugin_library(path)
     if library.info.name != spec.name:
         msg = (
             f"declares plugin {library.info.name!r}, but the config expects {spec.name!r} "
@@ -66,5 +66,5 @@ class LoadedPlugin:
     state: PluginState
     path: str | None = None
     info: PluginInfo | None = None
-    instance: NativeInstance | None = None
+    instance: PluginInstance | None = None
     error: str | None = None

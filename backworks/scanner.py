@@ -1,14 +1,14 @@
 """Reading plugin descriptors in child processes, so no library can break the host.
 
-Loading a library runs its constructors, and `backworks_plugin_entry` is plugin code:
-either may abort, segfault, hang or print. So descriptors are read in a scanner
-process, `python -m backworks.scanner`, one file after another (GStreamer's
-plugin scanner is the model). The parent sends one path at a time on a request pipe;
-the child announces the file before opening it and reports the result on a result
-pipe. Neither pipe is stdin or stdout: a library may read stdin or print, and the
-child's stdout goes to /dev/null. When a child dies or hangs, the file it announced
-is the culprit: the parent kills the child, records the culprit with the reason,
-and starts a fresh child for the files still to do.
+Loading a library runs its constructors, and `backworks_plugin_entry` (or a legacy
+library's `plugin_info`) is plugin code: either may abort, segfault, hang or print.
+So descriptors are read in a scanner process, `python -m backworks.scanner`, one
+file after another (GStreamer's plugin scanner is the model). The parent sends one
+path at a time on a request pipe; the child announces the file before opening it
+and reports the result on a result pipe. Neither pipe is stdin or stdout: a library
+may read stdin or print, and the child's stdout goes to /dev/null. When a child dies
+or hangs, the file it announced is the culprit: the parent kills the child, records
+the culprit with the reason, and starts a fresh child for the files still to do.
 
 This module holds both sides of that protocol and `ScanResult`, the value each file
 ends up with (discovery re-exports it).
@@ -35,7 +35,7 @@ from typing import IO, Any
 
 import attrs
 
-from backworks.abi import open_library
+from backworks.abi import open_plugin_library
 from backworks.errors import PluginLoadError
 
 JSON_KEYS = ("path", "ok", "name", "version", "description", "abi", "flags", "error")
@@ -398,7 +398,7 @@ def examine_isolated(
 
 def _examine_here(path: str) -> ScanResult:
     try:
-        info = open_library(path).info
+        info = open_plugin_library(path).info
     except PluginLoadError as e:
         return ScanResult.failure(path, e.reason)
     except Exception as e:  # the parent must get an answer for every file
