@@ -1,14 +1,45 @@
-"""Per-plugin counters and recent latencies, read by the admin routes.
+"""Per-plugin counters and recent latencies, read by the admin routes and /metrics.
 
 Updated from the event-loop thread only. Latency percentiles come from a ring of the
 most recent samples: exact for recent traffic and O(1) to record on the hot path.
+Since-start latency histograms (what Prometheus wants) count into fixed buckets, so
+recording is a bisect and two additions, and a scrape reads them without locking.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import Any
 
 _WINDOW = 2048
+
+# Upper bounds in seconds: from a fast in-process call to a slow worker process.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+class LatencyHistogram:
+    """Counts per bucket of LATENCY_BUCKETS (plus one above), and the sum of all samples."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        # bisect_left: a sample equal to a bound belongs to it (Prometheus' `le`).
+        self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.sum += seconds
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """`[(le, count of samples <= le), ..., ("+Inf", total)]` as Prometheus exposes it."""
+        out, running = [], 0
+        for bound, count in zip((*map(str, LATENCY_BUCKETS), "+Inf"), self.counts, strict=True):
+            running += count
+            out.append((bound, running))
+        return out
 
 
 class PluginStats:
@@ -19,6 +50,7 @@ class PluginStats:
         "calls",
         "crashed",
         "failed",
+        "histogram",
         "in_flight",
         "ok",
         "rejected",
@@ -36,8 +68,10 @@ class PluginStats:
         self._samples = [0.0] * _WINDOW
         self._cursor = 0
         self._filled = 0
+        self.histogram = LatencyHistogram()
 
     def observe(self, seconds: float) -> None:
+        self.histogram.observe(seconds)
         self._samples[self._cursor] = seconds
         self._cursor = (self._cursor + 1) % _WINDOW
         self._filled = min(self._filled + 1, _WINDOW)
