@@ -9,6 +9,9 @@ from tests.cbuild import EXT, compile_library
 
 BuildPlugin = Callable[..., Path]
 
+# `kit`, `serve` and `plugins_dir`: a real server over real C plugins, for any test file.
+pytest_plugins = ["tests.serving"]
+
 
 @pytest.fixture(scope="session")
 def build_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:

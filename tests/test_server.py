@@ -3,65 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from aiohttp import web
-from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
-from backworks.config import load_config
-from backworks.server import create_app
 from tests.cbuild import EXT
-from tests.conftest import BuildPlugin
-
-KIT = (Path(__file__).parent / "plugins" / "testkit.c").read_text()
-Client = TestClient[web.Request, web.Application]
-MakeClient = Callable[..., Awaitable[Client]]
-
-
-@pytest.fixture
-def plugins_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "plugins"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
-def kit(build_plugin: BuildPlugin, plugins_dir: Path) -> Callable[..., Path]:
-    """`kit("name", thread_safe=False)` compiles the test kit as plugin `name`."""
-
-    def build(name: str = "kit", *, thread_safe: bool = False) -> Path:
-        flags = ("-DKIT_FLAGS=BW_FLAG_THREAD_SAFE",) if thread_safe else ()
-        return build_plugin(
-            KIT, name=name, folder=plugins_dir, extra_flags=(f'-DKIT_NAME="{name}"', *flags)
-        )
-
-    return build
-
-
-@pytest.fixture
-def serve(
-    tmp_path: Path, plugins_dir: Path, aiohttp_client: MakeClient, monkeypatch: pytest.MonkeyPatch
-) -> Callable[[dict[str, Any]], Awaitable[Client]]:
-    """Writes a config next to ./plugins and serves it; returns a client of the server."""
-    monkeypatch.setenv("BACKWORKS_CACHE_DIR", str(tmp_path / "cache"))
-
-    async def start(config: dict[str, Any]) -> Client:
-        config.setdefault("plugin_discovery", {"enabled": True, "directories": ["./plugins"]})
-        path = tmp_path / "backworks.yaml"
-        path.write_text(yaml.safe_dump(config))
-        return await aiohttp_client(create_app(load_config(path)))
-
-    return start
-
-
-async def error_of(resp: Any) -> dict[str, Any]:
-    body = await resp.json()
-    return body["error"]  # type: ignore[no-any-return]
+from tests.serving import error_of
 
 
 async def test_every_request_field_reaches_the_plugin(kit: Any, serve: Any) -> None:

@@ -1,0 +1,74 @@
+"""Fixtures that serve a config with real C plugins: `kit` compiles, `serve` starts the app.
+
+A pytest plugin module (tests/conftest.py lists it in `pytest_plugins`), so every test
+file can ask for `kit` and `serve` by name without importing them.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from backworks.config import load_config
+from backworks.server import create_app
+from tests.conftest import BuildPlugin
+
+KIT = (Path(__file__).parent / "plugins" / "testkit.c").read_text()
+Client = TestClient[web.Request, web.Application]
+MakeClient = Callable[..., Awaitable[Client]]
+Serve = Callable[..., Awaitable[Client]]
+
+
+@pytest.fixture
+def plugins_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def kit(build_plugin: BuildPlugin, plugins_dir: Path) -> Callable[..., Path]:
+    """`kit("name", thread_safe=False)` compiles the test kit as plugin `name`."""
+
+    def build(name: str = "kit", *, thread_safe: bool = False) -> Path:
+        flags = ("-DKIT_FLAGS=BW_FLAG_THREAD_SAFE",) if thread_safe else ()
+        return build_plugin(
+            KIT, name=name, folder=plugins_dir, extra_flags=(f'-DKIT_NAME="{name}"', *flags)
+        )
+
+    return build
+
+
+@pytest.fixture
+def serve(
+    tmp_path: Path, plugins_dir: Path, aiohttp_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> Serve:
+    """`await serve(config, **create_app_options)`: writes the config next to ./plugins,
+    serves it, and returns a client of the server."""
+    monkeypatch.setenv("BACKWORKS_CACHE_DIR", str(tmp_path / "cache"))
+
+    async def start(config: dict[str, Any], **options: Any) -> Client:
+        config.setdefault("plugin_discovery", {"enabled": True, "directories": ["./plugins"]})
+        path = tmp_path / "backworks.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return await aiohttp_client(create_app(load_config(path), **options))
+
+    return start
+
+
+async def error_of(resp: Any) -> dict[str, Any]:
+    body = await resp.json()
+    return body["error"]  # type: ignore[no-any-return]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
