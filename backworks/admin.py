@@ -1,4 +1,7 @@
-"""The admin routes under /_backworks: liveness for load balancers and plugin state."""
+"""The admin routes under /_backworks: liveness, plugin state, and closing a breaker.
+
+The routes that change something are wrapped in `requires_admin_token`.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +11,20 @@ from typing import Any
 
 from aiohttp import web
 
+from backworks.admin_auth import requires_admin_token
+from backworks.app_state import HOST as HOST  # re-exported: where the admin routes find it
 from backworks.errors import PluginError
 from backworks.host import Host
+from backworks.http_errors import envelope
+from backworks.middleware import REQUEST_ID
 
-HOST: web.AppKey[Host] = web.AppKey("host", Host)
 HEALTH_TIMEOUT_S = 2.0
 
 
 def add_admin_routes(app: web.Application) -> None:
     app.router.add_get("/_backworks/health", health)
     app.router.add_get("/_backworks/plugins", plugins)
+    app.router.add_post("/_backworks/plugins/{name}/reset", reset)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -37,6 +44,24 @@ async def plugins(request: web.Request) -> web.Response:
         if report is not None:
             row["health"] = report
     return web.json_response({"plugins": rows})
+
+
+@requires_admin_token
+async def reset(request: web.Request) -> web.Response:
+    """Closes a plugin's circuit breaker now, instead of after its recovery timeout.
+
+    For an operator who fixed what made the plugin fail: the next call goes through.
+    """
+    name = request.match_info["name"]
+    runner = request.app[HOST].runners.get(name)
+    if runner is None:
+        msg = f"no running plugin is named {name!r}"
+        return envelope(404, "not_found", msg, request[REQUEST_ID], plugin=name)
+    was = runner.breaker.state.value
+    # A success is exactly "close and forget the failures"; a probe still running
+    # records its own outcome later, as it would have anyway.
+    runner.breaker.record_success()
+    return web.json_response({"plugin": name, "circuit": runner.breaker.state.value, "was": was})
 
 
 async def _report(host: Host, name: str) -> dict[str, Any] | None:

@@ -6,6 +6,7 @@ import re
 import time
 import uuid
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
@@ -18,8 +19,12 @@ from backworks.http_errors import (
     plugin_error_response,
 )
 
+if TYPE_CHECKING:
+    from backworks.traffic import Traffic
+
 REQUEST_ID = web.RequestKey("request_id", str)
 PLUGIN = web.RequestKey("plugin", str)  # set by a handler: who answered, for the access log
+ROUTE = web.RequestKey("route", str)  # set by the dispatcher: the pattern, for the metrics
 
 # An incoming X-Request-Id is kept only when it is short and plain, so that log lines
 # and plugins never receive an attacker's control characters.
@@ -29,8 +34,13 @@ access_log = structlog.get_logger("backworks.access")
 log = structlog.get_logger("backworks.server")
 
 
-def request_middleware(global_headers: Mapping[str, str]) -> Middleware:
-    """Gives each request an id, maps every error to the JSON envelope, logs one line."""
+def request_middleware(
+    global_headers: Mapping[str, str], traffic: Traffic | None = None
+) -> Middleware:
+    """Gives each request an id, maps every error to the JSON envelope, logs one line.
+
+    With `traffic`, each answered request is also counted there (metrics, dashboard).
+    """
     extra = dict(global_headers)
 
     @web.middleware
@@ -53,15 +63,18 @@ def request_middleware(global_headers: Mapping[str, str]) -> Middleware:
         response.headers["X-Request-Id"] = rid
         for name, value in extra.items():
             response.headers.setdefault(name, value)
+        elapsed = time.perf_counter() - started
         access_log.info(
             "request",
             request_id=rid,
             method=request.method,
             path=request.path,
             status=response.status,
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            duration_ms=round(elapsed * 1000, 3),
             plugin=request.get(PLUGIN),
         )
+        if traffic is not None:
+            traffic.record(request, response.status, elapsed, rid)
         return response
 
     return middleware
