@@ -27,6 +27,13 @@ lint: $(STAMP)
 run: $(STAMP) hello-plugin weather-plugin
 	$(BIN)/backworks serve --config examples/backworks.yaml
 
+# Benchmarks live here, never in timed tests: these machines are shared and noisy.
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py
+
 hello-plugin: plugins/libhello.$(PLUGIN_EXT)
 
 plugins/libhello.$(PLUGIN_EXT): sdk-c/examples/hello/hello.c sdk-c/include/backworks/plugin.h sdk-c/include/backworks/sdk.h
