@@ -10,11 +10,14 @@
  *   .../overlap         counts concurrent calls; .../max-overlap reports the maximum
  *   .../log             logs "hello from <name>" through the host
  *   .../headers         answers with an extra header and a text content type
+ *   .../version         {"plugin": <name>, "build": KIT_VERSION} (0 unless -DKIT_VERSION=n)
  *
  * Hooks: on_request answers 401 when the request has `x-deny`, fails with `x-hook-fail`,
  * sleeps with `x-hook-sleep`; on_response adds `x-hooked-by-<name>` to the upstream answer
  * (keeping upstream's own headers).
- * shutdown appends "<name>\n" to the file named by the config's "marker" key.
+ * shutdown appends "<name>\n" to the file named by the config's "marker" key. Built with
+ * -DKIT_VERSION=n (the reload tests), init also appends "init <name> v<n>\n" there and
+ * shutdown appends "<name> v<n>\n", so each version's init and shutdown can be counted.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <backworks/sdk.h>
@@ -25,6 +28,17 @@
 #endif
 #ifndef KIT_FLAGS
 #define KIT_FLAGS 0
+#endif
+#define KIT_STR_(x) #x
+#define KIT_STR(x) KIT_STR_(x)
+#ifdef KIT_VERSION
+#define KIT_VERSIONED 1
+#define KIT_TAG KIT_NAME " v" KIT_STR(KIT_VERSION)
+#define KIT_DESCRIPTOR_VERSION "0.1." KIT_STR(KIT_VERSION)
+#else
+#define KIT_VERSION 0
+#define KIT_TAG KIT_NAME
+#define KIT_DESCRIPTOR_VERSION "0.1.0"
 #endif
 
 typedef struct { char marker[512]; const bw_host *host; } kit_state;
@@ -58,6 +72,12 @@ static int32_t kit_init(const bw_host *host, const char *config, size_t len, voi
         size_t n = end ? (size_t)(end - start) : 0;
         if (n >= sizeof st->marker) n = sizeof st->marker - 1;
         memcpy(st->marker, start, n);
+#ifdef KIT_VERSIONED
+        {
+            FILE *f = fopen(st->marker, "a");
+            if (f) { fputs("init " KIT_TAG "\n", f); fclose(f); }
+        }
+#endif
     }
     st->host = host;
     *state = st;
@@ -141,6 +161,9 @@ static int32_t kit_handle(void *state, const bw_request *req, bw_response *resp)
         bw_log_error(st->host, "an error line from %s", KIT_NAME);
         return bw_respond_json(resp, 200, "{\"logged\": true}");
     }
+    if (ends_with(path, "/version"))
+        return bw_respond_json(resp, 200,
+                               "{\"plugin\": \"" KIT_NAME "\", \"build\": " KIT_STR(KIT_VERSION) "}");
     if (ends_with(path, "/headers")) {
         bw_header extra[1];
         extra[0].name = bw_str_from("x-kit");
@@ -181,12 +204,12 @@ static void kit_shutdown(void *state) {
     kit_state *st = (kit_state *)state;
     if (st->marker[0]) {
         FILE *f = fopen(st->marker, "a");
-        if (f) { fputs(KIT_NAME "\n", f); fclose(f); }
+        if (f) { fputs(KIT_TAG "\n", f); fclose(f); }
     }
     free(st);
 }
 
-BW_DEFINE_PLUGIN(.name = KIT_NAME, .version = "0.1.0", .description = "test kit",
+BW_DEFINE_PLUGIN(.name = KIT_NAME, .version = KIT_DESCRIPTOR_VERSION, .description = "test kit",
                  .flags = KIT_FLAGS, .init = kit_init, .handle = kit_handle,
                  .health = kit_health, .shutdown = kit_shutdown,
                  .on_request = kit_on_request, .on_response = kit_on_response)
