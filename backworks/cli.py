@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ from backworks import discovery
 from backworks.config import Config, default_config, find_config, load_config
 from backworks.errors import ConfigError
 from backworks.logs import configure_logging
+from backworks.scaffold import LANGUAGES, ScaffoldError, create_plugin_project
 from backworks.scanner import ScanResult
 
 EXIT_OK = 0
@@ -50,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_server_commands(commands)
     _add_plugins_commands(commands)
+    _add_new_commands(commands)
     return parser
 
 
@@ -110,6 +113,18 @@ def _add_plugins_commands(commands: argparse._SubParsersAction[Any]) -> None:
     inspect.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_examine_options(inspect)
     inspect.set_defaults(run=cmd_plugins_inspect)
+
+
+def _add_new_commands(commands: argparse._SubParsersAction[Any]) -> None:
+    new = commands.add_parser("new", help="start a new project from a template")
+    sub = new.add_subparsers(dest="new_command", metavar="COMMAND", required=True)
+    plugin = sub.add_parser("plugin", help="write a buildable plugin project into DIR/NAME")
+    plugin.add_argument("name", metavar="NAME", help="the plugin's name, [a-z0-9][a-z0-9_-]*")
+    plugin.add_argument("--lang", required=True, choices=LANGUAGES, help="the language")
+    plugin.add_argument(
+        "--dir", type=Path, default=Path(), metavar="D", help="where to create NAME (default: .)"
+    )
+    plugin.set_defaults(run=cmd_new_plugin)
 
 
 def _add_examine_options(parser: argparse.ArgumentParser) -> None:
@@ -239,6 +254,21 @@ def cmd_plugins_inspect(args: argparse.Namespace) -> int:
     else:
         _print_details(result)
     return EXIT_OK if result.ok else EXIT_UNUSABLE
+
+
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    """`backworks new plugin NAME --lang rust|c [--dir D]`: writes D/NAME, says how to build."""
+    folder: Path = args.dir / args.name
+    try:
+        made = create_plugin_project(args.name, args.lang, folder)
+    except ScaffoldError as e:
+        raise UsageError(str(e)) from e
+    print(f"created {args.lang} plugin {args.name!r} in {folder}:")
+    for file in made.files:
+        print(f"  {file}")
+    build = "cargo build --release" if args.lang == "rust" else "make"
+    print(f"\nbuild it: cd {shlex.quote(str(folder))} && {build}  (README.md says more)")
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------------------
