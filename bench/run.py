@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds per server, once")
     parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--variants", help="comma-separated subset (default: all)")
+    parser.add_argument("--variants", help="';'-separated start of variant names (default: all)")
     parser.add_argument("--load", choices=("wrk", "python"), default="wrk")
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results/")
     parser.add_argument("--skip-dispatch", action="store_true", help="only the HTTP table")
@@ -245,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
 
     names = list(VARIANTS)
     if args.variants:
-        names = [n for n in names if any(part.strip() in n for part in args.variants.split(","))]
+        wanted = [part.strip() for part in args.variants.split(";") if part.strip()]
+        names = [n for n in names if any(n.startswith(part) for part in wanted)]
     baseline = names[0]
     ensure_plugins()
     wrk = ensure_wrk() if args.load == "wrk" else None
