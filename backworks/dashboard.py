@@ -101,7 +101,9 @@ def state_json(host: Host, traffic: Traffic) -> dict[str, Any]:
         },
         "admin": {"token_configured": bool(config.admin.token)},
         "plugins": plugins,
-        "endpoints": [_endpoint_json(r.pattern, r.methods, r.target) for r in host.routes.routes],
+        "endpoints": [
+            _endpoint_json(r.pattern, r.methods, r.target, config.hooks) for r in host.routes.routes
+        ],
         "recent": traffic.recent_json(),
     }
 
@@ -115,12 +117,16 @@ def _error_rate(counters: dict[str, Any] | None) -> float | None:
     return round(errors / asked, 4) if asked else None
 
 
-def _endpoint_json(pattern: str, methods: frozenset[str], target: object) -> dict[str, Any]:
+def _endpoint_json(
+    pattern: str, methods: frozenset[str], target: object, global_hooks: tuple[str, ...]
+) -> dict[str, Any]:
+    """`hooks` are all that run, in order: the global ones, then the endpoint's own."""
     row: dict[str, Any] = {"pattern": pattern, "methods": sorted(methods)}
     if isinstance(target, StaticEndpoint):
-        row.update(kind="static", status=target.status)
+        row.update(kind="static", status=target.status, hooks=[])
     elif isinstance(target, PluginEndpoint):
-        row.update(kind="plugin", handler=target.handler, hooks=list(target.hooks))
+        hooks = [*global_hooks, *target.hooks]
+        row.update(kind="plugin", handler=target.handler, hooks=hooks)
     elif isinstance(target, MountedEndpoint):
-        row.update(kind="mounted")
+        row.update(kind="mounted", hooks=list(global_hooks))
     return row

@@ -19,8 +19,9 @@ async def test_page_is_self_contained(serve: Any) -> None:
     assert resp.status == 200
     assert resp.content_type == "text/html"
     html = await resp.text()
-    for external in ("http://", "https://", "//cdn", "src=", "<link", "@import", "url("):
+    for external in ("http://", "https://", "//cdn", "src=", "@import", "url("):
         assert external not in html
+    assert re.findall(r'href="([^"]*)"', html) == ["data:,"], "an empty icon: no request"
     assert "innerHTML" not in html, "data reaches the DOM as textContent only"
 
 
@@ -47,15 +48,18 @@ async def test_slashless_address_redirects_to_the_page(serve: Any) -> None:
 
 
 async def test_state_lists_plugins_endpoints_and_recent_requests(kit: Any, serve: Any) -> None:
-    kit("kit")
+    for name in ("kit", "guard", "audit"):
+        kit(name)
     client = await serve(
         {
             "name": "demo",
+            "hooks": ["guard"],
             "version": "1.2.3",
             "endpoints": {
                 "/ping": {"method": "GET", "response": {"status": 200, "body": "{}"}},
                 "/echo/{id}": {
                     "methods": ["GET", "POST"],
+                    "hooks": ["audit"],
                     "runtime": {"type": "plugin", "handler": "kit"},
                 },
             },
@@ -89,10 +93,21 @@ async def test_state_lists_plugins_endpoints_and_recent_requests(kit: Any, serve
         "methods": ["GET"],
         "kind": "static",
         "status": 200,
+        "hooks": [],
     }
-    assert endpoints["/echo/{id}"]["handler"] == "kit"
-    assert endpoints["/echo/{id}"]["methods"] == ["GET", "POST"]
-    assert endpoints["/plugins/{plugin}"]["kind"] == "mounted"
+    assert endpoints["/echo/{id}"] == {
+        "pattern": "/echo/{id}",
+        "methods": ["GET", "POST"],
+        "kind": "plugin",
+        "handler": "kit",
+        "hooks": ["guard", "audit"],
+    }
+    assert endpoints["/plugins/{plugin}"] == {
+        "pattern": "/plugins/{plugin}",
+        "methods": ["DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT"],
+        "kind": "mounted",
+        "hooks": ["guard"],
+    }
 
     recent = state["recent"]
     assert [(r["method"], r["path"], r["status"]) for r in recent] == [

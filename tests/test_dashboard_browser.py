@@ -1,0 +1,187 @@
+"""The dashboard in a real headless browser: it loads, shows the plugins, and follows traffic.
+
+The browser is Debian's chromium (`scripts/install-browser` installs it), driven by
+playwright's bundled driver; nothing is downloaded. Where no chromium could be
+installed the test skips and says so. `BACKWORKS_UPDATE_SCREENSHOT=1` also writes
+the screenshot to docs/dashboard.png (the README shows it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
+
+from tests.serving import Client
+
+CHROMIUM = Path(os.environ.get("BACKWORKS_BROWSER", "/usr/bin/chromium"))
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "dashboard.png"
+TOKEN = "let-me-in"  # noqa: S105 -- the test's own admin token
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.skip(
+            f"no browser at {CHROMIUM}: scripts/install-browser installs Debian's chromium "
+            "(it needs root and apt-get), or set BACKWORKS_BROWSER to a chromium binary"
+        )
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield browser
+        await browser.close()
+
+
+async def open_dashboard(browser: Browser, client: Client) -> tuple[Page, list[str]]:
+    """The page at a laptop's size, and the errors it reports (script errors, CSP)."""
+    page = await browser.new_page(viewport={"width": 1440, "height": 900})
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+
+    def console(msg: ConsoleMessage) -> None:
+        # Failed admin actions (a 401, a 404) are answers the page handles, not faults.
+        if msg.type == "error" and "Failed to load resource" not in msg.text:
+            problems.append(f"console: {msg.text}")
+
+    page.on("console", console)
+    await page.goto(str(client.make_url("/_backworks/")))
+    return page, problems
+
+
+def plugin(name: str) -> dict[str, str]:
+    return {"type": "plugin", "handler": name}
+
+
+async def updates(page: Page) -> int:
+    return int(await page.evaluate("Number(document.body.dataset.updates || 0)"))
+
+
+async def test_dashboard_shows_plugins_and_follows_requests(
+    kit: Any, serve: Any, browser: Browser, tmp_path: Path
+) -> None:
+    for name in ("weather", "auth", "orders"):
+        kit(name, thread_safe=name != "orders")
+    kit("legacy")
+    client = await serve(
+        {
+            "name": "demo-api",
+            "version": "2.4.0",
+            "dashboard": {"enabled": True},
+            "admin": {"token": TOKEN},
+            "hooks": ["auth"],
+            "endpoints": {
+                "/weather/{city}": {"method": "GET", "runtime": plugin("weather")},
+                "/orders": {"methods": ["GET", "POST"], "runtime": plugin("orders")},
+                "/orders/{id}": {"method": "GET", "runtime": plugin("orders")},
+                "/health": {"method": "GET", "response": {"status": 200, "body": "{}"}},
+            },
+            "plugins": {
+                "weather": {"timeout_ms": 300},
+                "orders": {"circuit_breaker": {"failure_threshold": 2}},
+                "legacy": {"config": {"fail_init": True}},
+                "reports": {"enabled": False},
+            },
+        }
+    )
+    page, problems = await open_dashboard(browser, client)
+    plugin_names = page.locator("#plugins td .name")
+    await plugin_names.first.wait_for()
+    names = await plugin_names.all_text_contents()
+    assert names == ["auth", "legacy", "orders", "reports", "weather"]
+    await page.get_by_text("kit refuses to start: fail_init is set").wait_for()
+    assert await page.locator("#recent").inner_text() == "No requests yet."
+
+    for city in ("paris", "oslo", "lima"):
+        assert (await client.get(f"/weather/{city}")).status == 200
+    await client.post("/orders", data=b'{"item": 1}')
+    await client.get("/orders/42", headers={"x-deny": "1"})
+    await client.get("/plugins/weather/wait?ms=2000")  # times out: 504
+    for _ in range(2):
+        await client.get("/plugins/orders/fail")
+    await client.get("/orders/7")  # the circuit is open: 503
+    await client.get("/health")
+    await client.get("/nowhere")
+
+    # The page catches up by itself, within a poll or two.
+    await page.locator("#recent tr").nth(9).wait_for(timeout=5000)
+    first = await page.locator("#recent tr").first.inner_text()
+    assert "/nowhere" in first
+    assert "404" in first
+    orders = page.locator("#plugins tr", has=page.locator(".name", has_text="orders"))
+    await orders.get_by_text("open", exact=True).wait_for()
+    await orders.get_by_role("button", name="Close circuit").wait_for()
+    assert await page.locator("#c-ready").inner_text() == "3 / 5"
+
+    before = await updates(page)
+    await asyncio.sleep(1.5)
+    assert await updates(page) > before, "it keeps polling"
+
+    await page.fill("#token", TOKEN)
+    await page.mouse.move(0, 0)
+    await page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+    if os.environ.get("BACKWORKS_UPDATE_SCREENSHOT") == "1":
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        shutil.copyfile(tmp_path / "dashboard.png", SCREENSHOT)
+    assert problems == []
+
+
+async def test_admin_buttons_send_the_token_and_report_the_answer(
+    kit: Any, serve: Any, browser: Browser
+) -> None:
+    kit("kit")
+    client = await serve(
+        {
+            "dashboard": {"enabled": True},
+            "admin": {"token": TOKEN},
+            "plugins": {"kit": {"circuit_breaker": {"failure_threshold": 1}}},
+        }
+    )
+    await client.get("/plugins/kit/fail")  # opens the circuit
+    page, problems = await open_dashboard(browser, client)
+    notice = page.locator("#notice")
+    close = page.get_by_role("button", name="Close circuit")
+    await close.wait_for()
+
+    await close.click()
+    await notice.get_by_text("Type the admin token first.").wait_for()
+
+    await page.fill("#token", "wrong")
+    await close.click()
+    await notice.get_by_text("The server refused this admin token.").wait_for()
+
+    await page.fill("#token", TOKEN)
+    await page.get_by_role("button", name="Reload").click()
+    await notice.get_by_text("This server cannot reload plugins").wait_for()
+
+    await close.click()
+    await notice.get_by_text("Circuit of kit closed.").wait_for()
+    await page.locator("#plugins").get_by_text("closed", exact=True).wait_for()
+    assert (await client.get("/plugins/kit/status?code=200")).status == 200
+    assert problems == []
+
+
+async def test_buttons_are_absent_without_a_configured_token(
+    kit: Any, serve: Any, browser: Browser
+) -> None:
+    kit("kit")
+    client = await serve({"dashboard": {"enabled": True}})
+    page, problems = await open_dashboard(browser, client)
+    await page.locator("#plugins td .name").first.wait_for()
+    assert await page.locator("#plugins button").count() == 0
+    assert not await page.locator("#token").is_visible()
+    assert problems == []
