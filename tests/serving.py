@@ -47,8 +47,18 @@ def kit(build_plugin: BuildPlugin, plugins_dir: Path) -> Callable[..., Path]:
 
 
 @pytest.fixture
+def isolation() -> str:
+    """The isolation every plugin in ./plugins gets; a test module may parametrize it."""
+    return "in-process"
+
+
+@pytest.fixture
 def serve(
-    tmp_path: Path, plugins_dir: Path, aiohttp_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    plugins_dir: Path,
+    aiohttp_client: MakeClient,
+    monkeypatch: pytest.MonkeyPatch,
+    isolation: str,
 ) -> Serve:
     """`await serve(config, **create_app_options)`: writes the config next to ./plugins,
     serves it, and returns a client of the server."""
@@ -56,6 +66,11 @@ def serve(
 
     async def start(config: dict[str, Any], **options: Any) -> Client:
         config.setdefault("plugin_discovery", {"enabled": True, "directories": ["./plugins"]})
+        if isolation != "in-process":
+            plugins = config.setdefault("plugins", {})
+            for library in plugins_dir.glob("lib*.*"):
+                name = library.name[3:].split(".")[0]
+                plugins.setdefault(name, {}).setdefault("isolation", isolation)
         path = tmp_path / "backworks.yaml"
         path.write_text(yaml.safe_dump(config))
         return await aiohttp_client(create_app(load_config(path), **options))
