@@ -27,7 +27,8 @@ def compile_library(
 ) -> Path:
     """Compiles `source` (C text) into the shared library `out`; returns `out`."""
     cc = os.environ.get("CC", "cc")
-    flags: tuple[str, ...] = ("-std=c99", "-O1", "-Wall", "-Werror", "-shared", "-fPIC", f"-I{INCLUDE}")
+    flags: tuple[str, ...] = ("-std=c99", "-O1", "-Wall", "-Werror", "-shared", "-fPIC")
+    flags += (f"-I{INCLUDE}",)
     flags += extra_flags
     key = hashlib.sha256("\0".join((source, cc, *flags)).encode()).hexdigest()[:24]
     built = cache / f"{key}.{EXT}"
