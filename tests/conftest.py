@@ -9,8 +9,9 @@ from tests.cbuild import EXT, compile_library
 
 BuildPlugin = Callable[..., Path]
 
-# `kit`, `serve` and `plugins_dir`: a real server over real C plugins, for any test file.
-pytest_plugins = ["tests.serving"]
+# `kit`, `serve` and `plugins_dir`: a real server over real C plugins, for any test file;
+# `cargo_target`, `weather_plugin` and `test_plugins`: Rust plugins built once a session.
+pytest_plugins = ["tests.serving", "tests.rust_build"]
 
 
 @pytest.fixture(scope="session")

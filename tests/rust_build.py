@@ -4,6 +4,10 @@ Cargo is slow to start and slower to compile, so the tests share one target fold
 session: the SDK is compiled once per profile and every crate that depends on it reuses
 those artifacts. All builds run `--offline`; the SDK and its examples use the standard
 library only.
+
+Also a pytest plugin module (tests/conftest.py lists it in `pytest_plugins`): the
+session fixtures at the end (`cargo_target`, `weather_plugin`, `test_plugins`) are
+shared by every test file, so each crate is built once per session, in release mode.
 """
 
 from __future__ import annotations
@@ -14,10 +18,20 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 SDK_WORKSPACE = REPO / "sdk-rust"
 SDK_CRATE = SDK_WORKSPACE / "backworks-plugin-sdk"
 WEATHER_CRATE = REPO / "examples" / "weather-plugin"
+# Plugins written against the SDK the way its users write them (`seed_plugin.rs` is
+# the seed's example verbatim): crate name -> source file.
+TEST_PLUGIN_SOURCES = Path(__file__).parent / "plugins" / "rust"
+TEST_PLUGINS = {
+    "seed-plugin": "seed_plugin.rs",
+    "seed-weather": "seed_weather.rs",
+    "probe": "probe.rs",
+}
 
 # A cargo build that takes longer than this is stuck, not slow.
 CARGO_TIMEOUT_S = 600
@@ -105,3 +119,41 @@ def write_plugin_workspace(root: Path, crates: Mapping[str, str]) -> Path:
         )
         (crate / "src" / "lib.rs").write_text(source)
     return manifest
+
+
+# ---------------------------------------------------------------------------
+# Session fixtures
+
+
+@pytest.fixture(scope="session")
+def cargo_target(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One CARGO_TARGET_DIR for the session, so the SDK compiles once per profile."""
+    return tmp_path_factory.mktemp("cargo-target")
+
+
+@pytest.fixture(scope="session")
+def weather_plugin(cargo_target: Path) -> Path:
+    """examples/weather-plugin built in release mode: the library's path."""
+    manifest = str(WEATHER_CRATE / "Cargo.toml")
+    cargo_checked(
+        ["build", "--release", "--manifest-path", manifest],
+        target_dir=cargo_target,
+        what="building examples/weather-plugin",
+    )
+    return built_library(cargo_target, "weather_plugin")
+
+
+@pytest.fixture(scope="session")
+def test_plugins(cargo_target: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The plugins of TEST_PLUGINS, built as one workspace in release mode: crate name ->
+    library path."""
+    sources = {
+        name: (TEST_PLUGIN_SOURCES / file).read_text() for name, file in TEST_PLUGINS.items()
+    }
+    manifest = write_plugin_workspace(tmp_path_factory.mktemp("rust-plugins"), sources)
+    cargo_checked(
+        ["build", "--release", "--workspace", "--manifest-path", str(manifest)],
+        target_dir=cargo_target,
+        what="building the test plugins",
+    )
+    return {name: built_library(cargo_target, name.replace("-", "_")) for name in TEST_PLUGINS}

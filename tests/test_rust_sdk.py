@@ -2,8 +2,10 @@
 the same binding the host uses (`backworks.abi`).
 
 Cargo builds are the slow part, so they happen once per session in session fixtures,
-all into one shared target folder: the SDK's own `cargo test`, the weather plugin, and a
-workspace of small plugins written here in the seed's style.
+all into one shared target folder (`cargo_target`, `weather_plugin` and `test_plugins`
+come from tests/rust_build.py, which the end-to-end tests share): the SDK's own
+`cargo test`, the weather plugin, and the small plugins of tests/plugins/rust/ written
+in the seed's style.
 """
 
 from __future__ import annotations
@@ -36,146 +38,7 @@ from backworks.abi import (
 )
 from backworks.errors import PluginCallError, PluginCancelledError, PluginInitError
 from tests.cbuild import INCLUDE
-from tests.rust_build import (
-    SDK_WORKSPACE,
-    WEATHER_CRATE,
-    built_library,
-    cargo,
-    cargo_checked,
-    write_plugin_workspace,
-)
-
-# ---------------------------------------------------------------------------
-# Plugins written against the SDK the way its users write them.
-
-# The seed's example, verbatim (unused arguments and all).
-SEED_PLUGIN = """\
-use backworks_plugin_sdk::*;
-
-#[derive(Default)]
-pub struct MyPlugin;
-
-#[async_trait]
-impl BackworksPlugin for MyPlugin {
-    fn name(&self) -> &str { "my-plugin" }
-    fn version(&self) -> &str { "1.0.0" }
-    fn description(&self) -> &str { "My awesome plugin" }
-
-    async fn process_endpoint_data(&self, endpoint: &str, method: &str, data: &str)
-        -> PluginResult<Option<String>> {
-        // Plugin logic here
-        Ok(Some("Plugin response".to_string()))
-    }
-}
-
-export_plugin!(MyPlugin);
-"""
-
-# The seed's weather plugin shape: config read in `initialize`, JSON from `json!`.
-SEED_WEATHER = """\
-use std::sync::Mutex;
-
-use backworks_plugin_sdk::*;
-
-#[derive(Default)]
-pub struct WeatherPlugin {
-    api_key: Mutex<Option<String>>,
-}
-
-#[async_trait]
-impl BackworksPlugin for WeatherPlugin {
-    fn name(&self) -> &str { "seed-weather" }
-    fn version(&self) -> &str { "0.1.0" }
-    fn description(&self) -> &str { "Weather information plugin" }
-
-    async fn initialize(&self, config: &Value) -> PluginResult<()> {
-        let api_key = config["api_key"]
-            .as_str()
-            .ok_or_else(|| PluginError::ConfigurationError("api_key is required".to_string()))?;
-        *self.api_key.lock().unwrap() = Some(api_key.to_string());
-        log_info!("seed weather plugin initialised");
-        Ok(())
-    }
-
-    async fn shutdown(&self) -> PluginResult<()> {
-        Ok(())
-    }
-
-    async fn health_check(&self) -> PluginResult<PluginHealth> {
-        let key_len = self.api_key.lock().unwrap().as_ref().map_or(0, |k| k.len());
-        Ok(PluginHealth::healthy("Weather service is running")
-            .with_detail("api_key_length", key_len))
-    }
-
-    async fn process_endpoint_data(&self, endpoint: &str, method: &str, _data: &str)
-        -> PluginResult<Option<String>> {
-        match (endpoint, method) {
-            ("/weather", "GET") => Ok(Some(json!({"temperature": 25, "humidity": 60}).to_string())),
-            _ => Ok(None),
-        }
-    }
-}
-
-export_plugin!(WeatherPlugin);
-"""
-
-# Panics, cancellation and hooks: the boundary's failure paths.
-PROBE = """\
-use std::time::{Duration, Instant};
-
-use backworks_plugin_sdk::*;
-
-#[derive(Default)]
-pub struct Probe;
-
-#[async_trait]
-impl BackworksPlugin for Probe {
-    fn name(&self) -> &str { "probe" }
-    fn version(&self) -> &str { "0.1.0" }
-    fn hooks(&self) -> Hooks { Hooks::ALL }
-
-    async fn initialize(&self, config: &Value) -> PluginResult<()> {
-        if config["panic"] == true {
-            panic!("refusing to start: {}", "asked to panic");
-        }
-        Ok(())
-    }
-
-    async fn handle(&self, req: &Request) -> PluginResult<Response> {
-        match req.path.as_str() {
-            "/panic" => panic!("the weather station caught fire"),
-            "/wait-for-cancel" => {
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while Instant::now() < deadline {
-                    req.check_cancelled()?;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Ok(Response::error(504, "never cancelled"))
-            }
-            _ => Ok(Response::text(200, "still standing")),
-        }
-    }
-
-    async fn on_request(&self, req: &Request) -> PluginResult<Option<Response>> {
-        Ok(match req.header("authorization") {
-            Some(_) => None,
-            None => Some(
-                Response::error(401, "missing credentials")
-                    .with_header("www-authenticate", "Bearer"),
-            ),
-        })
-    }
-
-    async fn on_response(&self, _req: &Request, upstream: &Response)
-        -> PluginResult<Option<Response>> {
-        Ok(Some(upstream.clone().with_header("x-checked-by", "probe")))
-    }
-}
-
-export_plugin!(Probe);
-"""
-
-TEST_PLUGINS = {"seed-plugin": SEED_PLUGIN, "seed-weather": SEED_WEATHER, "probe": PROBE}
+from tests.rust_build import SDK_WORKSPACE, WEATHER_CRATE, cargo, cargo_checked
 
 NOW = "2025-07-04T12:00:00Z"
 WEATHER_CONFIG = {"api_key": "test-key", "now": NOW}
@@ -188,12 +51,6 @@ Logs = list[tuple[int, str]]
 
 
 @pytest.fixture(scope="session")
-def cargo_target(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One CARGO_TARGET_DIR for the session, so the SDK compiles once per profile."""
-    return tmp_path_factory.mktemp("cargo-target")
-
-
-@pytest.fixture(scope="session")
 def sdk_cargo_test(cargo_target: Path) -> subprocess.CompletedProcess[str]:
     """`cargo test` of the whole SDK workspace (it also builds the abi_layout example)."""
     return cargo(
@@ -203,26 +60,8 @@ def sdk_cargo_test(cargo_target: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="session")
-def weather_library(cargo_target: Path) -> NativeLibrary:
-    manifest = str(WEATHER_CRATE / "Cargo.toml")
-    cargo_checked(
-        ["build", "--release", "--manifest-path", manifest],
-        target_dir=cargo_target,
-        what="building examples/weather-plugin",
-    )
-    return open_library(built_library(cargo_target, "weather_plugin"))
-
-
-@pytest.fixture(scope="session")
-def test_plugins(cargo_target: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The plugins above, built as one workspace in release mode: name -> library path."""
-    manifest = write_plugin_workspace(tmp_path_factory.mktemp("rust-plugins"), TEST_PLUGINS)
-    cargo_checked(
-        ["build", "--release", "--workspace", "--manifest-path", str(manifest)],
-        target_dir=cargo_target,
-        what="building the test plugins",
-    )
-    return {name: built_library(cargo_target, name.replace("-", "_")) for name in TEST_PLUGINS}
+def weather_library(weather_plugin: Path) -> NativeLibrary:
+    return open_library(weather_plugin)
 
 
 Instantiate = Callable[..., tuple[NativeInstance, Logs]]
