@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import re
+import secrets
 import time
-import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -42,12 +43,16 @@ def request_middleware(
     With `traffic`, each answered request is also counted there (metrics, dashboard).
     """
     extra = dict(global_headers)
+    # Ids unique across processes and restarts without a uuid4 per request: a random
+    # prefix per app (each server process builds its own) and a counter.
+    prefix = secrets.token_hex(6)
+    counter = itertools.count(1)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         incoming = request.headers.get("X-Request-Id", "")
-        rid = incoming if _GOOD_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        rid = incoming if _GOOD_REQUEST_ID.fullmatch(incoming) else f"{prefix}{next(counter):010x}"
         request[REQUEST_ID] = rid
         try:
             response = await handler(request)
