@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import structlog
 
 from backworks import scaffold
 from backworks.cli import EXIT_OK, EXIT_USAGE, main
@@ -12,7 +13,10 @@ from backworks.scaffold import ScaffoldError, create_plugin_project
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
+    try:
+        code = main(list(argv))
+    finally:
+        structlog.reset_defaults()  # main() configures logging for the whole process
     out, err = capsys.readouterr()
     return code, out, err
 
