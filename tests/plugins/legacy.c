@@ -12,7 +12,9 @@
  *   anything else  NULL: not handled
  *
  * plugin_initialize fails with 5 when the config mentions "fail"; plugin_shutdown
- * returns 9 when it mentions "shutdown_fails". The globals are read with ctypes.
+ * returns 9 when it mentions "shutdown_fails", and appends "shutdown\n" to the file
+ * named by the config's "marker" key (a host may load a private copy of the file, whose
+ * globals a test cannot reach). The globals are read with ctypes.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdint.h>
@@ -84,6 +86,20 @@ const char *plugin_process_endpoint(const char *endpoint, const char *method,
 }
 
 int32_t plugin_shutdown(void) {
+    const char *key = strstr(config, "\"marker\": \"");
     legacy_shutdowns++;
+    if (key) {
+        char path[512];
+        const char *start = key + strlen("\"marker\": \"");
+        const char *end = strchr(start, '"');
+        size_t n = end && (size_t)(end - start) < sizeof path ? (size_t)(end - start) : 0;
+        FILE *f;
+        memcpy(path, start, n);
+        path[n] = '\0';
+        if (n && (f = fopen(path, "a")) != NULL) {
+            fputs("shutdown\n", f);
+            fclose(f);
+        }
+    }
     return strstr(config, "\"shutdown_fails\"") ? 9 : 0;
 }
