@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from backworks.abi import CancelFlag, NativeInstance, NativeLibrary, open_library
+from backworks.abi import CancelFlag, PluginInstance, PluginLibrary, open_plugin_library
 from backworks.errors import (
     AbiMismatchError,
     PluginCallError,
@@ -183,8 +183,8 @@ def check_file(init: fr.WorkerInit) -> None:
         check_digest(path, init.sha256)
 
 
-def open_checked(init: fr.WorkerInit) -> NativeLibrary:
-    library = open_library(init.path)
+def open_checked(init: fr.WorkerInit) -> PluginLibrary:
+    library = open_plugin_library(init.path)
     if library.info.name != init.name:
         msg = (
             f"declares plugin {library.info.name!r}, but the config expects {init.name!r} "
@@ -198,7 +198,7 @@ class Worker:
     def __init__(self, channel: Channel, init: fr.WorkerInit) -> None:
         self.channel = channel
         self.init = init
-        self.instance: NativeInstance | None = None
+        self.instance: PluginInstance | None = None
         self._pool: queue.SimpleQueue[tuple[int, int, bytes, CancelFlag]] | None = None
         self._watchdog: CpuWatchdog | None = None
         # Cancel words of the calls in flight. A CANCEL may overtake its call (they
