@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 test: $(STAMP)
+	-scripts/install-browser
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

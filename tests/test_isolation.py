@@ -368,7 +368,8 @@ async def test_a_plugin_that_cannot_restart_is_failed_and_calls_fail_fast(
     started = time.monotonic()
     with pytest.raises(PluginUnavailableError, match="plugin failed: its worker died 3 times"):
         await runner.handle(get("/pid"))
-    assert time.monotonic() - started < 0.05
+    # Fast: no spawn attempt, no backoff wait (those take a second or more here).
+    assert time.monotonic() - started < 0.5
     [worker] = backend.snapshot()["workers"]
     assert worker["state"] == "failed"
     assert worker["pid"] is None
@@ -383,13 +384,12 @@ async def test_a_call_ignoring_cancellation_is_killed_with_its_worker(make: Make
     first = pid_of((await runner.handle(get("/pid"))).body)
     with pytest.raises(PluginTimeoutError):
         await runner.handle(get("/hang"))
-    gave_up = time.monotonic()
     # The worker is still busy with /hang: this call waits in the host for the
-    # replacement (cancel grace, then SIGTERM), well within its own 300 ms.
+    # replacement (cancel grace, then SIGTERM), within its own 300 ms budget, or it
+    # would raise PluginTimeoutError here.
     second = pid_of((await runner.handle(get("/pid"))).body)
     assert second != first
     assert reaped(first)
-    assert time.monotonic() - gave_up < 0.3
     assert runner.stats.in_flight == 0, "the abandoned call's slot was freed"
     [worker] = runner.backend.snapshot()["workers"]
     assert worker["restarts"] == 1
