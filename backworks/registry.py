@@ -13,7 +13,7 @@ from pathlib import Path
 
 import attrs
 
-from backworks.abi import PluginInfo, PluginInstance, open_plugin_library
+from backworks.abi import PluginInfo, PluginInstance, PluginLibrary, open_plugin_library
 from backworks.errors import PluginLoadError
 from backworks.logs import plugin_log_sink
 from backworks.trust import check_digest, check_permissions
@@ -36,11 +36,8 @@ class PluginSpec:
     sha256: str | None = None
 
 
-def load_plugin(spec: PluginSpec) -> PluginInstance:
-    """Loads and initialises one plugin; raises PluginLoadError or PluginInitError.
-
-    Blocking: `init` is plugin code and may take its time. Call it off the event loop.
-    """
+def check_file(spec: PluginSpec) -> None:
+    """The checks made before any code of the file runs; raises PluginLoadError."""
     path = spec.path
     if not path.is_file():
         raise PluginLoadError(path, "no such file")
@@ -48,14 +45,30 @@ def load_plugin(spec: PluginSpec) -> PluginInstance:
         check_permissions(path)
     if spec.sha256:
         check_digest(path, spec.sha256)
-    library = open_plugin_library(path)
+
+
+def open_checked(spec: PluginSpec) -> PluginLibrary:
+    """Opens the library and makes sure it provides the plugin the config expects.
+
+    Call check_file first: opening runs the library's code.
+    """
+    library = open_plugin_library(spec.path)
     if library.info.name != spec.name:
         msg = (
             f"declares plugin {library.info.name!r}, but the config expects {spec.name!r} "
             "from this file"
         )
-        raise PluginLoadError(path, msg)
-    return library.instantiate(spec.config_json, plugin_log_sink(spec.name))
+        raise PluginLoadError(spec.path, msg)
+    return library
+
+
+def load_plugin(spec: PluginSpec) -> PluginInstance:
+    """Loads and initialises one plugin; raises PluginLoadError or PluginInitError.
+
+    Blocking: `init` is plugin code and may take its time. Call it off the event loop.
+    """
+    check_file(spec)
+    return open_checked(spec).instantiate(spec.config_json, plugin_log_sink(spec.name))
 
 
 @attrs.define

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from backworks.abi import CancelFlag, PluginInstance, PluginLibrary, open_plugin_library
+from backworks.abi import CancelFlag, PluginInstance
 from backworks.errors import (
     AbiMismatchError,
     PluginCallError,
@@ -43,7 +43,7 @@ from backworks.errors import (
     PluginLoadError,
 )
 from backworks.isolation import framing as fr
-from backworks.trust import check_digest, check_permissions
+from backworks.registry import PluginSpec, check_file, open_checked
 
 _PR_SET_PDEATHSIG = 1
 _READ_SIZE = 256 * 1024
@@ -172,26 +172,14 @@ class CpuWatchdog:
 # The worker
 
 
-def check_file(init: fr.WorkerInit) -> None:
-    """The checks `registry.load_plugin` makes before any code of the file runs."""
-    path = Path(init.path)
-    if not path.is_file():
-        raise PluginLoadError(path, "no such file")
-    if not init.allow_insecure_permissions:
-        check_permissions(path)
-    if init.sha256:
-        check_digest(path, init.sha256)
-
-
-def open_checked(init: fr.WorkerInit) -> PluginLibrary:
-    library = open_plugin_library(init.path)
-    if library.info.name != init.name:
-        msg = (
-            f"declares plugin {library.info.name!r}, but the config expects {init.name!r} "
-            "from this file"
-        )
-        raise PluginLoadError(init.path, msg)
-    return library
+def spec_of(init: fr.WorkerInit) -> PluginSpec:
+    return PluginSpec(
+        name=init.name,
+        path=Path(init.path),
+        config_json=init.config_json,
+        allow_insecure_permissions=init.allow_insecure_permissions,
+        sha256=init.sha256 or None,
+    )
 
 
 class Worker:
@@ -214,9 +202,10 @@ class Worker:
         init = self.init
         baseline_rss = 0
         try:
-            check_file(init)
+            spec = spec_of(init)
+            check_file(spec)
             if init.probe:
-                library = open_checked(init)
+                library = open_checked(spec)
             else:
                 # Threads first: their stacks belong to the baseline, not to the plugin.
                 if init.cpu_limit_ms:
@@ -230,7 +219,7 @@ class Worker:
                 baseline_rss = _proc_status_kb("VmRSS")
                 if init.memory_limit_mb:
                     limit_address_space(init.memory_limit_mb)
-                library = open_checked(init)
+                library = open_checked(spec)
                 self.instance = library.instantiate(init.config_json, self._log)
         except AbiMismatchError as e:
             self.channel.send(fr.encode_start_failed(fr.ERR_ABI, e.path, e.reason))
