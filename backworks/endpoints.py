@@ -138,7 +138,11 @@ async def answer_plugin(
             break
         entered.append(name)
     if resp is None:
-        resp = await runner.handle(req)
+        # Looked up again, with no await before the call: a reload may have replaced
+        # the runner while the body was read or the hooks ran, and a replaced runner
+        # takes no new calls (it is draining towards its `shutdown`).
+        runner = plugins.runner(endpoint.handler)
+        resp = await runner.handle(_with_timeout(req, runner.timeout_ms))
     for name in reversed(entered):
         resp = await _response_hook(plugins, name, req, resp)
     return to_web_response(resp, request[PLUGIN])
