@@ -1,4 +1,4 @@
-"""The admin routes under /_backworks: liveness, plugin state, and closing a breaker.
+"""The admin routes under /_backworks: liveness, plugin state, closing a breaker, reloading.
 
 The routes that change something are wrapped in `requires_admin_token`.
 """
@@ -17,6 +17,7 @@ from backworks.errors import PluginError
 from backworks.host import Host
 from backworks.http_errors import envelope
 from backworks.middleware import REQUEST_ID
+from backworks.reload import NotReloadable
 
 HEALTH_TIMEOUT_S = 2.0
 
@@ -25,6 +26,7 @@ def add_admin_routes(app: web.Application) -> None:
     app.router.add_get("/_backworks/health", health)
     app.router.add_get("/_backworks/plugins", plugins)
     app.router.add_post("/_backworks/plugins/{name}/reset", reset)
+    app.router.add_post("/_backworks/plugins/{name}/reload", reload)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -62,6 +64,35 @@ async def reset(request: web.Request) -> web.Response:
     # records its own outcome later, as it would have anyway.
     runner.breaker.record_success()
     return web.json_response({"plugin": name, "circuit": runner.breaker.state.value, "was": was})
+
+
+@requires_admin_token
+async def reload(request: web.Request) -> web.Response:
+    """Loads a plugin's library file afresh and switches to it once its `init` succeeded.
+
+    Calls in flight finish on the old version, whose `shutdown` runs after the last of
+    them. If the new file cannot be loaded or its `init` fails, nothing switches: 502
+    `reload_failed` with the reason, and the old version keeps serving. The plugin's
+    admin row shows the last reload (`reload`: when, ok, error).
+
+    An in-process plugin's old code stays mapped in the server until it restarts:
+    unloading native code is unsafe, so each reload adds the new version's code.
+    """
+    name = request.match_info["name"]
+    host = request.app[HOST]
+    rid = request[REQUEST_ID]
+    try:
+        status = await host.reloader.reload_plugin(name, trigger="admin")
+    except NotReloadable as e:
+        code, http = ("not_reloadable", 409) if e.known else ("not_found", 404)
+        return envelope(http, code, str(e), rid, plugin=name)
+    if not status.ok:
+        after = "the running version keeps serving" if name in host.runners else "it stays down"
+        msg = f"plugin {name!r} was not reloaded, {after}: {status.error}"
+        return envelope(502, "reload_failed", msg, rid, plugin=name)
+    info = host.plugins[name].info
+    body = {"plugin": name, "version": info.version if info else None, "reload": status.to_json()}
+    return web.json_response(body)
 
 
 async def _report(host: Host, name: str) -> dict[str, Any] | None:

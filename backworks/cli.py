@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import attrs
 import structlog
 
 from backworks import discovery
@@ -167,6 +166,7 @@ def _positive_seconds(text: str) -> float:
 def cmd_serve(args: argparse.Namespace) -> int:
     """`backworks serve`: exit 0 after a clean shutdown, 1 when the start fails."""
     from backworks.host import StartupError  # the server stack loads only for this command
+    from backworks.reload import ConfigSource, with_listen_address
     from backworks.server import serve
 
     try:
@@ -174,12 +174,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"backworks: {e}", file=sys.stderr)
         return EXIT_UNUSABLE
-    server = attrs.evolve(
-        config.server,
-        host=args.host if args.host is not None else config.server.host,
-        port=args.port if args.port is not None else config.server.port,
-    )
-    config = attrs.evolve(config, server=server)
+    config = with_listen_address(config, args.host, args.port)
+    server = config.server
+    # A reload reads the same file again, with the same --host/--port.
+    file = find_config(args.config, Path.cwd())
+    source = ConfigSource(file, host=args.host, port=args.port) if file is not None else None
     configure_logging(config.logging.level, config.logging.format)
     if args.workers > 1:
         from backworks.multiprocess import serve_workers
@@ -187,7 +186,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         serve_workers(config, args.workers)
         return EXIT_OK
     try:
-        serve(config)
+        serve(config, source)
     except StartupError as e:
         structlog.get_logger("backworks.server").error("startup_failed", error=str(e))
         return EXIT_UNUSABLE

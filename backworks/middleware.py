@@ -6,7 +6,7 @@ import itertools
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import structlog
@@ -36,13 +36,14 @@ log = structlog.get_logger("backworks.server")
 
 
 def request_middleware(
-    global_headers: Mapping[str, str], traffic: Traffic | None = None
+    global_headers: Callable[[], Mapping[str, str]], traffic: Traffic | None = None
 ) -> Middleware:
     """Gives each request an id, maps every error to the JSON envelope, logs one line.
 
-    With `traffic`, each answered request is also counted there (metrics, dashboard).
+    `global_headers` is asked on every request, so a config reload changes them at
+    once. With `traffic`, each answered request is also counted there (metrics,
+    dashboard).
     """
-    extra = dict(global_headers)
     # Ids unique across processes and restarts without a uuid4 per request: a random
     # prefix per app (each server process builds its own) and a counter.
     prefix = secrets.token_hex(6)
@@ -66,7 +67,7 @@ def request_middleware(
             log.exception("request_failed", request_id=rid, path=request.path)
             response = internal_error_response(rid)
         response.headers["X-Request-Id"] = rid
-        for name, value in extra.items():
+        for name, value in global_headers().items():
             response.headers.setdefault(name, value)
         elapsed = time.perf_counter() - started
         access_log.info(

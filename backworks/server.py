@@ -8,10 +8,15 @@ context drains each plugin and calls its `shutdown` once.
 The operations surface (admin routes, /metrics, the dashboard) is on the main port;
 with `dashboard.port` set, `serve` also opens it on that address as a second, small
 app holding the same Host, request record and metrics registry, and nothing else.
+
+Given the config file it came from (`source`), the server reloads it when the file
+changes and, under `serve`, on SIGHUP (reloader.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from collections.abc import AsyncIterator
 
 import structlog
@@ -32,24 +37,28 @@ from backworks.endpoints import (
 from backworks.host import Host
 from backworks.metrics import add_metrics_route, new_registry
 from backworks.middleware import ROUTE, request_middleware
+from backworks.reload import ConfigSource
 from backworks.routing import NoRoute
 from backworks.traffic import UNMATCHED, Traffic
 
 log = structlog.get_logger("backworks.server")
 
 
-def create_app(config: Config, *, admin_listener: bool = False) -> web.Application:
+def create_app(
+    config: Config, *, admin_listener: bool = False, source: ConfigSource | None = None
+) -> web.Application:
     """The server's app; with `admin_listener`, it also opens `dashboard.port` if set.
 
     Only a single-process server may ask for the admin listener: worker processes
-    sharing the main port would each try to bind the admin one.
+    sharing the main port would each try to bind the admin one. `source`: the file
+    `config` was read from, reloaded when it changes.
     """
     traffic = Traffic()
+    host = Host(config, source=source)
     app = web.Application(
         client_max_size=config.server.max_body_bytes,
-        middlewares=[request_middleware(config.global_headers, traffic)],
+        middlewares=[request_middleware(lambda: host.config.global_headers, traffic)],
     )
-    host = Host(config)
     _hold_state(app, host, traffic, new_registry(host, traffic))
     app.cleanup_ctx.append(_plugins_lifecycle)
     if admin_listener and config.dashboard.port is not None:
@@ -62,8 +71,10 @@ def create_app(config: Config, *, admin_listener: bool = False) -> web.Applicati
 
 def create_admin_app(main: web.Application) -> web.Application:
     """The admin routes, /metrics and the dashboard alone, answering from `main`'s state."""
-    config = main[HOST].config
-    app = web.Application(middlewares=[request_middleware(config.global_headers, main[TRAFFIC])])
+    host = main[HOST]
+    app = web.Application(
+        middlewares=[request_middleware(lambda: host.config.global_headers, main[TRAFFIC])]
+    )
     _hold_state(app, main[HOST], main[TRAFFIC], main[METRICS])
     _add_operations_routes(app)
     return app
@@ -116,6 +127,14 @@ async def _admin_listener(app: web.Application) -> AsyncIterator[None]:
     await runner.cleanup()
 
 
+async def _reload_on_sighup(app: web.Application) -> AsyncIterator[None]:
+    # Only `serve` installs this: the process is ours, so the signal is too.
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, app[HOST].reloader.request_config_reload, "signal")
+    yield
+    loop.remove_signal_handler(signal.SIGHUP)
+
+
 async def _start_draining(app: web.Application) -> None:
     app[HOST].draining = True
     log.info("server_draining")
@@ -139,15 +158,21 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     return await answer_plugin(host, target, request, match.params, host.config.hooks)
 
 
-def serve(config: Config) -> None:
-    """Serves until SIGTERM/SIGINT; raises (exit 1) when the start fails."""
+def serve(config: Config, source: ConfigSource | None = None) -> None:
+    """Serves until SIGTERM/SIGINT; raises (exit 1) when the start fails.
+
+    With `source`, SIGHUP reloads the config from it.
+    """
     server = config.server
 
     def announce(_: str) -> None:
         log.info("server_listening", url=f"http://{server.host}:{server.port}")
 
+    app = create_app(config, admin_listener=True, source=source)
+    if source is not None:
+        app.cleanup_ctx.append(_reload_on_sighup)
     web.run_app(
-        create_app(config, admin_listener=True),
+        app,
         host=server.host,
         port=server.port,
         shutdown_timeout=server.shutdown_timeout_ms / 1000,
