@@ -209,14 +209,17 @@ async def test_a_new_library_in_a_watched_folder_is_served_and_a_deleted_one_kee
     assert await build_of(client) == 3
 
 
-async def test_a_library_that_is_not_a_plugin_is_refused_without_being_loaded(
+async def test_a_new_file_that_only_looks_like_a_plugin_is_refused_by_a_child_process(
     serve: Serve, plugins_dir: Path, logs: Logs
 ) -> None:
+    """It has the magic number and the entry symbol's name, so only loading it tells."""
     client = await serve(watched())
-    (plugins_dir / f"libjunk.{EXT}").write_bytes(b"\x7fELF" + b"\0" * 64)
-    await asyncio.sleep(1.0)
-    assert "junk" not in {r["name"] for r in client.app[HOST].snapshot()}
+    fake = b"\x7fELF" + b"\0" * 60 + b"\0backworks_plugin_entry\0" + b"\xff" * 64
+    (plugins_dir / f"libfake.{EXT}").write_bytes(fake)
+    refused = await eventually(lambda: events(logs, "plugin_library_refused"))
+    assert refused[0]["path"].endswith(f"libfake.{EXT}")
     assert not events(logs, "plugin_added")
+    assert [r["name"] for r in client.app[HOST].snapshot()] == []
 
 
 # -- the reload route --------------------------------------------------------------
@@ -296,6 +299,10 @@ def static(body: str) -> dict[str, Any]:
     return {"method": "GET", "response": {"status": 200, "body": body}}
 
 
+def handled_by(plugin: str) -> dict[str, Any]:
+    return {"method": "GET", "runtime": {"type": "plugin", "handler": plugin}}
+
+
 async def served_with_source(serve: Serve, tmp_path: Path, config: dict[str, Any]) -> Client:
     return await serve(config, source=ConfigSource(tmp_path / "backworks.yaml"))
 
@@ -306,11 +313,14 @@ def rewrite(tmp_path: Path, config: dict[str, Any]) -> None:
 
 
 async def test_a_bad_config_edit_is_refused_and_a_good_one_swaps_routes_without_a_restart(
-    serve: Serve, tmp_path: Path, logs: Logs
+    serve: Serve, tmp_path: Path, kit: Callable[..., Path], logs: Logs
 ) -> None:
-    config = {"endpoints": {"/a": static('"a"'), "/b": static('"b"')}}
+    """Routes, global headers and hooks change together; the listen port does not."""
+    kit("kit")
+    config = {"endpoints": {"/a": static('"a"'), "/b": static('"b"'), "/k": handled_by("kit")}}
     client = await served_with_source(serve, tmp_path, config)
     assert (await client.get("/b")).status == 200
+    assert (await client.get("/k", headers={"x-deny": "1"})).status == 200
 
     rewrite(tmp_path, {"endpoints": {"/a": static('"a"')}, "plugins": {"kit": {"timeout_ms": -3}}})
     refused = await eventually(lambda: events(logs, "config_reload_failed"))
@@ -320,8 +330,9 @@ async def test_a_bad_config_edit_is_refused_and_a_good_one_swaps_routes_without_
     rewrite(
         tmp_path,
         {
-            "endpoints": {"/a": static('"a"'), "/c": static('"c"')},
+            "endpoints": {"/a": static('"a"'), "/c": static('"c"'), "/k": handled_by("kit")},
             "global_headers": {"x-served-by": "reloaded"},
+            "hooks": ["kit"],
             "server": {"port": 9},
         },
     )
@@ -329,6 +340,7 @@ async def test_a_bad_config_edit_is_refused_and_a_good_one_swaps_routes_without_
     assert (await client.get("/b")).status == 404
     resp = await client.get("/a")
     assert resp.headers["x-served-by"] == "reloaded"
+    assert (await client.get("/k", headers={"x-deny": "1"})).status == 401, "the hook runs"
     needs = events(logs, "config_needs_restart")
     assert needs[0]["keys"] == ["server.port"]
     assert client.app[HOST].config.server.port != 9, "the listening port stays"
