@@ -21,6 +21,7 @@ from pathlib import Path
 
 import attrs
 import structlog
+from watchfiles import awatch
 
 from backworks.discovery import LIBRARY_SUFFIXES
 
@@ -105,12 +106,6 @@ class Watcher:
         wanted: Callable[[Path], bool],
         stop: asyncio.Event,
     ) -> None:
-        try:
-            from watchfiles import awatch
-        except ImportError as e:  # a declared dependency; only a broken install lacks it
-            log.error("watch_unavailable", error=str(e), reason="watchfiles is not installed")
-            return
-
         def keep(_: object, raw: str) -> bool:
             return wanted(Path(raw))
 
