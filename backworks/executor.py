@@ -9,7 +9,6 @@ memory until it really returns, and its late response is released then.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
@@ -39,9 +38,11 @@ INLINE_BUDGET_S = 0.002
 INLINE_STRIKES = 3
 INLINE_STRIKE_WINDOW = 1024
 
-# Threads per thread-safe plugin when its config sets no max_concurrency: the
-# standard library's own default for I/O-bound pools.
-DEFAULT_POOL_SIZE = min(32, (os.cpu_count() or 1) + 4)
+# Calls in flight (and at most as many threads) per thread-safe plugin when its config
+# sets no max_concurrency. The pool adds threads only for slow calls (native_pool.py),
+# so for a fast plugin this is mostly queue depth: the calls waiting for its thread are
+# served back to back, one loop wake-up per burst.
+DEFAULT_POOL_SIZE = 64
 
 
 class PluginCalls(Protocol):

@@ -59,6 +59,10 @@ from backworks.routing import Route, RouteTable
 
 log = structlog.get_logger("backworks.host")
 
+# Calls in flight per worker process of a thread-safe plugin when its config sets no
+# max_concurrency: a worker starts that many threads up front.
+DEFAULT_WORKER_THREADS = 8
+
 AUTO_MOUNT_PATTERNS = ("/plugins/{plugin}", "/plugins/{plugin}/{tail:.*}")
 ALL_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -262,7 +266,7 @@ class Host:
         # Without BW_FLAG_THREAD_SAFE a worker runs one call at a time (ABI rule 4).
         per_worker = 1
         if info.thread_safe:
-            total = settings.max_concurrency or workers * DEFAULT_POOL_SIZE
+            total = settings.max_concurrency or workers * DEFAULT_WORKER_THREADS
             per_worker = max(1, -(-total // workers))
         elif settings.max_concurrency and settings.max_concurrency > workers:
             log.warning(

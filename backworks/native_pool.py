@@ -5,6 +5,13 @@ one loop wake-up per call. Here a finished call appends to a deque and wakes the
 only when no wake-up is already pending, so a burst of completions costs one wake-up.
 The threads are daemons: one stuck forever in a plugin that ignores cancellation must
 not keep the process from exiting.
+
+Threads are added only when they pay off. A second thread for a plugin whose calls take
+microseconds only adds GIL hand-offs (measured here: one thread with 64 calls queued
+served 8.2k requests/s, six threads 5.2k), while a plugin that blocks for milliseconds
+needs one thread per call in flight. So the pool starts with one thread, and when calls
+wait while no call has finished for SLOW_CALL_S (the threads are stuck in slow calls,
+not merely busy with many quick ones) it adds another, up to `threads`.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from typing import Any
 
 _Job = tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]]
 
+SLOW_CALL_S = 0.0005
+
 
 class NativePool:
     def __init__(self, threads: int, name: str) -> None:
@@ -30,9 +39,8 @@ class NativePool:
         self._wakeup_pending = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: list[threading.Thread] = []
-        # Counts idle threads: a job starts a new thread only when none is idle, so a
-        # plugin whose calls are quick keeps one thread and no GIL convoy forms.
-        self._idle = threading.Semaphore(0)
+        self._finished = 0  # calls returned so far: progress, for the growth check
+        self._growth_check: asyncio.TimerHandle | None = None
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """Runs `fn(*args)` on a pool thread; the future completes when it returned."""
@@ -41,24 +49,40 @@ class NativePool:
             loop = self._loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._jobs.put((fut, fn, args))
-        if not self._idle.acquire(blocking=False) and len(self._threads) < self.size:
-            thread = threading.Thread(
-                target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
+        if not self._threads:
+            self._add_thread()
+        elif self._growth_check is None and len(self._threads) < self.size:
+            self._growth_check = loop.call_later(SLOW_CALL_S, self._grow, self._finished)
         return fut
+
+    def _add_thread(self) -> None:
+        thread = threading.Thread(
+            target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True
+        )
+        thread.start()
+        self._threads.append(thread)
+
+    def _grow(self, finished_before: int) -> None:
+        """Adds a thread if calls still wait and none has finished since the check began."""
+        self._growth_check = None
+        if self._finished != finished_before or self._jobs.empty():
+            return
+        if len(self._threads) < self.size:
+            self._add_thread()
+            assert self._loop is not None
+            self._growth_check = self._loop.call_later(SLOW_CALL_S, self._grow, self._finished)
 
     def _work(self) -> None:
         loop = self._loop
         assert loop is not None
-        jobs, done, idle = self._jobs, self._done, self._idle
+        jobs, done = self._jobs, self._done
         while (job := jobs.get()) is not None:
             fut, fn, args = job
             try:
                 outcome: tuple[Any, BaseException | None] = (fn(*args), None)
             except BaseException as e:  # handed to the awaiting side, never lost
                 outcome = (None, e)
+            self._finished += 1
             done.append((fut, *outcome))
             if not self._wakeup_pending:
                 self._wakeup_pending = True
@@ -66,7 +90,6 @@ class NativePool:
                     loop.call_soon_threadsafe(self._drain)
                 except RuntimeError:  # the loop is closed: nobody is waiting any more
                     return
-            idle.release()
 
     def _drain(self) -> None:
         # Cleared before popping: a result appended after this line schedules a new drain.
@@ -83,5 +106,7 @@ class NativePool:
 
     def close(self) -> None:
         """Lets idle threads exit; a thread stuck in a native call stays until it returns."""
+        if self._growth_check is not None:
+            self._growth_check.cancel()
         for _ in self._threads:
             self._jobs.put(None)

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from backworks.native_pool import NativePool
+
+
+async def test_results_and_errors_come_back_to_the_awaiting_side() -> None:
+    pool = NativePool(4, "t")
+    assert await pool.submit(lambda a, b: a + b, 2, 3) == 5
+    with pytest.raises(ZeroDivisionError):
+        await pool.submit(lambda: 1 / 0)
+    pool.close()
+
+
+async def test_quick_calls_keep_one_thread() -> None:
+    """More threads for microsecond calls only add GIL hand-offs."""
+    pool = NativePool(8, "t")
+    results = await asyncio.gather(*(pool.submit(lambda i=i: i) for i in range(2000)))
+    assert results == list(range(2000))
+    assert len(pool._threads) == 1
+    pool.close()
+
+
+async def test_slow_calls_get_a_thread_each_up_to_the_limit() -> None:
+    pool = NativePool(4, "t")
+    running, peak = 0, 0
+    lock = threading.Lock()
+
+    def slow() -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.2)
+        with lock:
+            running -= 1
+
+    await asyncio.gather(*(pool.submit(slow) for _ in range(6)))
+    assert peak == 4, "blocked calls must not wait behind each other"
+    assert len(pool._threads) == 4
+    pool.close()
