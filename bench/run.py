@@ -276,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, str(REPO / "bench"))
         import dispatch_cost
 
+        from backworks.logs import configure_logging
+
+        configure_logging("warning", "console")  # keep worker start-up lines off the table
+
         costs = dispatch_cost.measure_all(calls=20_000, rounds=args.rounds)
         print("\n## Host dispatch cost per call (same plugin, in one process)\n")
         print(dispatch_cost.table(costs))
