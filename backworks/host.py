@@ -139,9 +139,15 @@ class Host:
         found = config.discovery
         if not (found.enabled and found.directories):
             return []
+        # A plugin allowed loose permissions must be discoverable too; the registry still
+        # refuses, per plugin, every other file that others may write.
+        loose = any(p.allow_insecure_permissions for p in config.plugins.values())
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            None, lambda: discovery.scan(found.directories, recursive=found.recursive)
+            None,
+            lambda: discovery.scan(
+                found.directories, recursive=found.recursive, allow_insecure_permissions=loose
+            ),
         )
 
     async def _load(self, spec: PluginSpec, settings: PluginConfig) -> None:

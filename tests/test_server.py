@@ -340,3 +340,15 @@ async def test_access_log_has_one_line_per_request(kit: Any, serve: Any) -> None
     assert lines[0]["plugin"] == "kit"
     assert lines[0]["request_id"] == resp.headers["X-Request-Id"]
     assert lines[0]["duration_ms"] >= 0
+
+
+async def test_a_world_writable_plugin_is_refused_unless_the_config_allows_it(
+    kit: Any, serve: Any
+) -> None:
+    kit("loose").chmod(0o666)
+    kit("strict").chmod(0o666)
+    client = await serve({"plugins": {"loose": {"allow_insecure_permissions": True}}})
+    assert (await client.get("/plugins/loose/status?code=200")).status == 200
+    refused = await client.get("/plugins/strict/status?code=200")
+    assert refused.status == 503
+    assert "writable by anyone" in (await error_of(refused))["message"]
