@@ -25,7 +25,9 @@ from typing import Any
 
 _Job = tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]]
 
-SLOW_CALL_S = 0.0005
+# Longer than the GIL's switch interval (5 ms): a thread that merely waits for the GIL
+# is not a thread stuck in a slow call, and must not make the pool grow.
+SLOW_CALL_S = 0.02
 
 
 class NativePool:
