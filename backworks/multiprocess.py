@@ -29,7 +29,7 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]  # an untyped base class
         settings: dict[str, Any] = {
             "bind": f"{server.host}:{server.port}",
             "workers": self._workers,
-            "worker_class": "aiohttp.GunicornWebWorker",
+            "worker_class": _worker_class(),
             # aiohttp's worker drains in-flight requests within this budget.
             "graceful_timeout": max(1, round(server.shutdown_timeout_ms / 1000)),
             "accesslog": None,  # Backworks writes its own structured access log
@@ -42,6 +42,15 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]  # an untyped base class
 
     def load(self) -> web.Application:
         return create_app(self._config)
+
+
+def _worker_class() -> str:
+    """aiohttp's uvloop worker when uvloop is installed (the `speed` extra)."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "aiohttp.GunicornWebWorker"
+    return "aiohttp.GunicornUVLoopWebWorker"
 
 
 def serve_workers(config: Config, workers: int) -> None:

@@ -178,4 +178,15 @@ def serve(config: Config, source: ConfigSource | None = None) -> None:
         shutdown_timeout=server.shutdown_timeout_ms / 1000,
         access_log=None,
         print=announce,
+        loop=new_event_loop(),
     )
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop when it is installed (`pip install backworks[speed]`), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    log.info("event_loop", implementation="uvloop")
+    return uvloop.new_event_loop()

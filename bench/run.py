@@ -209,10 +209,17 @@ def machine() -> dict[str, str]:
     if Path("/proc/cpuinfo").exists():
         names = re.findall(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
         cpu = f"{len(names)} x {names[0]}" if names else ""
+    from importlib.metadata import PackageNotFoundError, version
+
     import aiohttp
     import cffi
 
+    try:
+        loop = f"uvloop {version('uvloop')}"
+    except PackageNotFoundError:
+        loop = "asyncio"
     return {
+        "loop": loop,
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu or platform.processor(),
         "os": f"{platform.system()} {platform.release()}",
@@ -269,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     generator = f"wrk -t1 -c{args.connections}" if wrk else f"python client x{args.connections}"
     print(f"\n## HTTP throughput ({info['date']}, {info['cpu']}, Python {info['python']},")
-    print(f"aiohttp {info['aiohttp']}; load: {generator}, {args.duration:g} s x {args.rounds})\n")
+    print(f"aiohttp {info['aiohttp']}, {info['loop']}; load: {generator}, {args.duration:g} s x")
+    print(f"{args.rounds})\n")
     print(table(results, baseline))
     record: dict[str, Any] = {"machine": info, "load": generator, "http": results}
     if not args.skip_dispatch:
