@@ -275,9 +275,9 @@ def main(argv: list[str] | None = None) -> int:
 
     info = machine()
     generator = f"wrk -t1 -c{args.connections}" if wrk else f"python client x{args.connections}"
-    print(f"\n## HTTP throughput ({info['date']}, {info['cpu']}, Python {info['python']},")
-    print(f"aiohttp {info['aiohttp']}, {info['loop']}; load: {generator}, {args.duration:g} s x")
-    print(f"{args.rounds})\n")
+    print(f"\n## HTTP throughput ({info['date']}, {info['cpu']})\n")
+    print(f"Python {info['python']}, aiohttp {info['aiohttp']}, {info['loop']}; load: {generator},")
+    print(f"{args.duration:g} s x {args.rounds} rounds, interleaved.\n")
     print(table(results, baseline))
     record: dict[str, Any] = {"machine": info, "load": generator, "http": results}
     if not args.skip_dispatch:
