@@ -463,16 +463,17 @@ class _HostServices:
 # Libraries and instances
 
 
-def _descriptor_string(ptr: Any, field: str, path: str, *, required: bool) -> str:
+def descriptor_string(ptr: Any, what: str, path: str, *, required: bool) -> str:
+    """A NUL-terminated UTF-8 string a library describes itself with (`what` names it)."""
     if ptr == ffi.NULL:
         if required:
-            raise PluginLoadError(path, f"descriptor field {field!r} is NULL")
+            raise PluginLoadError(path, f"{what} is NULL")
         return ""
     raw = ffi.string(ptr, _MAX_DESCRIPTOR_STRING)
     try:
         return raw.decode("utf-8")  # type: ignore[no-any-return]
     except UnicodeDecodeError:
-        raise PluginLoadError(path, f"descriptor field {field!r} is not UTF-8") from None
+        raise PluginLoadError(path, f"{what} is not UTF-8") from None
 
 
 def _read_descriptor(desc: Any, path: str) -> PluginInfo:
@@ -496,14 +497,16 @@ def _read_descriptor(desc: Any, path: str) -> PluginInfo:
     for field in ("init", "handle"):
         if getattr(desc, field) == ffi.NULL:
             raise PluginLoadError(path, f"descriptor has no {field!r} function (it is required)")
-    name = _descriptor_string(desc.name, "name", path, required=True)
+    name = descriptor_string(desc.name, "descriptor field 'name'", path, required=True)
     if (why := invalid_name_reason(name)) is not None:
         raise PluginLoadError(path, why)
     return PluginInfo(
         path=path,
         name=name,
-        version=_descriptor_string(desc.version, "version", path, required=True),
-        description=_descriptor_string(desc.description, "description", path, required=False),
+        version=descriptor_string(desc.version, "descriptor field 'version'", path, required=True),
+        description=descriptor_string(
+            desc.description, "descriptor field 'description'", path, required=False
+        ),
         abi_version=version,
         flags=int(desc.flags),
         has_health=desc.health != ffi.NULL,

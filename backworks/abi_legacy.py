@@ -44,6 +44,7 @@ from backworks.abi import (
     PluginInfo,
     Request,
     Response,
+    descriptor_string,
     ffi,
     invalid_name_reason,
 )
@@ -70,10 +71,8 @@ ffi.cdef(
     """
 )
 
-# Strings are read with a bound, so a pointer to memory with no NUL in reach cannot
-# make the host read forever: info strings as in an ABI 1 descriptor, and answers up
-# to 16 MiB (one longer than that is refused, not cut).
-_MAX_INFO_STRING = 4096
+# Answers are read with a bound, so a pointer to memory with no NUL in reach cannot
+# make the host read forever: up to 16 MiB (one longer than that is refused, not cut).
 _MAX_ANSWER = 16 << 20
 
 
@@ -84,17 +83,6 @@ def _symbol(lib: Any, name: str) -> Any:
         return None
 
 
-def _info_string(ptr: Any, field: str, path: str, *, required: bool) -> str:
-    if ptr == ffi.NULL:
-        if required:
-            raise PluginLoadError(path, f"{INFO_SYMBOL}() field {field!r} is NULL")
-        return ""
-    try:
-        return ffi.string(ptr, _MAX_INFO_STRING).decode("utf-8")  # type: ignore[no-any-return]
-    except UnicodeDecodeError:
-        raise PluginLoadError(path, f"{INFO_SYMBOL}() field {field!r} is not UTF-8") from None
-
-
 def _read_info(lib: Any, path: str) -> PluginInfo | None:
     """What `plugin_info()` says, validated; None when the library does not export it."""
     plugin_info = _symbol(lib, INFO_SYMBOL)
@@ -103,14 +91,18 @@ def _read_info(lib: Any, path: str) -> PluginInfo | None:
     info = plugin_info()
     if info == ffi.NULL:
         raise PluginLoadError(path, f"{INFO_SYMBOL}() returned NULL")
-    name = _info_string(info.name, "name", path, required=True)
+    name = descriptor_string(info.name, f"{INFO_SYMBOL}() field 'name'", path, required=True)
     if (why := invalid_name_reason(name)) is not None:
         raise PluginLoadError(path, why)
     return PluginInfo(
         path=path,
         name=name,
-        version=_info_string(info.version, "version", path, required=True),
-        description=_info_string(info.description, "description", path, required=False),
+        version=descriptor_string(
+            info.version, f"{INFO_SYMBOL}() field 'version'", path, required=True
+        ),
+        description=descriptor_string(
+            info.description, f"{INFO_SYMBOL}() field 'description'", path, required=False
+        ),
         abi_version=0,
         flags=0,  # never thread-safe, never non-blocking
         legacy=True,
