@@ -30,7 +30,7 @@ import attrs
 import structlog
 
 from backworks.abi import ENTRY_SYMBOL
-from backworks.abi_legacy import INFO_SYMBOL
+from backworks.abi.legacy import INFO_SYMBOL
 from backworks.errors import PluginLoadError
 from backworks.scan_cache import FileKey, ScanCache
 from backworks.scanner import ScanResult, examine_isolated

@@ -1,4 +1,4 @@
-"""The legacy ABI adapter (abi_legacy) against real C libraries of the original design.
+"""The legacy ABI adapter (backworks.abi.legacy) against real C libraries of the original design.
 
 `tests/plugins/legacy.c` is compiled once per session and copied per test, so every
 test loads its own file and gets fresh globals; the tests read those globals with
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from backworks import abi_legacy, discovery
+from backworks import discovery
 from backworks.abi import (
     LOG_WARN,
     CancelFlag,
@@ -24,7 +24,8 @@ from backworks.abi import (
     Request,
     open_plugin_library,
 )
-from backworks.abi_legacy import LegacyLibrary
+from backworks.abi import legacy as abi_legacy
+from backworks.abi.legacy import LegacyLibrary
 from backworks.errors import PluginCallError, PluginCancelledError, PluginInitError, PluginLoadError
 from backworks.scan_cache import FileKey, ScanCache
 from tests.conftest import BuildPlugin

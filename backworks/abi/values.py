@@ -1,0 +1,93 @@
+"""The plain values that cross the binding's edge: no cffi object is among them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import attrs
+
+from backworks.abi.declarations import FLAG_NAMES, FLAG_NONBLOCKING, FLAG_THREAD_SAFE, abi_text, ffi
+
+
+@attrs.frozen
+class PluginInfo:
+    """What a library's descriptor says about its plugin."""
+
+    path: str
+    name: str
+    version: str
+    description: str
+    abi_version: int
+    flags: int
+    has_health: bool = False
+    has_on_request: bool = False
+    has_on_response: bool = False
+    legacy: bool = False
+
+    @property
+    def abi(self) -> str:
+        return "0 (legacy)" if self.legacy else abi_text(self.abi_version)
+
+    @property
+    def flag_names(self) -> list[str]:
+        return [name for bit, name in FLAG_NAMES.items() if self.flags & bit]
+
+    @property
+    def thread_safe(self) -> bool:
+        return bool(self.flags & FLAG_THREAD_SAFE)
+
+    @property
+    def nonblocking(self) -> bool:
+        return bool(self.flags & FLAG_NONBLOCKING)
+
+
+Pairs = tuple[tuple[str, str], ...]
+
+
+@attrs.frozen
+class Request:
+    """One request as a plugin sees it (`bw_request`)."""
+
+    method: str
+    path: str
+    query: str = ""
+    endpoint: str = ""
+    params: Pairs = ()
+    headers: Pairs = ()
+    body: bytes = b""
+    request_id: str = ""
+    timeout_ms: int = 0
+
+
+@attrs.frozen
+class Response:
+    """One response, copied out of the plugin's memory (`bw_response`)."""
+
+    status: int
+    body: bytes = b""
+    content_type: str = ""
+    headers: Pairs = ()
+
+
+class CancelFlag:
+    """The `cancelled` word of a call: the host sets it, the plugin polls it.
+
+    Host-owned memory that must outlive the native call; whoever runs the call keeps a
+    reference to it until the call returns.
+    """
+
+    __slots__ = ("_word",)
+
+    def __init__(self) -> None:
+        self._word = ffi.new("uint32_t *")
+
+    def set(self) -> None:
+        self._word[0] = 1
+
+    @property
+    def is_set(self) -> bool:
+        return bool(self._word[0])
+
+
+LogSink = Callable[[int, str], None]
+"""Receives `(level, message)` from a plugin's `host->log`; must be thread-safe."""
