@@ -8,7 +8,9 @@
 #include <backworks/sdk.h>
 
 static int32_t hello_handle(void *state, const bw_request *req, bw_response *resp) {
-    char name[128], quoted[300], json[320];
+    /* Quoting can grow each byte to six ("\u001f"): size for the worst case, so a
+     * name of control characters still makes valid JSON. */
+    char name[128], quoted[6 * sizeof name + 3], json[sizeof quoted + 16];
     (void)state;
     if (bw_query_get(req, "name", name, sizeof name) < 0) strcpy(name, "world");
     bw_json_quote(name, quoted, sizeof quoted);
