@@ -62,10 +62,8 @@ ERR_LOAD: Final = 4  # PluginLoadError
 ERR_ABI: Final = 5  # AbiMismatchError
 ERR_INIT: Final = 6  # PluginInitError
 
-_U8 = struct.Struct("<B")
 _U32 = struct.Struct("<I")
 _I32 = struct.Struct("<i")
-_U64 = struct.Struct("<Q")
 _INFO_NUMBERS = struct.Struct("<IQB")  # abi_version, flags, has_* and legacy bits
 _READY_NUMBERS = struct.Struct("<IQ")  # pid, baseline RSS in KiB
 _INIT_NUMBERS = struct.Struct("<BIII")  # flags, threads, memory_limit_mb, cpu_limit_ms
