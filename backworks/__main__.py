@@ -2,6 +2,6 @@
 
 import sys
 
-from backworks.cli import main
+from backworks.cli.main import main
 
 sys.exit(main())

@@ -75,3 +75,25 @@ class PluginUnavailableError(PluginError):
 
 class PluginCrashedError(PluginError):
     """The process running the plugin died during a call."""
+
+
+class StartupError(BackworksError):
+    """A critical plugin could not be started; the server must not open its port."""
+
+
+class NotReloadable(BackworksError):
+    """A reload was asked of a plugin that cannot be reloaded; `known` False: no such plugin."""
+
+    def __init__(self, plugin: str, reason: str, *, known: bool = True) -> None:
+        self.plugin = plugin
+        self.reason = reason
+        self.known = known
+        super().__init__(f"plugin {plugin!r} cannot be reloaded: {reason}")
+
+
+def reason_of(error: BackworksError) -> str:
+    """What an admin row or a log line says about why a plugin could not start.
+
+    A plugin error's own message (the plugin is named beside it), else the whole text.
+    """
+    return error.message if isinstance(error, PluginError) else str(error)

@@ -1,7 +1,7 @@
 """Structured logging: JSON lines in production, readable columns on a terminal.
 
-Plugins log through `host->log`; `plugin_log_sink` turns those calls into ordinary
-structlog events tagged with the plugin's name, from whatever thread they come.
+What plugins log through `host->log` arrives here as ordinary structlog events
+(abi/hostlog.py), so one configuration covers the host and its plugins.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ import sys
 from typing import Literal
 
 import structlog
-
-from backworks.abi import LOG_ERROR, LOG_INFO, LOG_WARN, LogSink
 
 Format = Literal["auto", "console", "json"]
 LEVELS = {
@@ -43,20 +41,3 @@ def configure_logging(level: str = "info", fmt: Format = "auto") -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
-
-
-def plugin_log_sink(plugin: str, **context: object) -> LogSink:
-    """A sink for one plugin's `host->log` calls (thread-safe, never raises)."""
-    logger = structlog.get_logger("backworks.plugin").bind(plugin=plugin, **context)
-
-    def sink(level: int, message: str) -> None:
-        if level >= LOG_ERROR:
-            logger.error("plugin_log", message=message)
-        elif level >= LOG_WARN:
-            logger.warning("plugin_log", message=message)
-        elif level >= LOG_INFO:
-            logger.info("plugin_log", message=message)
-        else:
-            logger.debug("plugin_log", message=message)
-
-    return sink

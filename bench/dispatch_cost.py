@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from backworks.abi import Request, ffi, open_library
-from backworks.breaker import CircuitBreaker
-from backworks.executor import Dispatch, PluginRunner, ThreadBackend
-from backworks.registry import PluginSpec
+from backworks.names import Dispatch
+from backworks.plugins.loading import PluginSpec
+from backworks.runtime.backend import ThreadBackend
+from backworks.runtime.breaker import CircuitBreaker
+from backworks.runtime.runner import PluginRunner
 
 REPO = Path(__file__).resolve().parent.parent
 HELLO = REPO / "plugins" / "libhello.so"
@@ -60,10 +62,11 @@ def runner(dispatch: Dispatch) -> PluginRunner:
 
 
 async def process_runner() -> PluginRunner | None:
-    from backworks.isolation import ProcessBackend, probe
+    from backworks.isolation.backend import ProcessBackend
+    from backworks.isolation.probe import probe
 
     spec = PluginSpec(name="hello", path=HELLO)
-    backend = ProcessBackend(await probe(spec), spec, workers=1, concurrency_per_worker=4)
+    backend = ProcessBackend(await probe(spec), spec, concurrency_per_worker=4)
     await backend.start()
     return PluginRunner(
         backend, max_concurrency=4, timeout_ms=10_000, queue_timeout_ms=10_000,

@@ -21,11 +21,13 @@ import time
 from pathlib import Path
 
 from backworks.abi import Request, include_dir, open_library
-from backworks.breaker import CircuitBreaker
-from backworks.executor import PluginRunner, ThreadBackend
-from backworks.isolation import ProcessBackend, probe
-from backworks.logs import plugin_log_sink
-from backworks.registry import PluginSpec
+from backworks.abi.hostlog import plugin_log_sink
+from backworks.isolation.backend import ProcessBackend
+from backworks.isolation.probe import probe
+from backworks.plugins.loading import PluginSpec
+from backworks.runtime.backend import ThreadBackend
+from backworks.runtime.breaker import CircuitBreaker
+from backworks.runtime.runner import PluginRunner
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -98,9 +100,7 @@ async def main(calls: int, rounds: int, concurrency: int) -> None:
 
         instance = open_library(path).instantiate(b"{}", plugin_log_sink("kit"))
         threads = runner_for(ThreadBackend(instance, concurrency), concurrency)
-        backend = ProcessBackend(
-            await probe(spec), spec, workers=1, concurrency_per_worker=concurrency
-        )
+        backend = ProcessBackend(await probe(spec), spec, concurrency_per_worker=concurrency)
         await backend.start()
         process = runner_for(backend, concurrency)
 

@@ -11,15 +11,17 @@ import json
 import sys
 from pathlib import Path
 
-from backworks.isolation import ProcessBackend, probe
+from backworks.config import ProcessLimits
+from backworks.isolation.backend import ProcessBackend
+from backworks.isolation.probe import probe
 from backworks.logs import configure_logging
-from backworks.registry import PluginSpec
+from backworks.plugins.loading import PluginSpec
 
 
 async def main(path: str, name: str, workers: int) -> None:
     configure_logging("warning", "json")  # stderr: stdout carries the answer
     spec = PluginSpec(name=name, path=Path(path))
-    backend = ProcessBackend(await probe(spec), spec, workers=workers)
+    backend = ProcessBackend(await probe(spec), spec, ProcessLimits(workers=workers))
     await backend.start()
     pids = [w["pid"] for w in backend.snapshot()["workers"]]
     print(json.dumps({"workers": pids}), flush=True)

@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from backworks.config import load_config
-from backworks.server import create_app
+from backworks.server.app import create_app
 from tests.conftest import BuildPlugin
 
 KIT = (Path(__file__).parent / "plugins" / "testkit.c").read_text()

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from backworks import discovery
 from backworks.abi import (
     LOG_WARN,
     CancelFlag,
@@ -27,7 +26,8 @@ from backworks.abi import (
 from backworks.abi import legacy as abi_legacy
 from backworks.abi.legacy import LegacyLibrary
 from backworks.errors import PluginCallError, PluginCancelledError, PluginInitError, PluginLoadError
-from backworks.scan_cache import FileKey, ScanCache
+from backworks.plugins import discovery
+from backworks.plugins.scan_cache import FileKey, ScanCache
 from tests.conftest import BuildPlugin
 
 LEGACY = (Path(__file__).parent / "plugins" / "legacy.c").read_text()

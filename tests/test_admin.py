@@ -7,7 +7,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from backworks.admin_auth import NOT_CONFIGURED
+from backworks.ops.auth import NOT_CONFIGURED
 from tests.serving import error_of, free_port
 
 TOKEN = "s3cret-t0ken"  # noqa: S105 -- the test's own admin token

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from backworks.breaker import CircuitBreaker
+from backworks.runtime.breaker import CircuitBreaker
 
 
 class FakeClock:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from backworks.cli import main
-from backworks.scanner import JSON_KEYS
+from backworks.cli.main import main
+from backworks.plugins.examine import JSON_KEYS
 from tests.cbuild import EXT
 from tests.conftest import BuildPlugin
 from tests.test_discovery import SEGFAULT, good_source, raw_source

@@ -7,7 +7,7 @@ import hashlib
 import re
 from typing import Any
 
-from backworks.traffic import RECENT_REQUESTS
+from backworks.http.traffic import RECENT_REQUESTS
 
 DASHBOARD = {"dashboard": {"enabled": True}}
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
 
-from backworks.app_state import HOST
+from backworks.http.state import RELOADER
 from tests.serving import Client
 
 CHROMIUM = Path(os.environ.get("BACKWORKS_BROWSER", "/usr/bin/chromium"))
@@ -173,7 +173,7 @@ async def test_admin_buttons_send_the_token_and_report_the_answer(
 
     await page.get_by_role("button", name="Reload").click()
     await notice.get_by_text("Plugin kit reloaded.").wait_for()
-    assert client.app[HOST].reloader.statuses["kit"].trigger == "admin"
+    assert client.app[RELOADER].statuses["kit"].trigger == "admin"
     assert problems == []
 
 

@@ -14,8 +14,8 @@ from typing import Any, NamedTuple
 import pytest
 from structlog.testing import capture_logs
 
-from backworks import discovery
-from backworks.discovery import NOT_A_LIBRARY, NOT_A_PLUGIN, ScanResult
+from backworks.plugins import discovery
+from backworks.plugins.discovery import NOT_A_LIBRARY, NOT_A_PLUGIN, ScanResult
 from tests.cbuild import EXT, compile_library
 from tests.conftest import BuildPlugin
 

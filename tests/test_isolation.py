@@ -20,7 +20,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from backworks.abi import Request
-from backworks.breaker import CircuitBreaker
+from backworks.config import ProcessLimits
 from backworks.errors import (
     CircuitOpenError,
     PluginCallError,
@@ -30,11 +30,13 @@ from backworks.errors import (
     PluginTimeoutError,
     PluginUnavailableError,
 )
-from backworks.executor import PluginRunner
-from backworks.isolation import ProcessBackend, probe
+from backworks.isolation.backend import ProcessBackend
 from backworks.isolation.framing import WorkerInit
+from backworks.isolation.probe import probe
 from backworks.isolation.worker import Channel, Worker
-from backworks.registry import PluginSpec
+from backworks.plugins.loading import PluginSpec
+from backworks.runtime.breaker import CircuitBreaker
+from backworks.runtime.runner import PluginRunner
 from tests.cbuild import REPO
 from tests.conftest import BuildPlugin
 
@@ -134,10 +136,8 @@ async def make(lib: Callable[..., Path]) -> AsyncIterator[Make]:
         backend = ProcessBackend(
             info,
             spec,
-            workers=workers,
+            ProcessLimits(workers, memory_limit_mb, cpu_limit_ms),
             concurrency_per_worker=per_worker,
-            memory_limit_mb=memory_limit_mb,
-            cpu_limit_ms=cpu_limit_ms,
         )
         await backend.start()
         runner = PluginRunner(
@@ -482,7 +482,7 @@ async def test_close_shuts_every_state_down_and_reaps_the_workers(
     spec = PluginSpec(
         name="crashy", path=lib(), config_json=json.dumps({"marker": str(marker)}).encode()
     )
-    backend = ProcessBackend(await probe(spec), spec, workers=2)
+    backend = ProcessBackend(await probe(spec), spec, ProcessLimits(workers=2))
     await backend.start()
     runner = PluginRunner(
         backend, max_concurrency=2, timeout_ms=1000, queue_timeout_ms=100, breaker=CircuitBreaker()

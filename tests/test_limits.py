@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from backworks.limits import CallGate
+from backworks.runtime.gate import CallGate
 
 
 async def test_admits_up_to_the_limit_then_queues() -> None:

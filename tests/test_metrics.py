@@ -11,15 +11,16 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from backworks.abi import Request
-from backworks.breaker import CircuitBreaker
 from backworks.config import Config
 from backworks.errors import PluginCrashedError
-from backworks.executor import PluginRunner
-from backworks.host import Host
-from backworks.isolation import ProcessBackend, probe
-from backworks.metrics import new_registry
-from backworks.registry import LoadedPlugin, PluginSpec, PluginState
-from backworks.traffic import UNMATCHED, Traffic
+from backworks.http.traffic import UNMATCHED, Traffic
+from backworks.isolation.backend import ProcessBackend
+from backworks.isolation.probe import probe
+from backworks.lifecycle.host import Host
+from backworks.ops.metrics import new_registry
+from backworks.plugins.loading import LoadedPlugin, PluginSpec, PluginState
+from backworks.runtime.breaker import CircuitBreaker
+from backworks.runtime.runner import PluginRunner
 from tests.conftest import BuildPlugin
 from tests.serving import Client
 
@@ -172,7 +173,7 @@ async def test_worker_restarts_come_from_the_process_backend(
     path.chmod(0o755)
     path.parent.chmod(0o755)
     spec = PluginSpec(name="crashy", path=path)
-    backend = ProcessBackend(await probe(spec), spec, workers=1)
+    backend = ProcessBackend(await probe(spec), spec)
     await backend.start()
     runner = PluginRunner(
         backend,

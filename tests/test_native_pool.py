@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from backworks.native_pool import NativePool
+from backworks.runtime.native_pool import NativePool
 
 
 async def test_results_and_errors_come_back_to_the_awaiting_side() -> None:

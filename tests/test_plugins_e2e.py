@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import structlog
 
-from backworks.cli import main
+from backworks.cli.main import main
 from tests.cbuild import EXT
 from tests.conftest import BuildPlugin
 from tests.rust_build import built_library, cargo_checked

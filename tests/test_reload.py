@@ -19,8 +19,9 @@ import pytest
 import yaml
 from structlog.testing import capture_logs
 
-from backworks.app_state import HOST
-from backworks.reload import ConfigSource
+from backworks.config import ConfigSource
+from backworks.http.state import HOST, RELOADER
+from backworks.ops.views import plugin_rows
 from tests.cbuild import EXT, compile_library
 from tests.serving import KIT, Client, Serve, error_of
 from tests.test_serve import Server, get, write_config
@@ -84,7 +85,11 @@ def events(logs: Logs, name: str) -> Logs:
 
 
 def row(client: Client, name: str) -> dict[str, Any]:
-    return next(r for r in client.app[HOST].snapshot() if r["name"] == name)
+    return next(r for r in rows(client) if r["name"] == name)
+
+
+def rows(client: Client) -> list[dict[str, Any]]:
+    return plugin_rows(client.app[HOST], client.app[RELOADER])
 
 
 # -- plugin libraries ------------------------------------------------------------
@@ -219,7 +224,7 @@ async def test_a_new_file_that_only_looks_like_a_plugin_is_refused_by_a_child_pr
     refused = await eventually(lambda: events(logs, "plugin_library_refused"))
     assert refused[0]["path"].endswith(f"libfake.{EXT}")
     assert not events(logs, "plugin_added")
-    assert [r["name"] for r in client.app[HOST].snapshot()] == []
+    assert [r["name"] for r in rows(client)] == []
 
 
 # -- the reload route --------------------------------------------------------------

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from backworks.routing import NoRoute, Route, RouteTable
+from backworks.lifecycle.routes import NoRoute, Route, RouteTable
 
 
 def table() -> RouteTable[str]:

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import structlog
 
-from backworks import scaffold
-from backworks.cli import EXIT_OK, EXIT_USAGE, main
-from backworks.scaffold import ScaffoldError, create_plugin_project
+import backworks
+from backworks.cli import scaffold
+from backworks.cli.main import EXIT_OK, EXIT_USAGE, main
+from backworks.cli.scaffold import ScaffoldError, create_plugin_project
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -67,7 +68,7 @@ def test_new_c_plugin_writes_a_source_and_a_makefile_on_this_installs_headers(
     assert "#include <backworks/sdk.h>" in source
     assert 'BW_DEFINE_PLUGIN(.name = "hello2"' in source
     makefile = (project / "Makefile").read_text()
-    include = (Path(scaffold.__file__).parent.parent / "sdk-c" / "include").resolve()
+    include = (Path(backworks.__file__).parent.parent / "sdk-c" / "include").resolve()
     assert f"BACKWORKS_INCLUDE ?= {include.as_posix()}\n" in makefile
     assert "\t$(CC) $(CFLAGS) $(SHARED)" in makefile  # recipes need tabs
     assert "make" in out

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from backworks import discovery
 from backworks.abi import ABI_VERSION
-from backworks.scan_cache import CACHE_FILE, FileKey, ScanCache, default_cache_dir
-from backworks.scanner import ScanResult
+from backworks.plugins import discovery
+from backworks.plugins.examine import ScanResult
+from backworks.plugins.scan_cache import CACHE_FILE, FileKey, ScanCache, default_cache_dir
 from tests.cbuild import EXT
 from tests.conftest import BuildPlugin
 from tests.test_discovery import HANG, SEGFAULT, good_source, raw_source

@@ -8,7 +8,9 @@ cffi object escapes it.
 - marshal.py: host-owned request memory in, the plugin's answer copied and released;
 - native.py: ABI 1 libraries (descriptor checks) and instances (the calls);
 - legacy.py: the adapter for libraries of the original design (ABI 0);
-- loader.py: `open_plugin_library`, the one way to open either.
+- loader.py: `open_plugin_library`, the one way to open either;
+- hostlog.py: where a plugin's `host->log` calls go (structlog; imported on its own,
+  so a worker process, which forwards log lines to the host, never loads structlog).
 """
 
 from backworks.abi.declarations import (
@@ -28,11 +30,9 @@ from backworks.abi.declarations import (
     LOG_ERROR,
     LOG_INFO,
     LOG_WARN,
-    PLUGIN_NAME_RULE,
     abi_text,
     ffi,
     include_dir,
-    invalid_name_reason,
 )
 from backworks.abi.loader import PluginInstance, PluginLibrary, open_plugin_library
 from backworks.abi.marshal import descriptor_string
@@ -56,7 +56,6 @@ __all__ = [
     "LOG_ERROR",
     "LOG_INFO",
     "LOG_WARN",
-    "PLUGIN_NAME_RULE",
     "CancelFlag",
     "LogSink",
     "NativeInstance",
@@ -71,7 +70,6 @@ __all__ = [
     "descriptor_string",
     "ffi",
     "include_dir",
-    "invalid_name_reason",
     "open_library",
     "open_plugin_library",
 ]

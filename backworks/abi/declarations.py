@@ -63,8 +63,6 @@ FLAG_NAMES: dict[int, str] = {FLAG_THREAD_SAFE: "thread_safe", FLAG_NONBLOCKING:
 
 # A descriptor must be at least as large as version 1.0's; later minors only append.
 PLUGIN_SIZE_1_0 = ffi.sizeof("bw_plugin")
-PLUGIN_NAME_RULE = "[a-z0-9][a-z0-9_-]{0,63}"
-_NAME_RE = re.compile(PLUGIN_NAME_RULE)
 # Strings in a descriptor are read with a bound, so a garbage pointer to memory with
 # no NUL in reach cannot make us read forever.
 MAX_DESCRIPTOR_STRING = 4096
@@ -73,10 +71,3 @@ MAX_DESCRIPTOR_STRING = 4096
 def abi_text(version: int) -> str:
     """`0x00010002` -> `"1.2"`."""
     return f"{version >> 16}.{version & 0xFFFF}"
-
-
-def invalid_name_reason(name: str) -> str | None:
-    """Why `name` cannot be a plugin name, or None when it can (ABI and legacy alike)."""
-    if _NAME_RE.fullmatch(name):
-        return None
-    return f"plugin name {name!r} is invalid: expected {PLUGIN_NAME_RULE}"

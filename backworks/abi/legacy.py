@@ -37,10 +37,11 @@ import json
 import threading
 from typing import Any
 
-from backworks.abi.declarations import LOG_WARN, ffi, invalid_name_reason
+from backworks.abi.declarations import LOG_WARN, ffi
 from backworks.abi.marshal import descriptor_string
 from backworks.abi.values import CancelFlag, LogSink, PluginInfo, Request, Response
 from backworks.errors import PluginCallError, PluginCancelledError, PluginInitError, PluginLoadError
+from backworks.names import invalid_name_reason
 
 __all__ = ["INFO_SYMBOL", "LegacyInstance", "LegacyLibrary", "open_legacy_library"]
 

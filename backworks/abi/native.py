@@ -16,7 +16,6 @@ from backworks.abi.declarations import (
     PLUGIN_SIZE_1_0,
     abi_text,
     ffi,
-    invalid_name_reason,
 )
 from backworks.abi.marshal import (
     RequestFrame,
@@ -34,6 +33,7 @@ from backworks.errors import (
     PluginInitError,
     PluginLoadError,
 )
+from backworks.names import invalid_name_reason
 
 
 def _host_log(ctx: Any, level: int, message: Any, length: int) -> None:

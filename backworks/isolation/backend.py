@@ -1,34 +1,27 @@
-"""ProcessBackend: a plugin's calls run in worker processes, so a crash costs one call.
+"""ProcessBackend: a plugin's calls run in worker processes, so a crash costs the calls on it.
 
-It implements `executor.Backend` for `isolation: process`. Each of `workers` slots
-holds one worker process at a time, with `concurrency_per_worker` calls in flight on
-it (1 unless the plugin is BW_FLAG_THREAD_SAFE: ABI rule 4 holds per process). Calls
-beyond that wait here, in the host, until a ready worker has room.
+It implements `runtime.backend.Backend` for `isolation: process`. The workers
+themselves are the Supervisor's (supervisor.py); this module routes calls to them.
+Each worker takes `concurrency_per_worker` calls at once (1 unless the plugin is
+BW_FLAG_THREAD_SAFE: ABI rule 4 holds per process). Calls beyond that wait here, in
+the host, until a ready worker has room; the one with the fewest calls gets it.
 
 What happens when things go wrong:
 
 - A worker that dies (any signal, `exit`, `abort`) fails the calls it held with
   PluginCrashedError naming how it died; the runner answers 502 and counts a failure
   on the breaker. Calls still waiting here never reached it: they go to the next
-  ready worker. The slot is respawned after a backoff (0.1 s doubling to 5 s, reset
-  once a new worker answers a call).
-- A worker that dies 3 times in a row before becoming ready, or whose `init` fails,
-  fails the plugin: later calls get PluginUnavailableError with the reason at once,
-  and nothing is respawned.
+  ready worker.
+- A plugin that cannot start (see supervisor.py) fails the calls waiting here, and
+  every later one, with PluginUnavailableError and the reason.
 - A call the host gives up on (`abandon`, after the runner set its cancel flag) is
   cancelled in the worker; if it has not returned after CANCEL_GRACE the worker is
-  stopped (SIGTERM, SIGKILL after KILL_GRACE) and replaced at once. Its future
-  completes only when the worker is gone, so the concurrency slot frees exactly when
-  the work has really stopped. Other calls running on that worker die with it.
+  stopped and replaced. Its future completes only when the worker is gone, so the
+  concurrency slot frees exactly when the work has really stopped. Other calls
+  running on that worker die with it.
 - `cpu_limit_ms` overruns are caught in the worker (see worker.CpuWatchdog) and
   treated like an abandoned call; the call fails with PluginTimeoutError. Only the
   calling thread's CPU time counts; threads the plugin starts itself are not charged.
-- `memory_limit_mb` is RLIMIT_AS in the worker on top of its baseline address space
-  (see worker.limit_address_space). Going over it is not a signal of its own: the
-  plugin's allocation fails and it crashes or aborts, or returns BW_FAIL. When a
-  worker dies after its peak RSS (from the kernel, at reaping) grew by most of the
-  limit, the crash message says it most likely ran out of memory. Memory reserved
-  but never touched is not seen that way; the crash is still reported by signal.
 
 Everything here runs on the event-loop thread; no locks.
 """
@@ -37,51 +30,32 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
-import signal
-import time
 from collections.abc import Callable
 from typing import Any
 
 import structlog
 
-from backworks.abi import CancelFlag, LogSink, PluginInfo, Request, Response
+from backworks.abi import CancelFlag, PluginInfo, Request, Response
+from backworks.config import ProcessLimits
 from backworks.errors import (
-    AbiMismatchError,
     PluginCallError,
     PluginCancelledError,
     PluginCrashedError,
     PluginError,
-    PluginInitError,
     PluginLoadError,
     PluginTimeoutError,
     PluginUnavailableError,
+    reason_of,
 )
 from backworks.isolation import framing as fr
-from backworks.isolation.process import SUPPORTED, WorkerProcess
-from backworks.logs import plugin_log_sink
-from backworks.registry import PluginSpec
+from backworks.isolation.process import SUPPORTED
+from backworks.isolation.supervisor import Slot, Supervisor
+from backworks.plugins.loading import PluginSpec
+from backworks.runtime.backend import PluginCalls
 
 log = structlog.get_logger("backworks.isolation")
 
-BACKOFF_FIRST = 0.1
-BACKOFF_MAX = 5.0
-START_ATTEMPTS = 3  # deaths in a row before ever becoming ready that fail the plugin
 CANCEL_GRACE = 0.1  # a cancelled call may still return by itself within this
-KILL_GRACE = 0.2  # SIGTERM, then SIGKILL after this
-CLOSE_WAIT = 1.0  # close() waits this long in total for killed workers to be reaped
-# A worker that died after its peak RSS grew by this share of memory_limit_mb most
-# likely hit the limit (a failed allocation turned into a crash).
-MEMORY_HINT_SHARE = 0.8
-
-STARTING = "starting"
-READY = "ready"
-STOPPING = "stopping"
-BACKOFF = "backoff"  # dead, waiting to be respawned
-STOPPED = "stopped"
-FAILED = "failed"
-
-StartError = PluginError | PluginLoadError
 
 
 class _Group:
@@ -128,49 +102,9 @@ class _Call:
         self.frame = frame
         self.future = future
         self.group = group
-        self.slot: _Slot | None = None
+        self.slot: Slot | None = None
         self.abandoned = False
         self.cpu_used_ms: int | None = None
-
-
-class _Slot:
-    """One worker position: the process running there now, and its history."""
-
-    __slots__ = (
-        "baseline_rss_kb",
-        "calls",
-        "crashes",
-        "failures_in_a_row",
-        "index",
-        "last_exit",
-        "log_sink",
-        "proc",
-        "restarts",
-        "starts_failed",
-        "state",
-        "stop_reason",
-        "timer",
-    )
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self.proc: WorkerProcess | None = None
-        self.state = STOPPED
-        self.calls: dict[int, _Call] = {}
-        self.restarts = 0
-        self.crashes = 0
-        self.failures_in_a_row = 0  # crashes since a worker here last answered a call
-        self.starts_failed = 0  # deaths in a row before READY
-        self.last_exit: str | None = None
-        self.stop_reason: str | None = None  # set when the host stops the worker
-        self.timer: asyncio.TimerHandle | None = None
-        self.baseline_rss_kb = 0
-        self.log_sink: LogSink | None = None
-
-    def cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
 
 
 def _worst_health(reports: list[Response]) -> Response | None:
@@ -182,58 +116,32 @@ def _worst_health(reports: list[Response]) -> Response | None:
     return max(reports, key=severity, default=None)
 
 
-def _start_error(name: str, error: int, path: str, message: str) -> StartError:
-    if error == fr.ERR_ABI:
-        return AbiMismatchError(path, message)
-    if error == fr.ERR_LOAD:
-        return PluginLoadError(path, message)
-    return PluginInitError(name, message)
-
-
-def _reason(error: StartError) -> str:
-    return error.message if isinstance(error, PluginError) else str(error)
-
-
 class ProcessBackend:
-    """Runs one plugin's calls in `workers` worker processes (see the module's doc)."""
+    """Runs one plugin's calls in worker processes (see the module's doc)."""
 
     def __init__(
         self,
         info: PluginInfo,
         spec: PluginSpec,
+        limits: ProcessLimits | None = None,
         *,
-        workers: int = 1,
         concurrency_per_worker: int = 1,
-        memory_limit_mb: int | None = None,
-        cpu_limit_ms: int | None = None,
         init_timeout_ms: int = 30_000,
     ) -> None:
-        problems = []
-        if workers < 1:
-            problems.append(f"'workers' must be >= 1 (got {workers})")
-        if concurrency_per_worker < 1:
-            problems.append(f"'concurrency_per_worker' must be >= 1 (got {concurrency_per_worker})")
-        elif concurrency_per_worker > 1 and not info.thread_safe:
-            problems.append(
-                f"'concurrency_per_worker' must be 1 for a plugin without BW_FLAG_THREAD_SAFE "
-                f"(got {concurrency_per_worker}); add workers instead"
+        limits = limits or ProcessLimits()
+        if concurrency_per_worker < 1 or (concurrency_per_worker > 1 and not info.thread_safe):
+            msg = (
+                f"'concurrency_per_worker' must be 1 for a plugin without BW_FLAG_THREAD_SAFE, "
+                f"else at least 1 (got {concurrency_per_worker})"
             )
-        if memory_limit_mb is not None and memory_limit_mb < 1:
-            problems.append(f"'memory_limit_mb' must be a positive int (got {memory_limit_mb})")
-        if cpu_limit_ms is not None and cpu_limit_ms < 1:
-            problems.append(f"'cpu_limit_ms' must be a positive int (got {cpu_limit_ms})")
-        if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError(msg)
         if not SUPPORTED:  # pragma: no cover
             raise PluginLoadError(spec.path, "process isolation needs pidfd or waitid (Linux)")
         self.info = info
         self.name = spec.name
-        self.path = str(spec.path)
+        self.limits = limits
         self.concurrency_per_worker = concurrency_per_worker
-        self.memory_limit_mb = memory_limit_mb
-        self.cpu_limit_ms = cpu_limit_ms
-        self.init_timeout = init_timeout_ms / 1000
-        self._init_frame = fr.encode_init(
+        init_frame = fr.encode_init(
             fr.WorkerInit(
                 path=str(spec.path),
                 name=spec.name,
@@ -241,21 +149,25 @@ class ProcessBackend:
                 allow_insecure_permissions=spec.allow_insecure_permissions,
                 sha256=spec.sha256 or "",
                 threads=concurrency_per_worker,
-                memory_limit_mb=memory_limit_mb or 0,
-                cpu_limit_ms=cpu_limit_ms or 0,
+                memory_limit_mb=limits.memory_limit_mb or 0,
+                cpu_limit_ms=limits.cpu_limit_ms or 0,
             )
         )
-        # With glibc every thread's first allocation may reserve a 64 MiB arena of
-        # address space, which would count against RLIMIT_AS: one arena for all.
-        self._env = {"MALLOC_ARENA_MAX": "1"} if memory_limit_mb else {}
-        self._slots = [_Slot(i) for i in range(workers)]
+        self._workers = Supervisor(
+            spec.name,
+            str(spec.path),
+            init_frame,
+            limits,
+            init_timeout=init_timeout_ms / 1000,
+            events=self,
+        )
+        # The calls each worker holds now, by slot index.
+        self._running: list[dict[int, _Call]] = [{} for _ in self._workers.slots]
         self._queue: collections.deque[_Call] = collections.deque()
         self._by_future: dict[asyncio.Future[Any], _Call] = {}
         self._last_id = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._settled: asyncio.Future[None] | None = None
-        self._failure: StartError | None = None
-        self._closing = False
         self._closed = False
 
     # -- lifecycle ---------------------------------------------------------------
@@ -272,8 +184,7 @@ class ProcessBackend:
             raise RuntimeError(msg)
         self._loop = asyncio.get_running_loop()
         self._settled = self._loop.create_future()
-        for slot in self._slots:
-            self._spawn(slot)
+        self._workers.start()
         try:
             await self._settled
         except BaseException:
@@ -286,28 +197,14 @@ class ProcessBackend:
 
         After an orderly `start_shutdown` the workers have exited already; otherwise
         (calls stuck past the drain timeout) they are killed now: a worker never
-        outlives its plugin. Waits at most CLOSE_WAIT s in total for the reaping; a
-        worker not reaped by then is reaped by its pidfd reader later.
+        outlives its plugin.
         """
         if self._closed:
             return
-        self._closed = self._closing = True
+        self._closed = True
+        self._workers.closing = True
         self._fail_queued(PluginUnavailableError(self.name, "the plugin is shutting down"))
-        running = []
-        for slot in self._slots:
-            slot.cancel_timer()
-            if slot.proc is None:
-                if slot.state != FAILED:
-                    slot.state = STOPPED
-                continue
-            slot.stop_reason = slot.stop_reason or "the plugin was closed"
-            slot.proc.close_channel()
-            slot.proc.kill()
-            running.append(slot.proc)
-        deadline = time.monotonic() + CLOSE_WAIT
-        for proc in running:
-            if not proc.wait_blocking(max(0.0, deadline - time.monotonic())):
-                log.warning("plugin_worker_not_reaped", plugin=self.name, pid=proc.pid)
+        self._workers.close()
 
     # -- the Backend protocol ----------------------------------------------------
 
@@ -331,14 +228,8 @@ class ProcessBackend:
 
     def start_shutdown(self) -> asyncio.Future[None]:
         """Runs the plugin's `shutdown` in every ready worker; the workers then exit."""
-        self._closing = True
+        self._workers.begin_shutdown()
         self._fail_queued(PluginUnavailableError(self.name, "the plugin is shutting down"))
-        for slot in self._slots:
-            if slot.state == BACKOFF:
-                slot.cancel_timer()
-                slot.state = STOPPED
-            elif slot.state == STARTING:  # no state to shut down yet
-                self._stop(slot, "the plugin is shutting down")
         return self._on_every_state(fr.SHUTDOWN, lambda _: None)
 
     def abandon(self, call: asyncio.Future[Any]) -> None:
@@ -357,7 +248,12 @@ class ProcessBackend:
         slot.proc.send_control(fr.frame(fr.CANCEL, entry.call_id))
         self._expect_return(slot, entry)
 
+    def inline_calls(self) -> PluginCalls | None:
+        """None: the plugin lives in other processes, never on the event loop."""
+        return None
+
     def snapshot(self) -> dict[str, Any]:
+        failure = self._workers.failure
         return {
             "isolation": "process",
             "workers": [
@@ -366,15 +262,74 @@ class ProcessBackend:
                     "state": slot.state,
                     "restarts": slot.restarts,
                     "crashes": slot.crashes,
-                    "in_flight": len(slot.calls),
+                    "in_flight": len(self._running[slot.index]),
                     "last_exit": slot.last_exit,
                 }
-                for slot in self._slots
+                for slot in self._workers.slots
             ],
-            "memory_limit_mb": self.memory_limit_mb,
-            "cpu_limit_ms": self.cpu_limit_ms,
-            "worker_failure": _reason(self._failure) if self._failure is not None else None,
+            "memory_limit_mb": self.limits.memory_limit_mb,
+            "cpu_limit_ms": self.limits.cpu_limit_ms,
+            "worker_failure": reason_of(failure) if failure is not None else None,
         }
+
+    # -- the SlotEvents protocol of supervisor.py --------------------------------
+
+    def worker_ready(self, slot: Slot) -> None:
+        self._dispatch()
+        settled = self._settled
+        if settled is not None and not settled.done() and self._workers.all_ready():
+            settled.set_result(None)
+
+    def worker_frame(self, slot: Slot, kind: int, call_id: int, body: bytes) -> None:
+        running = self._running[slot.index]
+        if fr.RESPONSE <= kind <= fr.FAILED:
+            call = running.pop(call_id, None)
+            if call is None:
+                return
+            if kind == fr.RESPONSE:
+                self._finish(call, fr.decode_response(body), None)
+            elif kind == fr.NONE:
+                self._finish(call, None, None)
+            else:
+                self._finish(call, None, self._call_error(*fr.decode_failure(body)))
+            self._workers.answered(slot)
+            if self._queue:
+                self._dispatch()
+        elif kind == fr.CPU_EXCEEDED:
+            call = running.get(call_id)
+            if call is not None and call.cpu_used_ms is None:
+                call.cpu_used_ms = fr.decode_cpu_exceeded(body)
+                log.warning(
+                    "plugin_cpu_limit_exceeded",
+                    plugin=self.name,
+                    pid=slot.proc.pid if slot.proc else None,
+                    cpu_ms=call.cpu_used_ms,
+                    cpu_limit_ms=self.limits.cpu_limit_ms,
+                )
+                self._expect_return(slot, call)
+        else:
+            msg = f"unexpected frame kind {kind} from worker"
+            raise fr.ProtocolError(msg)
+
+    def worker_lost(self, slot: Slot, exit_text: str, stop_reason: str | None) -> int:
+        calls, self._running[slot.index] = self._running[slot.index], {}
+        for call in calls.values():
+            if call.abandoned:
+                error: PluginError = PluginTimeoutError(
+                    self.name, f"the call ignored cancellation and was stopped: {exit_text}"
+                )
+            elif stop_reason is not None:
+                error = PluginCrashedError(self.name, f"{exit_text}: stopped because {stop_reason}")
+            else:
+                error = PluginCrashedError(self.name, exit_text)
+            self._finish(call, None, error)
+        return len(calls)
+
+    def plugin_failed(self, error: fr.StartError) -> None:
+        self._fail_queued(self._unavailable())
+        settled = self._settled
+        if settled is not None and not settled.done():
+            settled.set_exception(error)
 
     # -- calls -------------------------------------------------------------------
 
@@ -388,7 +343,7 @@ class ProcessBackend:
             msg = f"plugin {self.name!r}: ProcessBackend.start() was not called"
             raise RuntimeError(msg)
         fut = self._loop.create_future()
-        if self._failure is not None or self._closing:
+        if self._workers.failure is not None or self._workers.closing:
             fut.set_exception(self._unavailable())
             return fut
         call = _Call(call_id, frame, fut)
@@ -402,21 +357,23 @@ class ProcessBackend:
         return fut
 
     def _unavailable(self) -> PluginUnavailableError:
-        if self._failure is not None:
-            return PluginUnavailableError(self.name, f"plugin failed: {_reason(self._failure)}")
+        failure = self._workers.failure
+        if failure is not None:
+            return PluginUnavailableError(self.name, f"plugin failed: {reason_of(failure)}")
         return PluginUnavailableError(self.name, "the plugin is shutting down")
 
-    def _free_slot(self) -> _Slot | None:
+    def _free_slot(self) -> Slot | None:
         """The ready worker with the fewest calls in flight, if any has room."""
         best, fewest = None, self.concurrency_per_worker
-        for slot in self._slots:
-            if slot.state == READY and len(slot.calls) < fewest:
-                best, fewest = slot, len(slot.calls)
+        for slot in self._workers.ready_slots():
+            held = len(self._running[slot.index])
+            if held < fewest:
+                best, fewest = slot, held
         return best
 
-    def _send(self, slot: _Slot, call: _Call) -> None:
+    def _send(self, slot: Slot, call: _Call) -> None:
         assert slot.proc is not None
-        slot.calls[call.call_id] = call
+        self._running[slot.index][call.call_id] = call
         call.slot = slot
         frame, call.frame = call.frame, b""
         slot.proc.send(frame)
@@ -433,8 +390,9 @@ class ProcessBackend:
         self, kind: int, combine: Callable[[list[Response]], Response | None]
     ) -> asyncio.Future[Any]:
         """`kind` on every ready worker (callers hold the state alone: ABI rule 5)."""
-        targets = [slot for slot in self._slots if slot.state == READY]
-        if not targets and kind == fr.HEALTH and self._failure is None and not self._closing:
+        workers = self._workers
+        targets = workers.ready_slots()
+        if not targets and kind == fr.HEALTH and workers.failure is None and not workers.closing:
             call_id = self._new_id()  # no worker ready yet: the first one answers
             return self._submit(call_id, fr.frame(kind, call_id))
         assert self._loop is not None
@@ -448,7 +406,7 @@ class ProcessBackend:
         group = _Group(fut, len(targets), combine)
         for slot in targets:
             if kind == fr.SHUTDOWN:
-                slot.state = STOPPING
+                workers.mark_stopping(slot)
             call_id = self._new_id()
             self._send(slot, _Call(call_id, fr.frame(kind, call_id), None, group))
         return fut
@@ -457,7 +415,7 @@ class ProcessBackend:
         if call.cpu_used_ms is not None:
             msg = (
                 f"the call used {call.cpu_used_ms} ms of CPU time, more than its "
-                f"cpu_limit_ms of {self.cpu_limit_ms}"
+                f"cpu_limit_ms of {self.limits.cpu_limit_ms}"
             )
             result, error = None, PluginTimeoutError(self.name, msg)
         if call.group is not None:
@@ -485,257 +443,17 @@ class ProcessBackend:
             return PluginCallError(self.name, message)
         return PluginCallError(self.name, f"the worker failed around the call: {message}")
 
-    def _expect_return(self, slot: _Slot, call: _Call) -> None:
+    def _expect_return(self, slot: Slot, call: _Call) -> None:
         """Stops the worker unless `call` returns within CANCEL_GRACE."""
         assert self._loop is not None
         self._loop.call_later(CANCEL_GRACE, self._check_returned, slot, slot.proc, call)
 
-    def _check_returned(self, slot: _Slot, proc: WorkerProcess | None, call: _Call) -> None:
-        if slot.proc is not proc or proc is None or call.call_id not in slot.calls:
+    def _check_returned(self, slot: Slot, proc: object, call: _Call) -> None:
+        if slot.proc is not proc or proc is None or call.call_id not in self._running[slot.index]:
             return
         why = (
             "a call overran its cpu_limit_ms"
             if call.cpu_used_ms is not None
             else "a call ignored cancellation"
         )
-        self._stop(slot, why)
-
-    # -- frames from the workers -------------------------------------------------
-
-    def _on_frame(self, slot: _Slot, kind: int, call_id: int, body: bytes) -> None:
-        if fr.RESPONSE <= kind <= fr.FAILED:
-            call = slot.calls.pop(call_id, None)
-            if call is None:
-                return
-            if kind == fr.RESPONSE:
-                self._finish(call, fr.decode_response(body), None)
-            elif kind == fr.NONE:
-                self._finish(call, None, None)
-            else:
-                self._finish(call, None, self._call_error(*fr.decode_failure(body)))
-            slot.failures_in_a_row = 0
-            if self._queue:
-                self._dispatch()
-        elif kind == fr.LOG:
-            if slot.log_sink is not None:
-                slot.log_sink(*fr.decode_log(body))
-        elif kind == fr.CPU_EXCEEDED:
-            call = slot.calls.get(call_id)
-            if call is not None and call.cpu_used_ms is None:
-                call.cpu_used_ms = fr.decode_cpu_exceeded(body)
-                log.warning(
-                    "plugin_cpu_limit_exceeded",
-                    plugin=self.name,
-                    pid=slot.proc.pid if slot.proc else None,
-                    cpu_ms=call.cpu_used_ms,
-                    cpu_limit_ms=self.cpu_limit_ms,
-                )
-                self._expect_return(slot, call)
-        elif kind == fr.READY:
-            self._ready(slot, fr.decode_ready(body))
-        elif kind == fr.START_FAILED:
-            self._fail(_start_error(self.name, *fr.decode_start_failed(body)))
-        else:
-            msg = f"unexpected frame kind {kind} from worker"
-            raise fr.ProtocolError(msg)
-
-    def _ready(self, slot: _Slot, ready: fr.Ready) -> None:
-        if slot.state != STARTING:
-            return
-        slot.cancel_timer()
-        slot.state = READY
-        slot.starts_failed = 0
-        slot.baseline_rss_kb = ready.baseline_rss_kb
-        log.info("plugin_worker_ready", plugin=self.name, pid=ready.pid, slot=slot.index)
-        self._dispatch()
-        settled = self._settled
-        if (
-            settled is not None
-            and not settled.done()
-            and all(s.state == READY for s in self._slots)
-        ):
-            settled.set_result(None)
-
-    # -- worker processes --------------------------------------------------------
-
-    def _spawn(self, slot: _Slot) -> None:
-        try:
-            proc = WorkerProcess.spawn(
-                functools.partial(self._on_frame, slot),
-                functools.partial(self._on_exit, slot),
-                env=self._env,
-            )
-        except OSError as e:
-            slot.state = FAILED
-            self._fail(PluginLoadError(self.path, f"cannot start a worker process: {e}"))
-            return
-        slot.proc = proc
-        slot.state = STARTING
-        slot.stop_reason = None
-        slot.log_sink = plugin_log_sink(self.name, worker_pid=proc.pid)
-        proc.send(self._init_frame)
-        assert self._loop is not None
-        slot.timer = self._loop.call_later(self.init_timeout, self._init_overdue, slot, proc)
-
-    def _init_overdue(self, slot: _Slot, proc: WorkerProcess) -> None:
-        slot.timer = None
-        if slot.proc is proc and slot.state == STARTING:
-            ms = round(self.init_timeout * 1000)
-            self._fail(PluginInitError(self.name, f"init did not finish within {ms} ms"))
-
-    def _stop(self, slot: _Slot, reason: str) -> None:
-        """Stops the worker in `slot` on purpose (SIGTERM, then SIGKILL)."""
-        proc = slot.proc
-        if proc is None or slot.stop_reason is not None:
-            return
-        slot.stop_reason = reason
-        slot.state = STOPPING
-        log.warning("plugin_worker_stopping", plugin=self.name, pid=proc.pid, reason=reason)
-        proc.terminate(KILL_GRACE)
-
-    def _exit_text(self, slot: _Slot, proc: WorkerProcess) -> str:
-        text = proc.describe_exit()
-        if proc.status is None or proc.killed_by_host:
-            return text
-        limit = self.memory_limit_mb
-        grown_mb = (proc.maxrss_kb - slot.baseline_rss_kb) / 1024
-        if limit and grown_mb >= MEMORY_HINT_SHARE * limit:
-            return (
-                f"{text} after its memory grew by {grown_mb:.0f} MB: it most likely ran out "
-                f"of its memory_limit_mb of {limit}"
-            )
-        if text.endswith("died with SIGKILL"):
-            return f"{text} (not sent by this host: the kernel's OOM killer, or an operator)"
-        return text
-
-    def _on_exit(self, slot: _Slot, proc: WorkerProcess) -> None:
-        if slot.proc is not proc:
-            return
-        slot.proc = None
-        slot.cancel_timer()
-        before_ready = slot.state == STARTING
-        stop_reason, slot.stop_reason = slot.stop_reason, None
-        text = slot.last_exit = self._exit_text(slot, proc)
-        calls, slot.calls = slot.calls, {}
-        for call in calls.values():
-            if call.abandoned:
-                error: PluginError = PluginTimeoutError(
-                    self.name, f"the call ignored cancellation and was stopped: {text}"
-                )
-            elif stop_reason is not None:
-                error = PluginCrashedError(self.name, f"{text}: stopped because {stop_reason}")
-            else:
-                error = PluginCrashedError(self.name, text)
-            self._finish(call, None, error)
-
-        if self._closing or self._failure is not None:
-            if slot.state != FAILED:
-                slot.state = STOPPED
-            return
-        if stop_reason is not None:  # stopped on purpose: replace it at once
-            log.info("plugin_worker_replacing", plugin=self.name, exit=text, reason=stop_reason)
-            slot.restarts += 1
-            self._spawn(slot)
-            return
-        slot.crashes += 1
-        if before_ready:
-            slot.starts_failed += 1
-            if slot.starts_failed >= START_ATTEMPTS:
-                slot.state = FAILED
-                reason = (
-                    f"its worker died {slot.starts_failed} times in a row before becoming "
-                    f"ready; last: {text}"
-                )
-                self._fail(PluginInitError(self.name, reason))
-                return
-        slot.failures_in_a_row += 1
-        delay = min(BACKOFF_FIRST * 2 ** (slot.failures_in_a_row - 1), BACKOFF_MAX)
-        slot.state = BACKOFF
-        log.warning(
-            "plugin_worker_crashed",
-            plugin=self.name,
-            pid=proc.pid,
-            exit=text,
-            calls_lost=len(calls),
-            restart_in_ms=round(delay * 1000),
-        )
-        assert self._loop is not None
-        slot.timer = self._loop.call_later(delay, self._respawn, slot)
-
-    def _respawn(self, slot: _Slot) -> None:
-        slot.timer = None
-        if self._closing or self._failure is not None:
-            return
-        slot.restarts += 1
-        self._spawn(slot)
-
-    def _fail(self, error: StartError) -> None:
-        """Marks the plugin failed: no more calls, no more respawns.
-
-        Workers still starting are stopped; ready ones finish what they hold and stay
-        idle, so their states still get `shutdown` when the plugin is closed.
-        """
-        if self._failure is not None:
-            return
-        self._failure = error
-        log.error("plugin_workers_failed", plugin=self.name, reason=_reason(error))
-        self._fail_queued(self._unavailable())
-        for slot in self._slots:
-            if slot.state in (STARTING, BACKOFF):
-                slot.cancel_timer()
-                if slot.proc is not None:
-                    self._stop(slot, "the plugin failed")
-                slot.state = FAILED
-        settled = self._settled
-        if settled is not None and not settled.done():
-            settled.set_exception(error)
-
-
-async def probe(spec: PluginSpec, *, timeout: float = 30.0) -> PluginInfo:
-    """Reads a library's descriptor in a worker process, never loading it in the host.
-
-    Makes the same file checks as loading for use (permissions, pinned digest, the
-    name the config expects) but runs no `init`. Raises PluginLoadError or
-    AbiMismatchError naming the fault.
-    """
-    loop = asyncio.get_running_loop()
-    result: asyncio.Future[PluginInfo] = loop.create_future()
-    exited: asyncio.Future[None] = loop.create_future()
-
-    def on_frame(kind: int, call_id: int, body: bytes) -> None:
-        if result.done():
-            return
-        if kind == fr.READY:
-            result.set_result(fr.decode_ready(body).info)
-        elif kind == fr.START_FAILED:
-            result.set_exception(_start_error(spec.name, *fr.decode_start_failed(body)))
-
-    def on_exit(proc: WorkerProcess) -> None:
-        if not result.done():
-            why = f"{proc.describe_exit()} while reading the library's descriptor"
-            result.set_exception(PluginLoadError(spec.path, why))
-        exited.set_result(None)
-
-    init = fr.WorkerInit(
-        path=str(spec.path),
-        name=spec.name,
-        allow_insecure_permissions=spec.allow_insecure_permissions,
-        sha256=spec.sha256 or "",
-        probe=True,
-    )
-    proc = WorkerProcess.spawn(on_frame, on_exit)
-    proc.send(fr.encode_init(init))
-    try:
-        return await asyncio.wait_for(asyncio.shield(result), timeout)
-    except TimeoutError:
-        msg = f"reading the descriptor did not finish within {timeout * 1000:.0f} ms"
-        raise PluginLoadError(spec.path, msg) from None
-    finally:
-        proc.close_channel()  # EOF: a worker still there leaves
-        try:
-            await asyncio.wait_for(asyncio.shield(exited), 1.0)
-        except TimeoutError:
-            proc.signal(signal.SIGKILL)
-            proc.wait_blocking(1.0)
-        if result.done() and not result.cancelled():
-            result.exception()  # retrieved: whatever it was has been raised already
+        self._workers.stop(slot, why)

@@ -27,6 +27,7 @@ from typing import Final, TypeVar
 import attrs
 
 from backworks.abi import Pairs, PluginInfo, Request, Response
+from backworks.errors import AbiMismatchError, PluginError, PluginInitError, PluginLoadError
 
 T = TypeVar("T")
 
@@ -392,6 +393,19 @@ def decode_start_failed(body: bytes) -> tuple[int, str, str]:
         return error, f.text(), f.text()
 
     return _decoding(take, body)
+
+
+StartError = PluginError | PluginLoadError  # what a START_FAILED frame stands for
+
+
+def decode_start_error(plugin: str, body: bytes) -> StartError:
+    """The error a START_FAILED frame reports, as the class the host raises for it."""
+    error, path, message = decode_start_failed(body)
+    if error == ERR_ABI:
+        return AbiMismatchError(path, message)
+    if error == ERR_LOAD:
+        return PluginLoadError(path, message)
+    return PluginInitError(plugin, message)
 
 
 def _decoding(take: Callable[[_Fields], T], body: bytes) -> T:

@@ -24,16 +24,14 @@ import select
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import structlog
 
-import backworks
 from backworks.isolation.framing import FrameReader, ProtocolError
+from backworks.spawn import python_child
 
 log = structlog.get_logger("backworks.isolation")
 
@@ -45,10 +43,6 @@ _READ_SIZE = 256 * 1024
 _EOF_KILL_DELAY = 1.0
 _HAVE_PIDFD = hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")
 SUPPORTED = _HAVE_PIDFD or hasattr(os, "waitid")
-
-
-def _package_root() -> str:
-    return str(Path(backworks.__file__).resolve().parent.parent)
 
 
 class WorkerProcess:
@@ -97,7 +91,7 @@ class WorkerProcess:
         *,
         env: dict[str, str] | None = None,
     ) -> WorkerProcess:
-        """Starts `python -m backworks.isolation.worker` with its two channels.
+        """Starts `python -P -m backworks.isolation.worker` with its two channels.
 
         The calls channel carries calls and answers; the control channel carries
         cancellations, so they reach a worker whose main thread is inside a call.
@@ -105,15 +99,11 @@ class WorkerProcess:
         loop = asyncio.get_running_loop()  # also proves we are on the loop thread
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         control, their_control = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        child_env = dict(os.environ)
-        root = _package_root()
-        path = child_env.get("PYTHONPATH")
-        child_env["PYTHONPATH"] = f"{root}{os.pathsep}{path}" if path else root
-        child_env.update(env or {})
         fds = (theirs.fileno(), their_control.fileno())
+        argv, child_env = python_child(WORKER_MODULE, *map(str, fds), str(os.getpid()), env=env)
         try:
             popen = subprocess.Popen(
-                [sys.executable, "-m", WORKER_MODULE, *map(str, fds), str(os.getpid())],
+                argv,
                 pass_fds=fds,
                 stdin=subprocess.DEVNULL,
                 env=child_env,

@@ -43,7 +43,7 @@ from backworks.errors import (
     PluginLoadError,
 )
 from backworks.isolation import framing as fr
-from backworks.registry import PluginSpec, check_file, open_checked
+from backworks.plugins.loading import PluginSpec, check_file, open_checked
 
 _PR_SET_PDEATHSIG = 1
 _READ_SIZE = 256 * 1024

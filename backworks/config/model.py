@@ -1,0 +1,151 @@
+"""The configuration as the rest of Backworks sees it: frozen attrs classes.
+
+`parse.py` builds these from `backworks.yaml`; nothing outside the config package
+sees YAML or raw dicts. Defaults live on the classes themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal, get_args
+
+import attrs
+
+from backworks.names import Dispatch, Isolation
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["auto", "console", "json"]
+LOG_LEVELS: tuple[LogLevel, ...] = get_args(LogLevel)
+LOG_FORMATS: tuple[LogFormat, ...] = get_args(LogFormat)
+
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+@attrs.frozen
+class DiscoveryConfig:
+    enabled: bool = True
+    directories: tuple[Path, ...] = ()
+    recursive: bool = False
+    auto_mount: bool = True
+    watch: bool = False
+
+
+@attrs.frozen
+class CircuitBreakerConfig:
+    failure_threshold: int = 5
+    recovery_timeout_ms: int = 30_000
+
+
+_positive = attrs.validators.ge(1)
+_optional_positive = attrs.validators.optional(_positive)
+
+
+@attrs.frozen
+class ProcessLimits:
+    """What `isolation: process` gives a plugin: its workers and their limits.
+
+    Valid by construction (the validators raise ValueError), so the isolation layer
+    never checks them again; the config parser reports bad values with key paths.
+    """
+
+    workers: int = attrs.field(default=1, validator=_positive)
+    memory_limit_mb: int | None = attrs.field(default=None, validator=_optional_positive)
+    cpu_limit_ms: int | None = attrs.field(default=None, validator=_optional_positive)
+
+
+@attrs.frozen
+class PluginConfig:
+    """One plugin's settings. `path` None means "find it by name through discovery";
+    `max_concurrency` None means "decide from the plugin's thread-safety flag"."""
+
+    name: str
+    enabled: bool = True
+    path: Path | None = None
+    sha256: str | None = None
+    allow_insecure_permissions: bool = False
+    # The plugin's `config` mapping as the JSON text `init` receives; it often holds
+    # credentials, so it stays out of reprs (and so out of logs).
+    config_json: bytes = attrs.field(default=b"{}", repr=False)
+    timeout_ms: int = 10_000
+    max_concurrency: int | None = None
+    queue_timeout_ms: int = 1_000
+    critical: bool = False
+    circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
+    isolation: Isolation = "in-process"
+    workers: int | None = None
+    memory_limit_mb: int | None = None
+    cpu_limit_ms: int | None = None
+    dispatch: Dispatch = "auto"
+
+    @property
+    def process_limits(self) -> ProcessLimits:
+        """The `isolation: process` settings as one value (`workers` None means 1)."""
+        return ProcessLimits(self.workers or 1, self.memory_limit_mb, self.cpu_limit_ms)
+
+
+@attrs.frozen
+class StaticResponse:
+    status: int = 200
+    body: str = ""
+    content_type: str = "application/json"
+    headers: Mapping[str, str] = _NO_HEADERS
+
+
+@attrs.frozen
+class EndpointConfig:
+    """A route. Exactly one of `handler` (a plugin's name) and `response` is set."""
+
+    path: str
+    methods: tuple[str, ...] = ("GET",)
+    description: str | None = None
+    hooks: tuple[str, ...] = ()
+    handler: str | None = None
+    response: StaticResponse | None = None
+
+
+@attrs.frozen
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 3000
+    max_body_bytes: int = 1_048_576
+    shutdown_timeout_ms: int = 10_000
+
+
+@attrs.frozen
+class LoggingConfig:
+    level: LogLevel = "info"
+    format: LogFormat = "auto"
+
+
+@attrs.frozen
+class AdminConfig:
+    """`token` None turns the mutating admin routes off."""
+
+    token: str | None = attrs.field(default=None, repr=False)
+
+
+@attrs.frozen
+class DashboardConfig:
+    """`host`/`port` None serve the dashboard on the main server."""
+
+    enabled: bool = False
+    host: str | None = None
+    port: int | None = None
+
+
+@attrs.frozen
+class Config:
+    discovery: DiscoveryConfig = DiscoveryConfig()
+    plugins: Mapping[str, PluginConfig] = MappingProxyType({})
+    hooks: tuple[str, ...] = ()
+    endpoints: tuple[EndpointConfig, ...] = ()
+    server: ServerConfig = ServerConfig()
+    global_headers: Mapping[str, str] = _NO_HEADERS
+    logging: LoggingConfig = LoggingConfig()
+    admin: AdminConfig = AdminConfig()
+    dashboard: DashboardConfig = DashboardConfig()
+    name: str | None = None
+    description: str | None = None
+    version: str | None = None

@@ -1,0 +1,65 @@
+"""Where the running config came from, and which of its keys only a restart applies.
+
+A config reload reads the same file again with the same command-line overrides
+(`ConfigSource`); settings read once, when the server starts listening, keep their
+running values and are reported as needing a restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import attrs
+
+from backworks.config.model import Config
+from backworks.config.parse import load_config
+
+
+def with_listen_address(config: Config, host: str | None, port: int | None) -> Config:
+    """`config` with the command line's --host/--port, where given."""
+    server = attrs.evolve(
+        config.server,
+        host=host if host is not None else config.server.host,
+        port=port if port is not None else config.server.port,
+    )
+    return attrs.evolve(config, server=server)
+
+
+@attrs.frozen
+class ConfigSource:
+    """The file the running config was read from, and what the command line overrode."""
+
+    path: Path
+    host: str | None = None
+    port: int | None = None
+
+    def load(self) -> Config:
+        """Reads the file again; raises ConfigError listing every problem. Blocking."""
+        return with_listen_address(load_config(self.path), self.host, self.port)
+
+
+# Settings read once, when the server starts listening; a reload cannot change them.
+_RESTART_ONLY: tuple[tuple[str, Callable[[Config], object]], ...] = (
+    ("server.host", lambda c: c.server.host),
+    ("server.port", lambda c: c.server.port),
+    ("server.max_body_bytes", lambda c: c.server.max_body_bytes),
+    ("logging", lambda c: c.logging),
+    ("dashboard", lambda c: c.dashboard),
+)
+
+
+def restart_needed(old: Config, new: Config) -> list[str]:
+    """The key paths whose change in `new` only takes effect after a restart."""
+    return [key for key, read in _RESTART_ONLY if read(old) != read(new)]
+
+
+def keep_restart_only(running: Config, new: Config) -> Config:
+    """`new` with the running values of what only a restart can change."""
+    server = attrs.evolve(
+        new.server,
+        host=running.server.host,
+        port=running.server.port,
+        max_body_bytes=running.server.max_body_bytes,
+    )
+    return attrs.evolve(new, server=server, logging=running.logging, dashboard=running.dashboard)

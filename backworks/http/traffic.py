@@ -1,0 +1,94 @@
+"""What the server has answered: counts and latencies per endpoint, and the last requests.
+
+The request middleware calls `Traffic.record` once per request, on the event-loop
+thread; /metrics and the dashboard read the same objects at scrape time. Recording is
+a few dict and list operations, no lock and no formatting: the work of turning this
+into text is done by whoever asks.
+
+Endpoints are counted by route pattern (`/items/{id}`), never by raw path, so a
+client cannot grow the metrics by inventing paths; a method outside the HTTP standard
+ones counts as `other` for the same reason.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+from aiohttp import web
+
+from backworks.http.keys import PLUGIN, ROUTE
+from backworks.names import ALL_METHODS
+from backworks.runtime.stats import LatencyHistogram
+
+RECENT_REQUESTS = 100
+UNMATCHED = "<unmatched>"  # the route label of requests no endpoint matched (404, 405)
+
+# The dashboard polls every second: its own requests would push real traffic out of
+# the recent list, so admin routes are counted in the metrics but not listed.
+_ADMIN_PREFIX = "/_backworks/"
+_METRICS_ROUTE = "/metrics"
+CATCH_ALL = "/{path:.*}"  # the aiohttp route of the dispatcher (http/dispatch.py)
+
+
+class Traffic:
+    """Counts and latencies per (method, route, status), the recent requests, last 5xx."""
+
+    def __init__(self, recent: int = RECENT_REQUESTS) -> None:
+        self.requests: dict[tuple[str, str, int], int] = {}  # (method, route, status)
+        self.latency: dict[tuple[str, str], LatencyHistogram] = {}  # (method, route)
+        # (unix time, method, path, status, seconds, plugin, request id), oldest first
+        self.recent: deque[tuple[float, str, str, int, float, str | None, str]] = deque(
+            maxlen=recent
+        )
+        # plugin -> the last 5xx answered in its name: (unix time, status, path, request id)
+        self.last_error: dict[str, tuple[float, int, str, str]] = {}
+
+    def record(self, request: web.Request, status: int, seconds: float, request_id: str) -> None:
+        route = request.get(ROUTE) or _registered_route(request)
+        method = request.method if request.method in ALL_METHODS else "other"
+        key = (method, route, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        histogram = self.latency.get((method, route))
+        if histogram is None:
+            histogram = self.latency[method, route] = LatencyHistogram()
+        histogram.observe(seconds)
+        if route.startswith(_ADMIN_PREFIX) or route == _METRICS_ROUTE:
+            return
+        now = time.time()
+        plugin = request.get(PLUGIN)
+        path = request.path
+        self.recent.append((now, request.method, path, status, seconds, plugin, request_id))
+        if plugin is not None and status >= 500:
+            self.last_error[plugin] = (now, status, path, request_id)
+
+    def recent_json(self) -> list[dict[str, Any]]:
+        """The recent requests, newest first."""
+        return [
+            {
+                "time": when,
+                "method": method[:16],
+                "path": path[:512],
+                "status": status,
+                "duration_ms": round(seconds * 1000, 3),
+                "plugin": plugin,
+                "request_id": rid,
+            }
+            for when, method, path, status, seconds, plugin, rid in reversed(self.recent)
+        ]
+
+    def last_error_json(self, plugin: str) -> dict[str, Any] | None:
+        last = self.last_error.get(plugin)
+        if last is None:
+            return None
+        when, status, path, rid = last
+        return {"time": when, "status": status, "path": path[:512], "request_id": rid}
+
+
+def _registered_route(request: web.Request) -> str:
+    """The pattern of an aiohttp route (the admin routes); UNMATCHED when none matched."""
+    resource = request.match_info.route.resource
+    if resource is None or resource.canonical == CATCH_ALL:
+        return UNMATCHED
+    return resource.canonical

@@ -1,0 +1,165 @@
+"""Building one version of a plugin: private copy, test load, backend, runner.
+
+`Builder.build` is the one place a runner is made, at start and on every reload:
+
+1. the library is copied to a private file of its own (plugins/copies.py): the loader
+   caches by path, and the running version's file must never be written again;
+2. on a reload, the copy is examined by discovery in a child process first, so a
+   half-written or hostile file crashes a child, never the server;
+3. the copy is loaded and its `init` runs: the canary. Until it has succeeded nothing
+   has switched; if it fails, the running version keeps serving.
+
+Nothing is switched here: the Host installs what was built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import attrs
+import structlog
+
+from backworks.abi.hostlog import plugin_log_sink
+from backworks.config import PluginConfig
+from backworks.errors import PluginInitError, PluginLoadError
+from backworks.isolation.backend import ProcessBackend
+from backworks.isolation.probe import probe
+from backworks.lifecycle.versions import PluginVersion
+from backworks.plugins import discovery
+from backworks.plugins.copies import LibraryCopies, LibraryCopy
+from backworks.plugins.loading import LoadedPlugin, PluginSpec, PluginState, check_file, load_plugin
+from backworks.runtime.backend import Backend, ThreadBackend
+from backworks.runtime.breaker import CircuitBreaker
+from backworks.runtime.runner import DEFAULT_POOL_SIZE, PluginRunner
+
+log = structlog.get_logger("backworks.host")
+
+# Calls in flight per worker process of a thread-safe plugin when its config sets no
+# max_concurrency: a worker starts that many threads up front.
+DEFAULT_WORKER_THREADS = 8
+
+
+class Builder:
+    """Makes versions of plugins from their files; owns the private copies."""
+
+    def __init__(self) -> None:
+        self._copies = LibraryCopies()
+
+    async def build(
+        self, spec: PluginSpec, settings: PluginConfig, *, examine: bool = False
+    ) -> PluginVersion:
+        """Makes one version of a plugin ready to serve; raises BackworksError if it cannot.
+
+        `examine`: test-load the private copy in a child process before this process
+        loads it (reloads: the file may be half-written, or replaced by anyone who can
+        write the plugin folder).
+        """
+        loop = asyncio.get_running_loop()
+        copy = await loop.run_in_executor(None, self._private_copy, spec)
+        private = attrs.evolve(spec, path=copy.path)
+        try:
+            if settings.isolation == "process":
+                backend, limit = await _process_backend(private, settings)
+            else:
+                if examine:
+                    await _examine(private, spec.path)
+                backend, limit = await _thread_backend(private, settings)
+        except BaseException:
+            self._copies.discard(copy)
+            raise
+        runner = PluginRunner(
+            backend,
+            max_concurrency=limit,
+            timeout_ms=settings.timeout_ms,
+            queue_timeout_ms=settings.queue_timeout_ms,
+            breaker=CircuitBreaker(
+                settings.circuit_breaker.failure_threshold,
+                settings.circuit_breaker.recovery_timeout_ms,
+            ),
+            dispatch=settings.dispatch,
+        )
+        plugin = LoadedPlugin(spec.name, PluginState.READY, str(spec.path), backend.info)
+        return PluginVersion(spec, settings, runner, plugin, copy.version)
+
+    def close(self) -> None:
+        """Removes the private copies' folder; what is loaded from it stays mapped."""
+        self._copies.close()
+
+    def _private_copy(self, spec: PluginSpec) -> LibraryCopy:
+        """The trust checks on the plugin folder's file, then its private copy. Blocking.
+
+        Loading checks the copy again (its digest is that of the bytes loaded).
+        """
+        try:
+            check_file(spec)
+        except OSError as e:  # the file went away between the checks
+            raise PluginLoadError(spec.path, f"cannot be read: {e.strerror or e}") from e
+        return self._copies.copy(spec.path)
+
+
+async def _examine(private: PluginSpec, original: Path) -> None:
+    loop = asyncio.get_running_loop()
+    result = await loop.run_in_executor(
+        None,
+        # The copy lies in our own 0700 folder; the original's permissions were checked.
+        lambda: discovery.examine(private.path, allow_insecure_permissions=True),
+    )
+    if not result.ok:
+        raise PluginLoadError(original, f"refused by a test load in a child: {result.error}")
+    if result.name != private.name:
+        msg = f"declares plugin {result.name!r}, but {private.name!r} was expected from it"
+        raise PluginLoadError(original, msg)
+
+
+async def _thread_backend(spec: PluginSpec, settings: PluginConfig) -> tuple[Backend, int]:
+    """`isolation: in-process`: the library is loaded here and `init` runs here."""
+    loop = asyncio.get_running_loop()
+    try:
+        instance = await asyncio.wait_for(
+            loop.run_in_executor(None, load_plugin, spec, plugin_log_sink(spec.name)),
+            settings.timeout_ms / 1000,
+        )
+    except TimeoutError:
+        msg = f"init did not return within {settings.timeout_ms} ms"
+        raise PluginInitError(spec.name, msg) from None
+    threads = settings.max_concurrency or (DEFAULT_POOL_SIZE if instance.info.thread_safe else 1)
+    # Never two calls on one state without BW_FLAG_THREAD_SAFE (ABI rule 4).
+    limit = threads if instance.info.thread_safe else 1
+    if settings.max_concurrency and limit < settings.max_concurrency:
+        log.warning(
+            "plugin_concurrency_capped",
+            plugin=spec.name,
+            configured=settings.max_concurrency,
+            reason="the plugin is not BW_FLAG_THREAD_SAFE",
+        )
+    return ThreadBackend(instance, limit), limit
+
+
+async def _process_backend(spec: PluginSpec, settings: PluginConfig) -> tuple[Backend, int]:
+    """`isolation: process`: the library is only ever loaded in worker processes."""
+    limits = settings.process_limits
+    workers = limits.workers
+    info = await probe(spec, timeout=settings.timeout_ms / 1000)
+    # max_concurrency is the plugin's total; each worker takes its share.
+    # Without BW_FLAG_THREAD_SAFE a worker runs one call at a time (ABI rule 4).
+    per_worker = 1
+    if info.thread_safe:
+        total = settings.max_concurrency or workers * DEFAULT_WORKER_THREADS
+        per_worker = max(1, -(-total // workers))
+    elif settings.max_concurrency and settings.max_concurrency > workers:
+        log.warning(
+            "plugin_concurrency_capped",
+            plugin=spec.name,
+            configured=settings.max_concurrency,
+            reason="the plugin is not BW_FLAG_THREAD_SAFE: one call per worker",
+        )
+    backend = ProcessBackend(
+        info,
+        spec,
+        limits,
+        concurrency_per_worker=per_worker,
+        init_timeout_ms=settings.timeout_ms,
+    )
+    await backend.start()
+    return backend, workers * per_worker

@@ -1,0 +1,158 @@
+"""The route table: which endpoint answers a method and path, built from the config.
+
+Backworks keeps its own immutable table instead of registering routes with aiohttp,
+because aiohttp's router is frozen once the app starts and a config reload must swap
+every route at once: a new table is built beside the old one and replaces it in a
+single assignment, so a request sees either the old routes or the new, never a mix.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Generic, TypeVar
+
+import attrs
+
+from backworks.config import Config
+from backworks.names import ALL_METHODS
+
+T = TypeVar("T")
+
+DEFAULT_CONTENT_TYPE = "application/json"
+AUTO_MOUNT_PATTERNS = ("/plugins/{plugin}", "/plugins/{plugin}/{tail:.*}")
+
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([^{}]+))?\}")
+
+
+def compile_pattern(pattern: str) -> re.Pattern[str] | None:
+    """`/weather/{city}` -> a regex with a named group per parameter; None if static.
+
+    A parameter matches one path segment; `{tail:.*}` gives it a regex of its own.
+    """
+    if "{" not in pattern:
+        return None
+    parts, last = [], 0
+    for m in _PARAM.finditer(pattern):
+        parts.append(re.escape(pattern[last : m.start()]))
+        parts.append(f"(?P<{m[1]}>{m[2] or '[^/]+'})")
+        last = m.end()
+    parts.append(re.escape(pattern[last:]))
+    return re.compile("".join(parts))
+
+
+@attrs.frozen
+class Route(Generic[T]):
+    pattern: str
+    methods: frozenset[str]
+    target: T
+    regex: re.Pattern[str] | None = attrs.field(
+        default=attrs.Factory(lambda self: compile_pattern(self.pattern), takes_self=True)
+    )
+
+
+@attrs.frozen
+class Match(Generic[T]):
+    route: Route[T]
+    params: tuple[tuple[str, str], ...]
+
+
+class NoRoute(Exception):
+    """No route matches the path (404), or none takes the method (405, `allowed`)."""
+
+    def __init__(self, allowed: frozenset[str] = frozenset()) -> None:
+        self.allowed = allowed
+        super().__init__(sorted(allowed))
+
+
+class RouteTable(Generic[T]):
+    """Static paths resolve with one dict lookup; patterned ones in declaration order."""
+
+    def __init__(self, routes: Iterable[Route[T]]) -> None:
+        self.routes = tuple(routes)
+        self._static: dict[str, list[Route[T]]] = {}
+        self._dynamic: list[Route[T]] = []
+        for route in self.routes:
+            if route.regex is None:
+                self._static.setdefault(route.pattern, []).append(route)
+            else:
+                self._dynamic.append(route)
+
+    def match(self, method: str, path: str) -> Match[T]:
+        """The route for `method` and `path`; raises NoRoute (with the allowed methods)."""
+        allowed: set[str] = set()
+        for route in self._static.get(path, ()):
+            if method in route.methods or (method == "HEAD" and "GET" in route.methods):
+                return Match(route, ())
+            allowed |= route.methods
+        for route in self._dynamic:
+            assert route.regex is not None
+            m = route.regex.fullmatch(path)
+            if m is None:
+                continue
+            if method in route.methods or (method == "HEAD" and "GET" in route.methods):
+                return Match(route, tuple(_params(m.groupdict())))
+            allowed |= route.methods
+        raise NoRoute(frozenset(allowed))
+
+
+def _params(groups: Mapping[str, str | None]) -> Iterable[tuple[str, str]]:
+    return ((k, v or "") for k, v in groups.items())
+
+
+# -- what an endpoint is ---------------------------------------------------------
+
+
+@attrs.frozen
+class PluginEndpoint:
+    """A plugin answers (`handler`), with the endpoint's own hooks around it."""
+
+    pattern: str
+    handler: str
+    hooks: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class StaticEndpoint:
+    """A fixed answer; `{{now}}` (RFC 3339, UTC) and `{{request_id}}` are filled in."""
+
+    pattern: str
+    status: int
+    body: str
+    content_type: str = DEFAULT_CONTENT_TYPE
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@attrs.frozen
+class MountedEndpoint:
+    """`/plugins/{plugin}/...`: any loaded plugin, without a line of YAML."""
+
+    pattern: str
+
+
+Endpoint = PluginEndpoint | StaticEndpoint | MountedEndpoint
+
+
+def route_table(config: Config) -> RouteTable[Endpoint]:
+    """The routes `config` asks for: its endpoints in order, then the auto-mounted ones."""
+    return RouteTable(_config_routes(config))
+
+
+def _config_routes(config: Config) -> Iterable[Route[Endpoint]]:
+    for ep in config.endpoints:
+        target: Endpoint
+        if ep.response is not None:
+            target = StaticEndpoint(
+                ep.path,
+                ep.response.status,
+                ep.response.body,
+                ep.response.content_type,
+                tuple(ep.response.headers.items()),
+            )
+        else:
+            assert ep.handler is not None
+            target = PluginEndpoint(ep.path, ep.handler, ep.hooks)
+        yield Route(ep.path, frozenset(ep.methods), target)
+    if config.discovery.auto_mount:
+        for pattern in AUTO_MOUNT_PATTERNS:
+            yield Route(pattern, ALL_METHODS, MountedEndpoint(pattern))

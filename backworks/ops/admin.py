@@ -1,0 +1,115 @@
+"""The admin routes under /_backworks: liveness, plugin state, closing a breaker, reloading.
+
+The routes that change something are wrapped in `requires_admin_token`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from aiohttp import web
+
+from backworks.errors import NotReloadable, PluginError
+from backworks.http.envelope import envelope
+from backworks.http.keys import REQUEST_ID
+from backworks.http.state import HOST, RELOADER
+from backworks.lifecycle.host import Host
+from backworks.ops.auth import requires_admin_token
+from backworks.ops.views import plugin_rows
+
+HEALTH_TIMEOUT_S = 2.0
+
+
+def add_admin_routes(app: web.Application) -> None:
+    app.router.add_get("/_backworks/health", health)
+    app.router.add_get("/_backworks/plugins", plugins)
+    app.router.add_post("/_backworks/plugins/{name}/reset", reset)
+    app.router.add_post("/_backworks/plugins/{name}/reload", reload)
+
+
+async def health(request: web.Request) -> web.Response:
+    """200 while serving, 503 while draining: what a load balancer probes."""
+    host = request.app[HOST]
+    status = "draining" if host.draining else "serving"
+    body = {"status": status, "uptime_s": round(time.time() - host.started_at, 3)}
+    return web.json_response(body, status=503 if host.draining else 200)
+
+
+async def plugins(request: web.Request) -> web.Response:
+    """Every plugin with its state, breaker, counters and its own health report."""
+    host = request.app[HOST]
+    rows = plugin_rows(host, request.app[RELOADER])
+    reports = await asyncio.gather(*(_report(host, row["name"]) for row in rows))
+    for row, report in zip(rows, reports, strict=True):
+        if report is not None:
+            row["health"] = report
+    return web.json_response({"plugins": rows})
+
+
+@requires_admin_token
+async def reset(request: web.Request) -> web.Response:
+    """Closes a plugin's circuit breaker now, instead of after its recovery timeout.
+
+    For an operator who fixed what made the plugin fail: the next call goes through.
+    """
+    name = request.match_info["name"]
+    runner = request.app[HOST].runners.get(name)
+    if runner is None:
+        msg = f"no running plugin is named {name!r}"
+        return envelope(404, "not_found", msg, request[REQUEST_ID], plugin=name)
+    was = runner.breaker.state.value
+    # A success is exactly "close and forget the failures"; a probe still running
+    # records its own outcome later, as it would have anyway.
+    runner.breaker.record_success()
+    return web.json_response({"plugin": name, "circuit": runner.breaker.state.value, "was": was})
+
+
+@requires_admin_token
+async def reload(request: web.Request) -> web.Response:
+    """Loads a plugin's library file afresh and switches to it once its `init` succeeded.
+
+    Calls in flight finish on the old version, whose `shutdown` runs after the last of
+    them. If the new file cannot be loaded or its `init` fails, nothing switches: 502
+    `reload_failed` with the reason, and the old version keeps serving. The plugin's
+    admin row shows the last reload (`reload`: when, ok, error).
+
+    An in-process plugin's old code stays mapped in the server until it restarts:
+    unloading native code is unsafe, so each reload adds the new version's code.
+    """
+    name = request.match_info["name"]
+    host = request.app[HOST]
+    rid = request[REQUEST_ID]
+    try:
+        status = await request.app[RELOADER].reload_plugin(name, trigger="admin")
+    except NotReloadable as e:
+        code, http = ("not_reloadable", 409) if e.known else ("not_found", 404)
+        return envelope(http, code, str(e), rid, plugin=name)
+    if not status.ok:
+        after = "the running version keeps serving" if name in host.runners else "it stays down"
+        msg = f"plugin {name!r} was not reloaded, {after}: {status.error}"
+        return envelope(502, "reload_failed", msg, rid, plugin=name)
+    info = host.plugins[name].info
+    body = {"plugin": name, "version": info.version if info else None, "reload": status.to_json()}
+    return web.json_response(body)
+
+
+async def _report(host: Host, name: str) -> dict[str, Any] | None:
+    runner = host.runners.get(name)
+    if runner is None or not runner.info.has_health:
+        return None
+    try:
+        resp = await runner.health(HEALTH_TIMEOUT_S)
+    except (PluginError, TimeoutError) as e:
+        return {"status": 503, "error": str(e)}
+    if resp is None:
+        return None
+    report: dict[str, Any] = {"status": resp.status}
+    try:
+        import json
+
+        report["details"] = json.loads(resp.body) if resp.body else None
+    except ValueError:
+        report["details"] = resp.body.decode("utf-8", "replace")
+    return report

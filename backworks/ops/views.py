@@ -1,0 +1,91 @@
+"""What the operator's routes show: the rows of the plugins and the dashboard's state.
+
+Read from the Host (what runs), the Reloader (how each reload went) and the Traffic
+record; built on demand, on the event-loop thread, and calling no plugin code.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from backworks.http.traffic import Traffic
+from backworks.lifecycle.host import Host
+from backworks.lifecycle.reloader import Reloader
+from backworks.lifecycle.routes import MountedEndpoint, PluginEndpoint, StaticEndpoint
+
+
+def plugin_rows(host: Host, reloader: Reloader) -> list[dict[str, Any]]:
+    """One row per plugin: state, version, ABI, path, flags, error, breaker, counters."""
+    rows = []
+    for name, plugin in sorted(host.plugins.items()):
+        info = plugin.info
+        row: dict[str, Any] = {
+            "name": name,
+            "state": plugin.state.value,
+            "version": info.version if info else None,
+            "abi": info.abi if info else None,
+            "path": plugin.path,
+            "flags": info.flag_names if info else [],
+            "description": info.description if info else None,
+            "error": plugin.error,
+        }
+        version = host.versions.get(name)
+        if version is not None:
+            row["generation"] = version.generation
+        reload = reloader.statuses.get(name)
+        if reload is not None:
+            row["reload"] = reload.to_json()
+        runner = host.runners.get(name)
+        if runner is not None:
+            row.update(runner.snapshot())
+        rows.append(row)
+    return rows
+
+
+def state_json(host: Host, reloader: Reloader, traffic: Traffic) -> dict[str, Any]:
+    """Plugins, endpoints and recent requests: what the dashboard polls, no plugin code run."""
+    config = host.config
+    plugins = plugin_rows(host, reloader)
+    for row in plugins:
+        row["error_rate"] = _error_rate(row.get("counters"))
+        row["last_error"] = traffic.last_error_json(row["name"])
+    return {
+        "server": {
+            "name": config.name,
+            "version": config.version,
+            "status": "draining" if host.draining else "serving",
+            "uptime_s": round(time.time() - host.started_at, 3),
+            "time": time.time(),
+        },
+        "admin": {"token_configured": bool(config.admin.token)},
+        "plugins": plugins,
+        "endpoints": [
+            _endpoint_json(r.pattern, r.methods, r.target, config.hooks) for r in host.routes.routes
+        ],
+        "recent": traffic.recent_json(),
+    }
+
+
+def _error_rate(counters: dict[str, Any] | None) -> float | None:
+    """Failed, timed-out and rejected calls over all calls asked for; None before any."""
+    if not counters:
+        return None
+    asked = counters["calls"] + counters["rejected"]
+    errors = counters["failed"] + counters["timed_out"] + counters["rejected"]
+    return round(errors / asked, 4) if asked else None
+
+
+def _endpoint_json(
+    pattern: str, methods: frozenset[str], target: object, global_hooks: tuple[str, ...]
+) -> dict[str, Any]:
+    """`hooks` are all that run, in order: the global ones, then the endpoint's own."""
+    row: dict[str, Any] = {"pattern": pattern, "methods": sorted(methods)}
+    if isinstance(target, StaticEndpoint):
+        row.update(kind="static", status=target.status, hooks=[])
+    elif isinstance(target, PluginEndpoint):
+        hooks = [*global_hooks, *target.hooks]
+        row.update(kind="plugin", handler=target.handler, hooks=hooks)
+    elif isinstance(target, MountedEndpoint):
+        row.update(kind="mounted", hooks=list(global_hooks))
+    return row

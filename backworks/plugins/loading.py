@@ -1,0 +1,82 @@
+"""Loading plugins for use: trust checks, the library, and its `init`.
+
+Discovery (in a child process) says which files are plugins; this module loads the
+chosen ones into this process, which runs their code, so it checks permissions and
+pinned digests first. Every failure is kept with the plugin's own reason, so the
+admin routes and the 503s of its endpoints can say why it is unavailable.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+
+import attrs
+
+from backworks.abi import LogSink, PluginInfo, PluginInstance, PluginLibrary, open_plugin_library
+from backworks.errors import PluginLoadError
+from backworks.plugins.trust import check_digest, check_permissions
+
+
+class PluginState(enum.Enum):
+    READY = "ready"
+    FAILED = "failed"
+    DISABLED = "disabled"
+
+
+@attrs.frozen
+class PluginSpec:
+    """What to load: a plugin name, the file that should provide it, and its settings."""
+
+    name: str
+    path: Path
+    config_json: bytes = b"{}"
+    allow_insecure_permissions: bool = False
+    sha256: str | None = None
+
+
+def check_file(spec: PluginSpec) -> None:
+    """The checks made before any code of the file runs; raises PluginLoadError."""
+    path = spec.path
+    if not path.is_file():
+        raise PluginLoadError(path, "no such file")
+    if not spec.allow_insecure_permissions:
+        check_permissions(path)
+    if spec.sha256:
+        check_digest(path, spec.sha256)
+
+
+def open_checked(spec: PluginSpec) -> PluginLibrary:
+    """Opens the library and makes sure it provides the plugin the config expects.
+
+    Call check_file first: opening runs the library's code.
+    """
+    library = open_plugin_library(spec.path)
+    if library.info.name != spec.name:
+        msg = (
+            f"declares plugin {library.info.name!r}, but the config expects {spec.name!r} "
+            "from this file"
+        )
+        raise PluginLoadError(spec.path, msg)
+    return library
+
+
+def load_plugin(spec: PluginSpec, log: LogSink) -> PluginInstance:
+    """Loads and initialises one plugin; raises PluginLoadError or PluginInitError.
+
+    `log` receives the plugin's `host->log` lines. Blocking: `init` is plugin code and
+    may take its time. Call it off the event loop.
+    """
+    check_file(spec)
+    return open_checked(spec).instantiate(spec.config_json, log)
+
+
+@attrs.define
+class LoadedPlugin:
+    """A plugin as the server knows it: ready (with what its descriptor says), or why not."""
+
+    name: str
+    state: PluginState
+    path: str | None = None
+    info: PluginInfo | None = None
+    error: str | None = None

@@ -1,0 +1,137 @@
+"""The composition root: the aiohttp application and everything it holds.
+
+`create_app` builds the Host (the running plugins) and the Reloader (when to reload
+them) side by side, the request record, the metrics registry, the routes and the
+middleware. Plugins are loaded in a cleanup context, before the port opens; a
+critical plugin that fails stops the start. On SIGTERM/SIGINT aiohttp stops
+accepting, waits for in-flight requests up to `server.shutdown_timeout_ms`, and only
+then the cleanup context stops reloading, drains each plugin and calls its
+`shutdown` once.
+
+The operations surface (admin routes, /metrics, the dashboard) is on the main port;
+with `dashboard.port` set, the server also opens it on that address as a second,
+small app holding the same state, and nothing else.
+
+Given the config file it came from (`source`), the server reloads it when the file
+changes and, under `serve`, on SIGHUP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+
+from backworks.config import Config, ConfigSource
+from backworks.http.dispatch import add_dispatch_route
+from backworks.http.middleware import request_middleware
+from backworks.http.state import HOST, METRICS, RELOADER, TRAFFIC
+from backworks.http.traffic import Traffic
+from backworks.lifecycle.host import Host
+from backworks.lifecycle.reloader import Reloader
+from backworks.ops.admin import add_admin_routes
+from backworks.ops.dashboard import add_dashboard_routes
+from backworks.ops.metrics import add_metrics_route, new_registry
+
+log = structlog.get_logger("backworks.server")
+
+
+def create_app(
+    config: Config, *, admin_listener: bool = False, source: ConfigSource | None = None
+) -> web.Application:
+    """The server's app; with `admin_listener`, it also opens `dashboard.port` if set.
+
+    Only a single-process server may ask for the admin listener: worker processes
+    sharing the main port would each try to bind the admin one. `source`: the file
+    `config` was read from, reloaded when it changes.
+    """
+    traffic = Traffic()
+    host = Host(config)
+    app = web.Application(
+        client_max_size=config.server.max_body_bytes,
+        middlewares=[request_middleware(lambda: host.config.global_headers, traffic)],
+    )
+    app[HOST] = host
+    app[RELOADER] = Reloader(host, source)
+    app[TRAFFIC] = traffic
+    app[METRICS] = new_registry(host, traffic)
+    app.cleanup_ctx.append(_plugins_lifecycle)
+    if admin_listener and config.dashboard.port is not None:
+        app.cleanup_ctx.append(_admin_listener)  # after the plugins: closed before them
+    app.on_shutdown.append(_start_draining)
+    _add_operations_routes(app)
+    add_dispatch_route(app)
+    return app
+
+
+def create_admin_app(main: web.Application) -> web.Application:
+    """The admin routes, /metrics and the dashboard alone, answering from `main`'s state."""
+    host = main[HOST]
+    app = web.Application(
+        middlewares=[request_middleware(lambda: host.config.global_headers, main[TRAFFIC])]
+    )
+    app[HOST] = host
+    app[RELOADER] = main[RELOADER]
+    app[TRAFFIC] = main[TRAFFIC]
+    app[METRICS] = main[METRICS]
+    _add_operations_routes(app)
+    return app
+
+
+def _add_operations_routes(app: web.Application) -> None:
+    add_admin_routes(app)
+    add_dashboard_routes(app, enabled=app[HOST].config.dashboard.enabled)
+    add_metrics_route(app, app[METRICS])
+
+
+async def _plugins_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    host, reloader = app[HOST], app[RELOADER]
+    try:
+        await host.start()
+        await reloader.start()
+    except BaseException:
+        # What did start is shut down, even on a failed start.
+        await reloader.close()
+        await host.close()
+        raise
+    yield
+    await reloader.close()  # a reload in progress finishes first
+    await host.close()
+
+
+async def _admin_listener(app: web.Application) -> AsyncIterator[None]:
+    config = app[HOST].config
+    host = config.dashboard.host or config.server.host
+    port = config.dashboard.port
+    runner = web.AppRunner(
+        create_admin_app(app),
+        access_log=None,
+        # Admin requests are short; the dashboard's keep-alive polls must not hold
+        # the shutdown for aiohttp's default minute.
+        shutdown_timeout=1.0,
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    log.info("admin_listening", url=f"http://{host}:{port}")
+    yield
+    await runner.cleanup()
+
+
+async def reload_on_sighup(app: web.Application) -> AsyncIterator[None]:
+    """A cleanup context for a server that owns its process: SIGHUP reloads the config."""
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, app[RELOADER].request_config_reload, "signal")
+    yield
+    loop.remove_signal_handler(signal.SIGHUP)
+
+
+async def _start_draining(app: web.Application) -> None:
+    app[HOST].draining = True
+    log.info("server_draining")
