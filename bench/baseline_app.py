@@ -13,6 +13,7 @@ from aiohttp import web
 
 
 async def hello(request: web.Request) -> web.Response:
+    """The handler a user would write instead of a plugin: `{"hello": name}` as JSON."""
     return web.Response(
         body=json.dumps({"hello": "world"}).encode(), content_type="application/json"
     )

@@ -50,6 +50,7 @@ def raw_call(calls: int) -> float:
 
 
 def runner(dispatch: Dispatch) -> PluginRunner:
+    """A PluginRunner over the hello plugin in this process, with the given dispatch."""
     instance = open_library(HELLO).instantiate(b"{}", lambda level, message: None)
     return PluginRunner(
         ThreadBackend(instance, 4),
@@ -62,6 +63,7 @@ def runner(dispatch: Dispatch) -> PluginRunner:
 
 
 async def process_runner() -> PluginRunner | None:
+    """A PluginRunner over the hello plugin in a worker process (None where unsupported)."""
     from backworks.isolation.backend import ProcessBackend
     from backworks.isolation.probe import probe
 
@@ -75,6 +77,7 @@ async def process_runner() -> PluginRunner | None:
 
 
 async def timed(make: Callable[[], Any], calls: int) -> float:
+    """Microseconds per call of `calls` calls made back to back on `make()`'s runner."""
     r = make() if not asyncio.iscoroutinefunction(make) else await make()
     if r is None:
         return float("nan")
@@ -89,6 +92,7 @@ async def timed(make: Callable[[], Any], calls: int) -> float:
 
 
 def measure_all(calls: int = 20_000, rounds: int = 3) -> dict[str, float]:
+    """The best of `rounds` per-call costs of every dispatch, in microseconds."""
     subprocess.run(["make", "-s", "hello-plugin"], cwd=REPO, check=True)
     modes: dict[str, Callable[[], Any]] = {
         "fast path (inline)": lambda: runner("inline"),
@@ -104,6 +108,7 @@ def measure_all(calls: int = 20_000, rounds: int = 3) -> dict[str, float]:
 
 
 def table(costs: dict[str, float]) -> str:
+    """The costs as a Markdown table, with the host's overhead over the raw call."""
     raw = costs["raw cffi call"]
     lines = ["| dispatch | µs per call | host overhead over raw |", "|---|---:|---:|"]
     for name, value in costs.items():

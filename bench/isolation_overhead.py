@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def build(folder: Path) -> Path:
+    """Compiles the test kit (thread-safe) into `folder`; returns the library's path."""
     out = folder / "libkit.so"
     subprocess.run(
         [
@@ -55,6 +56,7 @@ def build(folder: Path) -> Path:
 
 
 def runner_for(backend: ThreadBackend | ProcessBackend, concurrency: int) -> PluginRunner:
+    """A PluginRunner over `backend` that admits `concurrency` calls at once."""
     return PluginRunner(
         backend,
         max_concurrency=concurrency,
@@ -68,8 +70,8 @@ def worker_cpu(runner: PluginRunner) -> float:
     """CPU seconds the runner's worker processes used so far (0 for in-process)."""
     total = 0.0
     for worker in runner.backend.snapshot().get("workers", []):
-        with open(f"/proc/{worker['pid']}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+        stat = Path(f"/proc/{worker['pid']}/stat").read_text()
+        fields = stat.rsplit(")", 1)[1].split()
         total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
 
@@ -92,6 +94,7 @@ async def drive(runner: PluginRunner, calls: int, concurrency: int) -> tuple[flo
 
 
 async def main(calls: int, rounds: int, concurrency: int) -> None:
+    """Times thread and process backends side by side, interleaved, and prints both."""
     with tempfile.TemporaryDirectory(prefix="bw-bench-") as tmp:
         folder = Path(tmp)
         folder.chmod(0o755)

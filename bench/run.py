@@ -58,12 +58,14 @@ WEATHER_CONFIG = {"api_key": "bench", "units": "metric", "now": "2026-11-22T12:0
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
 def ensure_plugins() -> None:
+    """Builds the example plugins (make hello-plugin weather-plugin) if needed."""
     subprocess.run(["make", "-s", "hello-plugin", "weather-plugin"], cwd=REPO, check=True)
 
 
@@ -87,6 +89,7 @@ def ensure_wrk() -> str | None:
 
 
 def server_config(folder: Path, plugins: dict[str, Any], port: int) -> Path:
+    """Writes a config serving the example plugins with `plugins` settings; returns it."""
     settings = {name: dict(s) for name, s in plugins.items()}
     if "weather" in settings:
         settings["weather"]["config"] = WEATHER_CONFIG
@@ -111,6 +114,8 @@ def server_config(folder: Path, plugins: dict[str, Any], port: int) -> Path:
 
 
 class Server:
+    """One server under test: a `backworks serve` or baseline process on a free port."""
+
     def __init__(self, name: str, kind: str, path: str, options: dict[str, Any], folder: Path):
         self.name, self.port = name, free_port()
         self.url = f"http://127.0.0.1:{self.port}{path}"
@@ -130,14 +135,16 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                raise RuntimeError(f"{self.name}: server exited: {err[-2000:]}")
+                msg = f"{self.name}: server exited: {err[-2000:]}"
+                raise RuntimeError(msg)
             try:
                 with urllib.request.urlopen(self.url, timeout=2) as resp:  # noqa: S310
                     if resp.status == 200:
                         return
             except OSError:
                 time.sleep(0.1)
-        raise RuntimeError(f"{self.name}: no 200 from {self.url}")
+        msg = f"{self.name}: no 200 from {self.url}"
+        raise RuntimeError(msg)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -151,6 +158,7 @@ class Server:
 
 @contextmanager
 def servers(names: list[str], folder: Path) -> Iterator[list[Server]]:
+    """Starts the named servers, waits until each answers, and stops them afterwards."""
     started: list[Server] = []
     try:
         for name in names:
@@ -165,16 +173,19 @@ def servers(names: list[str], folder: Path) -> Iterator[list[Server]]:
 
 
 def measure_wrk(wrk: str, url: str, duration: float, connections: int) -> float:
+    """Requests per second wrk reaches against `url` (`connections`, `duration` s)."""
     out = subprocess.run(
         [wrk, "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", url],
         check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
-        raise RuntimeError(f"{url}: {errors[1]} error responses under load")
+        msg = f"{url}: {errors[1]} error responses under load"
+        raise RuntimeError(msg)
     match = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if not match:
-        raise RuntimeError(f"cannot read wrk's output: {out}")
+        msg = f"cannot read wrk's output: {out}"
+        raise RuntimeError(msg)
     return float(match[1])
 
 
@@ -193,7 +204,8 @@ def measure_python(url: str, duration: float, connections: int) -> float:
                     async with session.get(url) as resp:
                         await resp.read()
                         if resp.status != 200:
-                            raise RuntimeError(f"{url} answered {resp.status}")
+                            msg = f"{url} answered {resp.status}"
+                            raise RuntimeError(msg)
                     done += 1
 
             await asyncio.gather(*(worker() for _ in range(connections)))
@@ -205,6 +217,7 @@ def measure_python(url: str, duration: float, connections: int) -> float:
 
 
 def machine() -> dict[str, str]:
+    """What the figures were measured on: CPU, cores, Python and library versions."""
     cpu = ""
     if Path("/proc/cpuinfo").exists():
         names = re.findall(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
@@ -230,6 +243,7 @@ def machine() -> dict[str, str]:
 
 
 def table(results: dict[str, list[float]], baseline: str) -> str:
+    """The medians as a Markdown table, each row's ratio to `baseline` beside it."""
     base = statistics.median(results[baseline])
     lines = ["| variant | requests/s (median) | runs | vs baseline |", "|---|---:|---:|---:|"]
     for name, runs in results.items():
@@ -239,6 +253,7 @@ def table(results: dict[str, list[float]], baseline: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`make bench`: every variant, interleaved rounds, a table and a JSON record."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")

@@ -33,6 +33,7 @@ from backworks.abi import include_dir
 
 
 def build_echo(folder: Path) -> None:
+    """Compiles the echo plugin used by the soak into `folder`."""
     subprocess.run(
         [os.environ.get("CC", "cc"), "-std=c99", "-O2", "-shared", "-fPIC", f"-I{include_dir()}",
          '-DKIT_NAME="echo"', "-DKIT_FLAGS=(BW_FLAG_THREAD_SAFE|BW_FLAG_NONBLOCKING)",
@@ -46,16 +47,18 @@ def build_echo(folder: Path) -> None:
 
 
 def usage(pid: int) -> dict[str, int]:
+    """RSS, file descriptors and threads of process `pid` now."""
     status = Path(f"/proc/{pid}/status").read_text()
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
     return {
         "rss_kb": int(fields["VmRSS"].split()[0]),
-        "fds": len(os.listdir(f"/proc/{pid}/fd")),
+        "fds": sum(1 for _ in Path(f"/proc/{pid}/fd").iterdir()),
         "threads": int(fields["Threads"]),
     }
 
 
 def calls_so_far(url: str) -> int:
+    """The plugin calls the server has counted so far (from /metrics)."""
     with urllib.request.urlopen(f"{url}/_backworks/plugins", timeout=10) as resp:  # noqa: S310
         rows = json.loads(resp.read())["plugins"]
     return sum(int(r.get("counters", {}).get("calls", 0)) for r in rows)
@@ -73,6 +76,7 @@ def drive(wrk: str, url: str, until: int, base: str) -> None:
 
 
 def main() -> int:
+    """`make soak`: a million calls, RSS and fd/thread counts watched for growth."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=1_000_000)
     parser.add_argument("--warmup", type=int, default=100_000)

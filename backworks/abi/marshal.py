@@ -222,6 +222,7 @@ def _copy_response(c: Any) -> Response:
 
 
 def release(c: Any) -> None:
+    """Calls the response's `release` once; clears it first, so a second call does nothing."""
     if c.release != ffi.NULL:
         release, data = c.release, c.release_data
         # Cleared first: whatever happens next, this response is never released twice.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -135,12 +134,12 @@ def dlopen(path: str | Path) -> tuple[str, Any]:
     path = str(path)
     # dlopen() (and cffi's find_library fallback) would search the system's library
     # path for a name without a slash ("libx.so", "m"): load exactly the file named.
-    file = os.path.abspath(path)
-    if not os.path.isfile(file):
+    file = Path(path).absolute()
+    if not file.is_file():
         raise PluginLoadError(path, "cannot be loaded: no such file")
     try:
         # RTLD_NOW: an unresolved symbol fails here, not in the middle of a request.
-        return path, ffi.dlopen(file, ffi.RTLD_NOW | ffi.RTLD_LOCAL)
+        return path, ffi.dlopen(str(file), ffi.RTLD_NOW | ffi.RTLD_LOCAL)
     except OSError as e:
         raise PluginLoadError(path, f"cannot be loaded: {e}") from e
 

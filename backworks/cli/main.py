@@ -51,6 +51,7 @@ class UsageError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `backworks` argument parser with every subcommand wired to its function."""
     parser = argparse.ArgumentParser(
         prog="backworks",
         description="Turn compiled plugins into HTTP APIs through a versioned C ABI.",
@@ -229,7 +230,8 @@ def cmd_plugins_list(args: argparse.Namespace) -> int:
         directories = [DEFAULT_PLUGIN_DIR]
     for directory in directories:
         if not directory.is_dir():
-            raise UsageError(f"plugin folder {str(directory)!r} does not exist")
+            msg = f"plugin folder {str(directory)!r} does not exist"
+            raise UsageError(msg)
     results = discovery.scan(
         directories,
         recursive=recursive,
@@ -249,7 +251,8 @@ def cmd_plugins_inspect(args: argparse.Namespace) -> int:
     """`backworks plugins inspect FILE`: exit 0 only when FILE is a usable plugin."""
     path: Path = args.file
     if not os.path.lexists(path):
-        raise UsageError(f"{str(path)!r} does not exist")
+        msg = f"{str(path)!r} does not exist"
+        raise UsageError(msg)
     result = discovery.examine(
         path, timeout_s=args.timeout, allow_insecure_permissions=args.allow_insecure_permissions
     )
@@ -343,7 +346,8 @@ def _print_details(r: ScanResult) -> None:
 def _discovery_settings(config_file: Path) -> tuple[list[Path], bool]:
     """`plugin_discovery.directories` (resolved against the file's folder) and `.recursive`."""
     if not config_file.is_file():
-        raise UsageError(f"config file {str(config_file)!r} does not exist")
+        msg = f"config file {str(config_file)!r} does not exist"
+        raise UsageError(msg)
     discovery_config = load_config(config_file).discovery
     return list(discovery_config.directories), discovery_config.recursive
 
@@ -352,7 +356,8 @@ def _server_config(args: argparse.Namespace) -> tuple[Config, str]:
     """The config named by --config, else ./backworks.yaml, else the defaults."""
     explicit: Path | None = args.config
     if explicit is not None and not explicit.is_file():
-        raise UsageError(f"config file {str(explicit)!r} does not exist")
+        msg = f"config file {str(explicit)!r} does not exist"
+        raise UsageError(msg)
     path = find_config(explicit, Path.cwd())
     if path is None:
         return default_config(Path.cwd()), "defaults (no backworks.yaml here)"
@@ -382,6 +387,7 @@ def _configure_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `backworks` command: parses `argv` and returns the exit code (0, 1 or 2)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -127,7 +127,8 @@ def create_plugin_project(name: str, language: str, folder: Path) -> Scaffold:
         raise ScaffoldError(msg)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         what = "folder is not empty" if folder.is_dir() else "path exists and is not a folder"
-        raise ScaffoldError(f"cannot create the project in {str(folder)!r}: the {what}")
+        msg = f"cannot create the project in {str(folder)!r}: the {what}"
+        raise ScaffoldError(msg)
     values = _values(name, language)
     templates = resources.files("backworks") / "templates" / language
     written = []

@@ -25,6 +25,8 @@ _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 @attrs.frozen
 class DiscoveryConfig:
+    """`plugin_discovery`: which folders are searched for plugin libraries, and how."""
+
     enabled: bool = True
     directories: tuple[Path, ...] = ()
     recursive: bool = False
@@ -34,6 +36,8 @@ class DiscoveryConfig:
 
 @attrs.frozen
 class CircuitBreakerConfig:
+    """`plugins.NAME.circuit_breaker`: when to stop calling a failing plugin, how long."""
+
     failure_threshold: int = 5
     recovery_timeout_ms: int = 30_000
 
@@ -87,6 +91,8 @@ class PluginConfig:
 
 @attrs.frozen
 class StaticResponse:
+    """An endpoint's fixed `response`, served without calling any plugin."""
+
     status: int = 200
     body: str = ""
     content_type: str = "application/json"
@@ -107,6 +113,8 @@ class EndpointConfig:
 
 @attrs.frozen
 class ServerConfig:
+    """`server`: where to listen, the body limit, and how long a shutdown may drain."""
+
     host: str = "127.0.0.1"
     port: int = 3000
     max_body_bytes: int = 1_048_576
@@ -115,6 +123,8 @@ class ServerConfig:
 
 @attrs.frozen
 class LoggingConfig:
+    """`logging`: the level, and JSON or console lines (`auto`: console on a TTY)."""
+
     level: LogLevel = "info"
     format: LogFormat = "auto"
 
@@ -137,6 +147,8 @@ class DashboardConfig:
 
 @attrs.frozen
 class Config:
+    """A whole `backworks.yaml`: plugins, endpoints, hooks, server and operations."""
+
     discovery: DiscoveryConfig = DiscoveryConfig()
     plugins: Mapping[str, PluginConfig] = MappingProxyType({})
     hooks: tuple[str, ...] = ()

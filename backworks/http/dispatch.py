@@ -22,6 +22,7 @@ def add_dispatch_route(app: web.Application) -> None:
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
+    """Answers from the live route table: a static answer, or a plugin wrapped in hooks."""
     host = request.app[HOST]
     try:
         match = host.routes.match(request.method, request.path)

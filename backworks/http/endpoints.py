@@ -33,6 +33,7 @@ class Plugins(Protocol):
 
 
 def answer_static(endpoint: StaticEndpoint, request: web.Request) -> web.Response:
+    """A static endpoint's answer, with `{{now}}` and `{{request_id}}` filled in."""
     body = endpoint.body
     if "{{" in body:
         now = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")

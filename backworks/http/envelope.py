@@ -49,6 +49,7 @@ def envelope(
     plugin: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> web.Response:
+    """The JSON error envelope every error answer has: code, message, plugin, request id."""
     body = {"error": {"code": code, "message": message, "plugin": plugin, "request_id": request_id}}
     return web.Response(
         status=status,
@@ -59,6 +60,7 @@ def envelope(
 
 
 def plugin_error_response(error: PluginError, request_id: str) -> web.Response:
+    """The answer to a failed plugin call: the status and code of its error class."""
     for cls, status, code in _PLUGIN_ERRORS:
         if isinstance(error, cls):
             if cls in (PluginCallError, PluginCancelledError, PluginCrashedError):
@@ -73,6 +75,7 @@ def plugin_error_response(error: PluginError, request_id: str) -> web.Response:
 
 
 def http_exception_response(exc: web.HTTPException, request_id: str) -> web.Response:
+    """The envelope for an aiohttp HTTP exception (404, 405, 413, ...), `Allow` kept."""
     code = _HTTP_CODES.get(exc.status, "internal" if exc.status >= 500 else "bad_request")
     message = {
         404: "no endpoint matches this path",
@@ -85,4 +88,5 @@ def http_exception_response(exc: web.HTTPException, request_id: str) -> web.Resp
 
 
 def internal_error_response(request_id: str) -> web.Response:
+    """500 `internal`, saying nothing about what went wrong (that goes to the log)."""
     return envelope(500, "internal", "internal server error", request_id)

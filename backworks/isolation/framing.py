@@ -116,6 +116,7 @@ class FrameReader:
 
 
 def frame(kind: int, call_id: int, body: bytes = b"") -> bytes:
+    """One frame: the header (length, kind, call id), then `body`."""
     return HEADER.pack(len(body), kind, call_id) + body
 
 
@@ -231,10 +232,13 @@ def encode_call(
 
 
 def decode_request(body: bytes) -> Request:
+    """The request of a HANDLE or ON_REQUEST frame."""
     return _decoding(_take_request, body)
 
 
 def decode_request_and_upstream(body: bytes) -> tuple[Request, Response]:
+    """The request and the upstream answer of an ON_RESPONSE frame."""
+
     def take(f: _Fields) -> tuple[Request, Response]:
         return _take_request(f), _take_response(f)
 
@@ -242,22 +246,27 @@ def decode_request_and_upstream(body: bytes) -> tuple[Request, Response]:
 
 
 def encode_response(call_id: int, resp: Response) -> bytes:
+    """A RESPONSE frame answering call `call_id` with `resp`."""
     parts: list[bytes] = []
     _put_response(parts, resp)
     return _frame_of(RESPONSE, call_id, parts)
 
 
 def decode_response(body: bytes) -> Response:
+    """The answer a RESPONSE frame carries."""
     return _decoding(_take_response, body)
 
 
 def encode_failure(call_id: int, error: int, message: str) -> bytes:
+    """A FAILED frame: call `call_id` failed for reason `error` (ERR_*), with `message`."""
     parts = [_FAILED_NUMBERS.pack(error)]
     _put_str(parts, message)
     return _frame_of(FAILED, call_id, parts)
 
 
 def decode_failure(body: bytes) -> tuple[int, str]:
+    """The reason code (ERR_*) and message of a FAILED frame."""
+
     def take(f: _Fields) -> tuple[int, str]:
         (error,) = f.take(_FAILED_NUMBERS)
         return error, f.text()
@@ -266,12 +275,15 @@ def decode_failure(body: bytes) -> tuple[int, str]:
 
 
 def encode_log(level: int, message: str) -> bytes:
+    """A LOG frame: one line the plugin logged through `host->log`."""
     parts = [_LOG_NUMBERS.pack(level)]
     _put_str(parts, message)
     return _frame_of(LOG, 0, parts)
 
 
 def decode_log(body: bytes) -> tuple[int, str]:
+    """The level and message of a LOG frame."""
+
     def take(f: _Fields) -> tuple[int, str]:
         (level,) = f.take(_LOG_NUMBERS)
         return level, f.text()
@@ -280,10 +292,12 @@ def decode_log(body: bytes) -> tuple[int, str]:
 
 
 def encode_cpu_exceeded(call_id: int, used_ms: int) -> bytes:
+    """A CPU_EXCEEDED frame: call `call_id` used `used_ms` of CPU, over its limit."""
     return frame(CPU_EXCEEDED, call_id, _U32.pack(min(used_ms, 0xFFFFFFFF)))
 
 
 def decode_cpu_exceeded(body: bytes) -> int:
+    """The CPU milliseconds a CPU_EXCEEDED frame reports."""
     return _decoding(lambda f: f.take(_U32)[0], body)
 
 
@@ -307,6 +321,7 @@ class WorkerInit:
 
 
 def encode_init(init: WorkerInit) -> bytes:
+    """The INIT frame, the first a worker reads: what to load and with which limits."""
     parts: list[bytes] = []
     _put_str(parts, init.path)
     _put_str(parts, init.name)
@@ -320,6 +335,8 @@ def encode_init(init: WorkerInit) -> bytes:
 
 
 def decode_init(body: bytes) -> WorkerInit:
+    """The WorkerInit an INIT frame carries."""
+
     def take(f: _Fields) -> WorkerInit:
         path, name, config, sha = f.text(), f.text(), f.blob(), f.text()
         flags, threads, memory, cpu = f.take(_INIT_NUMBERS)
@@ -348,6 +365,7 @@ class Ready:
 
 
 def encode_ready(ready: Ready) -> bytes:
+    """The READY frame: the plugin's descriptor, the worker's pid and baseline RSS."""
     info = ready.info
     parts: list[bytes] = []
     for text in (info.path, info.name, info.version, info.description):
@@ -359,6 +377,8 @@ def encode_ready(ready: Ready) -> bytes:
 
 
 def decode_ready(body: bytes) -> Ready:
+    """The Ready a READY frame carries."""
+
     def take(f: _Fields) -> Ready:
         path, name, version, description = f.text(), f.text(), f.text(), f.text()
         abi_version, flags, bits = f.take(_INFO_NUMBERS)
@@ -381,6 +401,7 @@ def decode_ready(body: bytes) -> Ready:
 
 
 def encode_start_failed(error: int, path: str, message: str) -> bytes:
+    """A START_FAILED frame: why the worker could not load or start its plugin."""
     parts = [_FAILED_NUMBERS.pack(error)]
     _put_str(parts, path)
     _put_str(parts, message)
@@ -388,6 +409,8 @@ def encode_start_failed(error: int, path: str, message: str) -> bytes:
 
 
 def decode_start_failed(body: bytes) -> tuple[int, str, str]:
+    """The reason code (ERR_*), path and message of a START_FAILED frame."""
+
     def take(f: _Fields) -> tuple[int, str, str]:
         (error,) = f.take(_FAILED_NUMBERS)
         return error, f.text(), f.text()

@@ -220,8 +220,9 @@ class WorkerProcess:
             for kind, call_id, body in self._reader.feed(data):
                 self._on_frame(kind, call_id, body)
         except ProtocolError as e:
-            # Nothing more from this worker can be trusted: it dies like a crash.
-            log.error("plugin_worker_protocol_error", pid=self.pid, error=str(e))
+            # Nothing more from this worker can be trusted: it dies like a crash. The
+            # fault is in the worker's bytes, so our decoder's traceback would not help.
+            log.error("plugin_worker_protocol_error", pid=self.pid, error=str(e))  # noqa: TRY400
             self.close_channel()
             self.signal(signal.SIGKILL)
 

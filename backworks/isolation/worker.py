@@ -94,7 +94,7 @@ class Channel:
 def _proc_status_kb(field: str) -> int:
     """A `VmSize`-style line of /proc/self/status in KiB; 0 where there is none."""
     try:
-        with open("/proc/self/status", encoding="ascii") as f:
+        with Path("/proc/self/status").open(encoding="ascii") as f:
             for line in f:
                 if line.startswith(field + ":"):
                     return int(line.split()[1])
@@ -173,6 +173,7 @@ class CpuWatchdog:
 
 
 def spec_of(init: fr.WorkerInit) -> PluginSpec:
+    """The PluginSpec an INIT frame describes, for the same checks the host makes."""
     return PluginSpec(
         name=init.name,
         path=Path(init.path),
@@ -183,6 +184,8 @@ def spec_of(init: fr.WorkerInit) -> PluginSpec:
 
 
 class Worker:
+    """One plugin state in this process: loads it, runs the host's calls, reports back."""
+
     def __init__(self, channel: Channel, init: fr.WorkerInit) -> None:
         self.channel = channel
         self.init = init
@@ -349,6 +352,7 @@ class Worker:
 
 
 def main(argv: list[str]) -> int:
+    """`python -m backworks.isolation.worker CALLS CONTROL HOST_PID`: the worker's life."""
     if len(argv) != 4:
         print("usage: python -m backworks.isolation.worker CALLS CONTROL HOST_PID", file=sys.stderr)
         return 2

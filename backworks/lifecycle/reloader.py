@@ -109,10 +109,9 @@ class Reloader:
     ) -> ReloadStatus:
         host, name = self.host, spec.name
         old = host.versions.get(name)
-        try:
-            version = await host.build_runner(spec, settings, examine=True)
-        except BackworksError as e:
-            reason = reason_of(e)
+        version = await self._build(spec, settings)
+        if isinstance(version, str):
+            reason = version
             serving = old.generation if old else None
             status = ReloadStatus(ok=False, trigger=trigger, error=reason, generation=serving)
             self.statuses[name] = status
@@ -132,6 +131,13 @@ class Reloader:
         self.statuses[name] = status
         log.info("plugin_reloaded", plugin=name, trigger=trigger, generation=version.generation)
         return status
+
+    async def _build(self, spec: PluginSpec, settings: PluginConfig) -> PluginVersion | str:
+        """A new version, test-loaded in a child first, or why it could not be built."""
+        try:
+            return await self.host.build_runner(spec, settings, examine=True)
+        except BackworksError as e:
+            return reason_of(e)
 
     # -- what the watcher reports ----------------------------------------------------
 
@@ -211,14 +217,10 @@ class Reloader:
         if reason is not None:
             log.warning("plugin_library_ignored", plugin=name, path=str(path), reason=reason)
             return
-        try:
-            version = await host.build_runner(
-                plugin_spec(name, path, settings), settings, examine=True
-            )
-        except BackworksError as e:
-            reason = reason_of(e)
-            host.mark_failed(name, str(path), reason)
-            log.error("plugin_failed_to_start", plugin=name, path=str(path), error=reason)
+        version = await self._build(plugin_spec(name, path, settings), settings)
+        if isinstance(version, str):
+            host.mark_failed(name, str(path), version)
+            log.error("plugin_failed_to_start", plugin=name, path=str(path), error=version)
             return
         host.install(version)
         log.info("plugin_added", plugin=name, path=str(path))
@@ -247,7 +249,8 @@ class Reloader:
             try:
                 new = await loop.run_in_executor(None, self.source.load)
             except ConfigError as e:
-                log.error(
+                # The operator's file is wrong, not our code: the problems, no traceback.
+                log.error(  # noqa: TRY400
                     "config_reload_failed",
                     source=e.source,
                     problems=e.problems,
@@ -279,10 +282,11 @@ class Reloader:
                 current = old.get(name)
                 if current is not None and (current.spec, current.settings) == (spec, settings):
                     continue
-                try:
-                    built[name] = await host.build_runner(spec, settings, examine=True)
-                except BackworksError as e:
-                    failed[name] = (str(spec.path), reason_of(e))
+                version = await self._build(spec, settings)
+                if isinstance(version, str):
+                    failed[name] = (str(spec.path), version)
+                else:
+                    built[name] = version
         except BaseException:
             for version in built.values():  # never switched to: shut down, not leaked
                 host.retire(version)
@@ -365,7 +369,7 @@ class Reloader:
         await self._watcher.watch(wanted)
 
     def _watch_set(self) -> WatchSet | None:
-        config_file = Path(os.path.abspath(self.source.path)) if self.source else None
+        config_file = Path(os.path.normpath(self.source.path.absolute())) if self.source else None
         config = self.host.config
         found = config.discovery
         if not found.watch:

@@ -43,6 +43,8 @@ def compile_pattern(pattern: str) -> re.Pattern[str] | None:
 
 @attrs.frozen
 class Route(Generic[T]):
+    """One entry of the table: a path pattern, the methods it takes, what answers it."""
+
     pattern: str
     methods: frozenset[str]
     target: T
@@ -53,6 +55,8 @@ class Route(Generic[T]):
 
 @attrs.frozen
 class Match(Generic[T]):
+    """The route that matched a request, and the path parameters it captured."""
+
     route: Route[T]
     params: tuple[tuple[str, str], ...]
 

@@ -23,6 +23,7 @@ HEALTH_TIMEOUT_S = 2.0
 
 
 def add_admin_routes(app: web.Application) -> None:
+    """Adds /_backworks/health, /_backworks/plugins and the token-guarded POST routes."""
     app.router.add_get("/_backworks/health", health)
     app.router.add_get("/_backworks/plugins", plugins)
     app.router.add_post("/_backworks/plugins/{name}/reset", reset)

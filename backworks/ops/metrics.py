@@ -34,16 +34,20 @@ OUTCOMES = ("ok", "failed", "timed_out", "crashed", "rejected")
 
 
 def new_registry(host: Host, traffic: Traffic) -> CollectorRegistry:
+    """A registry of its own for one app, reading `host` and `traffic` at scrape time."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(BackworksCollector(host, traffic))
     return registry
 
 
 def add_metrics_route(app: web.Application, registry: CollectorRegistry) -> None:
+    """Serves `registry` at GET /metrics in the Prometheus text format."""
     app.router.add_get("/metrics", make_aiohttp_handler(registry))
 
 
 class BackworksCollector(Collector):
+    """Turns the host's counters into Prometheus metric families at scrape time."""
+
     def __init__(self, host: Host, traffic: Traffic) -> None:
         self.host = host
         self.traffic = traffic

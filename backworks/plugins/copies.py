@@ -77,7 +77,7 @@ class LibraryCopies:
                 if not stat.S_ISREG(before.st_mode):
                     raise PluginLoadError(source, "not a regular file")
                 digest = _copy_file(src, partial)
-            after = os.stat(source)
+            after = source.stat()
             if _identity(before) != _identity(after):
                 msg = "changed while it was being copied (still being written?)"
                 raise PluginLoadError(source, msg)
@@ -125,8 +125,8 @@ def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
 
 
 def _suffix(name: str) -> str:
-    return os.path.splitext(name)[1]
+    return Path(name).suffix
 
 
 def _stem(name: str) -> str:
-    return os.path.splitext(name)[0]
+    return Path(name).stem

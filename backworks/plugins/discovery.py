@@ -137,14 +137,14 @@ def find_libraries(directories: Iterable[str | Path], *, recursive: bool = False
 
     for entry in directories:
         directory = os.fspath(entry)
-        if not os.path.isdir(directory):
+        if not Path(directory).is_dir():
             log.warning("plugin_directory_missing", directory=directory)
             continue
         for folder, subfolders, names in os.walk(directory, onerror=warn):
             subfolders.sort()
             for name in sorted(names):
                 if name.lower().endswith(LIBRARY_SUFFIXES):
-                    found[os.path.join(folder, name)] = None
+                    found[str(Path(folder, name))] = None
             if not recursive:
                 break
     return list(found)
@@ -173,9 +173,9 @@ class _Scan:
 
     def _triage(self, path: str) -> ScanResult | None:
         try:
-            st = os.stat(path)
+            st = Path(path).stat()
         except FileNotFoundError:
-            why = "broken symbolic link" if os.path.islink(path) else "vanished during the scan"
+            why = "broken symbolic link" if Path(path).is_symlink() else "vanished during the scan"
             return ScanResult.failure(path, why, skipped=True)
         except OSError as e:
             return ScanResult.failure(path, f"cannot be read: {e.strerror}")

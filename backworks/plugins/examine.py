@@ -168,7 +168,8 @@ class _Child:
             )
         except OSError as e:
             self._close_fds()
-            raise _ScannerBroken(f"cannot start {sys.executable}: {e}") from e
+            msg = f"cannot start {sys.executable}: {e}"
+            raise _ScannerBroken(msg) from e
         finally:
             os.close(request_r)
             os.close(result_w)
@@ -212,7 +213,8 @@ class _Child:
             while data:
                 data = data[os.write(self._requests, data) :]
         except OSError as e:  # BrokenPipeError: the child is gone
-            raise _Died("the scanner process stopped reading") from e
+            msg = "the scanner process stopped reading"
+            raise _Died(msg) from e
 
     def _receive(self, deadline: float, kind: str) -> dict[str, Any]:
         # poll, not select: the host may have more than 1024 fds open.
@@ -227,7 +229,8 @@ class _Child:
                 continue
             chunk = os.read(self._results, 1 << 16)
             if not chunk:
-                raise _Died("the result pipe closed")
+                msg = "the result pipe closed"
+                raise _Died(msg)
             self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
         message = json.loads(line)

@@ -19,6 +19,8 @@ from backworks.plugins.trust import check_digest, check_permissions
 
 
 class PluginState(enum.Enum):
+    """Where a plugin stands: ready to serve, failed to start, or disabled by config."""
+
     READY = "ready"
     FAILED = "failed"
     DISABLED = "disabled"

@@ -29,6 +29,8 @@ class Unusable:
 
 @attrs.frozen
 class Plan:
+    """Every plugin name's verdict: load (file and settings), unusable (why) or disabled."""
+
     load: Mapping[str, tuple[PluginSpec, PluginConfig]]
     unusable: Mapping[str, Unusable]
     disabled: frozenset[str]
@@ -72,6 +74,7 @@ def plan_plugins(config: Config, found: list[ScanResult]) -> Plan:
 
 
 def plugin_spec(name: str, path: Path, settings: PluginConfig) -> PluginSpec:
+    """What to load for plugin `name`: its file and the trust settings of its config."""
     return PluginSpec(
         name=name,
         path=path,

@@ -122,27 +122,28 @@ class ScanCache:
         self._dirty = True
 
     def save(self) -> None:
-        """Writes the entries atomically (temp file + os.replace) if any changed.
+        """Writes the entries atomically (a temp file, then renamed) if any changed.
 
         Entries of files that no longer exist are dropped; two hosts saving at once
         lose nothing but each other's new entries, which the next scan adds back.
         """
         if not self._dirty:
             return
-        entries = {p: e.to_json() for p, e in self._entries.items() if os.path.exists(p)}
+        entries = {p: e.to_json() for p, e in self._entries.items() if Path(p).exists()}
         text = json.dumps({"format": _FORMAT, "entries": entries}, separators=(",", ":"))
-        tmp: str | None = None
+        tmp: Path | None = None
         try:
             self.file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd, tmp = tempfile.mkstemp(prefix=".scan-cache-", suffix=".tmp", dir=self.file.parent)
+            fd, name = tempfile.mkstemp(prefix=".scan-cache-", suffix=".tmp", dir=self.file.parent)
+            tmp = Path(name)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)
-            os.replace(tmp, self.file)
+            tmp.replace(self.file)
             tmp = None
         except OSError as e:
             log.warning("scan_cache_not_saved", path=str(self.file), error=str(e))
         finally:
             if tmp is not None:
                 with contextlib.suppress(OSError):
-                    os.unlink(tmp)
+                    tmp.unlink()
         self._dirty = False

@@ -39,6 +39,7 @@ def check_permissions(path: Path) -> None:
 
 
 def sha256_of(path: Path) -> str:
+    """The file's SHA-256 as lower-case hex, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -15,7 +15,6 @@ checks what it loads (the Host examines a library in a child process first).
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
@@ -117,8 +116,8 @@ class Watcher:
                     self._touch(Path(raw))
         except asyncio.CancelledError:
             raise
-        except Exception as e:
-            log.error("watch_failed", directories=[str(r) for r in roots], error=str(e))
+        except Exception:
+            log.exception("watch_failed", directories=[str(r) for r in roots])
 
     async def _stop_watches(self) -> None:
         # watchfiles' thread notices the event within one step; cancelling instead would
@@ -176,7 +175,7 @@ class Watcher:
 
 def _identity(path: Path) -> tuple[int, int, int] | None:
     try:
-        st = os.stat(path)
+        st = path.stat()
     except OSError:
         return None
     return (st.st_ino, st.st_size, st.st_mtime_ns)

@@ -16,12 +16,16 @@ from collections.abc import Callable
 
 
 class CircuitState(enum.Enum):
+    """The breaker's three states (see the module's docstring)."""
+
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
 
 
 class CircuitBreaker:
+    """One plugin's breaker; used from the event-loop thread only."""
+
     def __init__(
         self,
         failure_threshold: int = 5,

@@ -18,6 +18,8 @@ from collections import deque
 
 
 class CallGate:
+    """One plugin state's admission: up to `limit` shared calls, or one exclusive call."""
+
     def __init__(self, limit: int) -> None:
         if limit < 1:
             msg = f"limit must be >= 1 (got {limit})"

@@ -31,6 +31,8 @@ SLOW_CALL_S = 0.02
 
 
 class NativePool:
+    """One plugin's call threads: grows only for slow calls, completes futures in batches."""
+
     def __init__(self, threads: int, name: str) -> None:
         self.size = threads
         self._name = name

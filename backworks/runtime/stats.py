@@ -43,6 +43,8 @@ class LatencyHistogram:
 
 
 class PluginStats:
+    """One plugin's call counters, recent latencies (percentiles) and latency histogram."""
+
     __slots__ = (
         "_cursor",
         "_filled",

@@ -11,6 +11,8 @@
  *   .../log             logs "hello from <name>" through the host
  *   .../headers         answers with an extra header and a text content type
  *   .../version         {"plugin": <name>, "build": KIT_VERSION} (0 unless -DKIT_VERSION=n)
+ *   .../thread          {"tid": <the kernel id of the thread the call runs on>}
+ *   .../spin?ms=N       burns N ms of the calling thread's CPU time
  *
  * Hooks: on_request answers 401 when the request has `x-deny`, fails with `x-hook-fail`,
  * sleeps with `x-hook-sleep`; on_response adds `x-hooked-by-<name>` to the upstream answer
@@ -19,9 +21,11 @@
  * -DKIT_VERSION=n (the reload tests), init also appends "init <name> v<n>\n" there and
  * shutdown appends "<name> v<n>\n", so each version's init and shutdown can be counted.
  */
-#define _POSIX_C_SOURCE 200809L
+#define _GNU_SOURCE /* syscall(SYS_gettid) */
 #include <backworks/sdk.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #ifndef KIT_NAME
 #define KIT_NAME "kit"
@@ -48,6 +52,12 @@ static volatile int active_calls, max_overlap;
 static void sleep_ms(long ms) {
     struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
     nanosleep(&ts, NULL);
+}
+
+static double cpu_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
 static int ends_with(bw_str s, const char *suffix) {
@@ -160,6 +170,17 @@ static int32_t kit_handle(void *state, const bw_request *req, bw_response *resp)
         bw_log_info(st->host, "hello from %s", KIT_NAME);
         bw_log_error(st->host, "an error line from %s", KIT_NAME);
         return bw_respond_json(resp, 200, "{\"logged\": true}");
+    }
+    if (ends_with(path, "/thread")) {
+        char json[64];
+        snprintf(json, sizeof json, "{\"tid\": %ld}", (long)syscall(SYS_gettid));
+        return bw_respond_json(resp, 200, json);
+    }
+    if (ends_with(path, "/spin")) {
+        double start = cpu_seconds(), limit = query_long(req, "ms", 10) / 1000.0;
+        volatile unsigned long x = 0;
+        while (cpu_seconds() - start < limit) x++;
+        return bw_respond_json(resp, 200, "{\"spun\": true}");
     }
     if (ends_with(path, "/version"))
         return bw_respond_json(resp, 200,
