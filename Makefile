@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CC ?= cc
 PLUGIN_EXT := $(shell $(PYTHON) -c "import sys; print({'darwin': 'dylib', 'win32': 'dll'}.get(sys.platform, 'so'))")
 
-.PHONY: setup test lint run hello-plugin weather-plugin clean
+.PHONY: setup test lint lint-rust run hello-plugin weather-plugin clean
 
 setup: $(STAMP)
 
@@ -20,7 +20,7 @@ test: $(STAMP)
 	-scripts/install-browser
 	$(BIN)/python -m pytest -q
 
-lint: $(STAMP)
+lint: $(STAMP) lint-rust
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -57,3 +57,16 @@ weather-plugin:
 	cp $(WEATHER_TARGET)/release/$(WEATHER_LIB) plugins/.$(WEATHER_LIB).tmp
 	chmod 0755 plugins/.$(WEATHER_LIB).tmp
 	mv -f plugins/.$(WEATHER_LIB).tmp plugins/$(WEATHER_LIB)
+
+# Every Rust crate formatted and lint-free, each with a copy of sdk-rust/rustfmt.toml
+# (rustfmt only looks upward from a file). fmt needs --all for sdk-rust, a workspace
+# without a root package.
+RUST_CRATES := sdk-rust examples/weather-plugin tests/plugins/rust
+
+lint-rust:
+	for crate in $(RUST_CRATES); do \
+	  cmp sdk-rust/rustfmt.toml $$crate/rustfmt.toml && \
+	  $(CARGO) fmt --all --check --manifest-path $$crate/Cargo.toml && \
+	  $(CARGO) clippy --offline --all-targets --manifest-path $$crate/Cargo.toml -- -D warnings \
+	  || exit 1; \
+	done

@@ -26,7 +26,15 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let mp = (5 * doy + 2) / 153;
     let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if month <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, month, day)
+    (
+        if month <= 2 {
+            yoe + era * 400 + 1
+        } else {
+            yoe + era * 400
+        },
+        month,
+        day,
+    )
 }
 
 /// 1-based day of the year of a day number.
@@ -44,21 +52,39 @@ pub fn format_date(days: i64) -> String {
 /// `YYYY-MM-DDTHH:MM:SSZ`.
 pub fn format_utc(t: UnixTime) -> String {
     let secs = t.rem_euclid(DAY);
-    format!("{}T{:02}:{:02}:{:02}Z", format_date(t.div_euclid(DAY)), secs / 3600, secs / 60 % 60, secs % 60)
+    format!(
+        "{}T{:02}:{:02}:{:02}Z",
+        format_date(t.div_euclid(DAY)),
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 fn number(text: &str, digits: usize) -> Option<i64> {
-    (text.len() == digits && text.bytes().all(|b| b.is_ascii_digit())).then(|| text.parse().ok()).flatten()
+    (text.len() == digits && text.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| text.parse().ok())
+        .flatten()
 }
 
 /// Parses `YYYY-MM-DD`, `YYYY-MM-DDTHH:MM:SSZ` or `...+00:00` (UTC only).
 pub fn parse_utc(text: &str) -> Option<UnixTime> {
     let (date, time) = match text.split_once('T') {
-        Some((date, time)) => (date, Some(time.strip_suffix('Z').or_else(|| time.strip_suffix("+00:00"))?)),
+        Some((date, time)) => (
+            date,
+            Some(
+                time.strip_suffix('Z')
+                    .or_else(|| time.strip_suffix("+00:00"))?,
+            ),
+        ),
         None => (text, None),
     };
     let mut parts = date.split('-');
-    let (year, month, day) = (number(parts.next()?, 4)?, number(parts.next()?, 2)?, number(parts.next()?, 2)?);
+    let (year, month, day) = (
+        number(parts.next()?, 4)?,
+        number(parts.next()?, 2)?,
+        number(parts.next()?, 2)?,
+    );
     if parts.next().is_some() || !(1..=12).contains(&month) || day < 1 {
         return None;
     }
@@ -71,7 +97,11 @@ pub fn parse_utc(text: &str) -> Option<UnixTime> {
         None => 0,
         Some(time) => {
             let mut hms = time.split(':');
-            let (h, m, s) = (number(hms.next()?, 2)?, number(hms.next()?, 2)?, number(hms.next()?, 2)?);
+            let (h, m, s) = (
+                number(hms.next()?, 2)?,
+                number(hms.next()?, 2)?,
+                number(hms.next()?, 2)?,
+            );
             if hms.next().is_some() || h > 23 || m > 59 || s > 59 {
                 return None;
             }
@@ -102,8 +132,18 @@ mod tests {
         let t = parse_utc("2025-07-04T15:30:09Z").unwrap();
         assert_eq!(format_utc(t), "2025-07-04T15:30:09Z");
         assert_eq!(parse_utc("2025-07-04T15:30:09+00:00"), Some(t));
-        assert_eq!(format_utc(parse_utc("2025-07-04").unwrap()), "2025-07-04T00:00:00Z");
-        for bad in ["2025-02-30", "2025-13-01", "25-07-04", "2025-07-04T25:00:00Z", "2025-07-04T12:00:00+02:00", "today"] {
+        assert_eq!(
+            format_utc(parse_utc("2025-07-04").unwrap()),
+            "2025-07-04T00:00:00Z"
+        );
+        for bad in [
+            "2025-02-30",
+            "2025-13-01",
+            "25-07-04",
+            "2025-07-04T25:00:00Z",
+            "2025-07-04T12:00:00+02:00",
+            "today",
+        ] {
             assert_eq!(parse_utc(bad), None, "{bad}");
         }
     }

@@ -31,14 +31,14 @@
 mod clock;
 mod model;
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use backworks_plugin_sdk::*;
 
 use crate::clock::UnixTime;
-use crate::model::{CITIES, City, Day, Units};
+use crate::model::{City, Day, Units, CITIES};
 
 const DEFAULT_DAYS: i64 = 3;
 const MAX_DAYS: i64 = 7;
@@ -56,7 +56,10 @@ struct Config {
 impl Config {
     fn from_json(config: &Value) -> PluginResult<Config> {
         if !config.is_object() {
-            return Err(PluginError::config(format!("the config must be an object (got {})", config.type_name())));
+            return Err(PluginError::config(format!(
+                "the config must be an object (got {})",
+                config.type_name()
+            )));
         }
         match &config["api_key"] {
             Value::Null => {
@@ -66,29 +69,61 @@ impl Config {
             }
             Value::String(key) if !key.trim().is_empty() => {}
             Value::String(_) => return Err(PluginError::config("api_key must not be empty")),
-            other => return Err(PluginError::config(format!("api_key must be a string (got {})", other.type_name()))),
+            other => {
+                return Err(PluginError::config(format!(
+                    "api_key must be a string (got {})",
+                    other.type_name()
+                )))
+            }
         }
         let units = match &config["units"] {
             Value::Null => Units::Metric,
-            Value::String(text) => Units::parse(text)
-                .ok_or_else(|| PluginError::config(format!("units must be \"metric\" or \"imperial\" (got {text:?})")))?,
-            other => return Err(PluginError::config(format!("units must be a string (got {})", other.type_name()))),
+            Value::String(text) => Units::parse(text).ok_or_else(|| {
+                PluginError::config(format!(
+                    "units must be \"metric\" or \"imperial\" (got {text:?})"
+                ))
+            })?,
+            other => {
+                return Err(PluginError::config(format!(
+                    "units must be a string (got {})",
+                    other.type_name()
+                )))
+            }
         };
         let default_city = match &config["default_city"] {
             Value::Null => None,
             Value::String(name) => Some(model::find(name).ok_or_else(|| {
-                PluginError::config(format!("default_city {name:?} is not a city the model knows; known: {}", known_cities()))
+                PluginError::config(format!(
+                    "default_city {name:?} is not a city the model knows; known: {}",
+                    known_cities()
+                ))
             })?),
-            other => return Err(PluginError::config(format!("default_city must be a string (got {})", other.type_name()))),
+            other => {
+                return Err(PluginError::config(format!(
+                    "default_city must be a string (got {})",
+                    other.type_name()
+                )))
+            }
         };
         let now = match &config["now"] {
             Value::Null => None,
             Value::String(text) => Some(clock::parse_utc(text).ok_or_else(|| {
-                PluginError::config(format!("now must be a UTC time like \"2025-07-04T12:00:00Z\" (got {text:?})"))
+                PluginError::config(format!(
+                    "now must be a UTC time like \"2025-07-04T12:00:00Z\" (got {text:?})"
+                ))
             })?),
-            other => return Err(PluginError::config(format!("now must be a string (got {})", other.type_name()))),
+            other => {
+                return Err(PluginError::config(format!(
+                    "now must be a string (got {})",
+                    other.type_name()
+                )))
+            }
         };
-        Ok(Config { units, default_city, now })
+        Ok(Config {
+            units,
+            default_city,
+            now,
+        })
     }
 }
 
@@ -107,7 +142,9 @@ pub struct WeatherPlugin {
 
 impl WeatherPlugin {
     fn config(&self) -> PluginResult<&Config> {
-        self.config.get().ok_or_else(|| PluginError::processing("the weather plugin was not initialised"))
+        self.config
+            .get()
+            .ok_or_else(|| PluginError::processing("the weather plugin was not initialised"))
     }
 
     /// The report for `city` at time `now`: conditions now and `days` days of forecast.
@@ -163,7 +200,9 @@ impl WeatherPlugin {
 }
 
 fn now_utc() -> UnixTime {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 #[async_trait]
@@ -190,7 +229,10 @@ impl BackworksPlugin for WeatherPlugin {
         let parsed = Config::from_json(config)?;
         if let Some(map) = config.as_object() {
             for key in map.keys().filter(|k| !CONFIG_KEYS.contains(&k.as_str())) {
-                log_warn!("ignoring unknown config key {key:?} (known: {})", CONFIG_KEYS.join(", "));
+                log_warn!(
+                    "ignoring unknown config key {key:?} (known: {})",
+                    CONFIG_KEYS.join(", ")
+                );
             }
         }
         log_info!(
@@ -198,15 +240,24 @@ impl BackworksPlugin for WeatherPlugin {
             parsed.units,
             parsed.default_city.map_or("none", |c| c.key),
             CITIES.len(),
-            parsed.now.map_or(String::new(), |t| format!(", clock pinned at {}", clock::format_utc(t))),
+            parsed.now.map_or(String::new(), |t| format!(
+                ", clock pinned at {}",
+                clock::format_utc(t)
+            )),
         );
-        self.config.set(parsed).map_err(|_| PluginError::init("the weather plugin was initialised twice"))
+        self.config
+            .set(parsed)
+            .map_err(|_| PluginError::init("the weather plugin was initialised twice"))
     }
 
     async fn handle(&self, req: &Request) -> PluginResult<Response> {
         let config = self.config()?;
         if req.method != "GET" && req.method != "HEAD" {
-            return Ok(Response::error(405, format!("{} is not allowed here; use GET", req.method)).with_header("allow", "GET, HEAD"));
+            return Ok(Response::error(
+                405,
+                format!("{} is not allowed here; use GET", req.method),
+            )
+            .with_header("allow", "GET, HEAD"));
         }
         if req.endpoint.ends_with("/cities") && req.param("city").is_none() {
             return Ok(Self::cities());
@@ -216,26 +267,43 @@ impl BackworksPlugin for WeatherPlugin {
             None => config.units,
             Some(text) => match Units::parse(&text) {
                 Some(units) => units,
-                None => return Ok(Response::bad_request(format!("units must be \"metric\" or \"imperial\" (got {text:?})"))),
+                None => {
+                    return Ok(Response::bad_request(format!(
+                        "units must be \"metric\" or \"imperial\" (got {text:?})"
+                    )))
+                }
             },
         };
         let days = match req.query_param("days") {
             None => DEFAULT_DAYS,
             Some(text) => match text.parse::<i64>() {
                 Ok(days) if (1..=MAX_DAYS).contains(&days) => days,
-                _ => return Ok(Response::bad_request(format!("days must be a whole number from 1 to {MAX_DAYS} (got {text:?})"))),
+                _ => {
+                    return Ok(Response::bad_request(format!(
+                        "days must be a whole number from 1 to {MAX_DAYS} (got {text:?})"
+                    )))
+                }
             },
         };
 
-        let requested = req.param("city").map(str::to_owned).or_else(|| req.query_param("city"));
+        let requested = req
+            .param("city")
+            .map(str::to_owned)
+            .or_else(|| req.query_param("city"));
         let city = match (&requested, config.default_city) {
             (Some(name), _) => match model::find(name) {
                 Some(city) => city,
                 None => {
                     self.unknown_cities.fetch_add(1, Ordering::Relaxed);
-                    log_info!("unknown city {name:?} requested (request {})", req.request_id);
+                    log_info!(
+                        "unknown city {name:?} requested (request {})",
+                        req.request_id
+                    );
                     let known: Vec<&str> = CITIES.iter().map(|c| c.key).collect();
-                    return Ok(Response::json(404, json!({"error": format!("unknown city {name:?}"), "known_cities": known})));
+                    return Ok(Response::json(
+                        404,
+                        json!({"error": format!("unknown city {name:?}"), "known_cities": known}),
+                    ));
                 }
             },
             (None, Some(city)) => city,
@@ -245,7 +313,13 @@ impl BackworksPlugin for WeatherPlugin {
         };
 
         self.served.fetch_add(1, Ordering::Relaxed);
-        log_debug!("weather for {} in {} units, {} days (request {})", city.key, units, days, req.request_id);
+        log_debug!(
+            "weather for {} in {} units, {} days (request {})",
+            city.key,
+            units,
+            days,
+            req.request_id
+        );
         let report = Self::report(city, config.now.unwrap_or_else(now_utc), units, days);
         // The model changes by the hour: let caches keep an answer for a few minutes.
         Ok(Response::ok(report).with_header("cache-control", "public, max-age=300"))
@@ -260,13 +334,22 @@ impl BackworksPlugin for WeatherPlugin {
             .with_detail("units", config.units.as_str())
             .with_detail("default_city", config.default_city.map(|c| c.key))
             .with_detail("api_key", "configured")
-            .with_detail("clock", config.now.map_or("system".to_owned(), clock::format_utc))
+            .with_detail(
+                "clock",
+                config.now.map_or("system".to_owned(), clock::format_utc),
+            )
             .with_detail("requests_served", self.served.load(Ordering::Relaxed))
-            .with_detail("unknown_city_requests", self.unknown_cities.load(Ordering::Relaxed)))
+            .with_detail(
+                "unknown_city_requests",
+                self.unknown_cities.load(Ordering::Relaxed),
+            ))
     }
 
     async fn shutdown(&self) -> PluginResult<()> {
-        log_info!("weather plugin stopping after {} requests", self.served.load(Ordering::Relaxed));
+        log_info!(
+            "weather plugin stopping after {} requests",
+            self.served.load(Ordering::Relaxed)
+        );
         Ok(())
     }
 }
@@ -296,16 +379,25 @@ mod tests {
         assert!(error(json!({})).contains("api_key is required"));
         assert!(error(json!({"api_key": ""})).contains("api_key must not be empty"));
         assert!(error(json!({"api_key": 7})).contains("api_key must be a string (got number)"));
-        assert!(error(json!({"api_key": "k", "units": "kelvin"})).contains(r#"units must be "metric" or "imperial" (got "kelvin")"#));
-        assert!(error(json!({"api_key": "k", "default_city": "atlantis"})).contains("known: auckland, beijing"));
-        assert!(error(json!({"api_key": "k", "now": "yesterday"})).contains("now must be a UTC time"));
+        assert!(error(json!({"api_key": "k", "units": "kelvin"}))
+            .contains(r#"units must be "metric" or "imperial" (got "kelvin")"#));
+        assert!(error(json!({"api_key": "k", "default_city": "atlantis"}))
+            .contains("known: auckland, beijing"));
+        assert!(
+            error(json!({"api_key": "k", "now": "yesterday"})).contains("now must be a UTC time")
+        );
         assert!(error(json!([1])).contains("must be an object (got array)"));
     }
 
     #[test]
     fn answers_for_path_query_and_default_city() {
         let p = plugin(json!({"api_key": "k", "default_city": "oslo", "now": NOW}));
-        let by_path = get(&p, Request::new("GET", "/weather/oslo").with_endpoint("/weather/{city}").with_param("city", "oslo"));
+        let by_path = get(
+            &p,
+            Request::new("GET", "/weather/oslo")
+                .with_endpoint("/weather/{city}")
+                .with_param("city", "oslo"),
+        );
         let by_query = get(&p, Request::new("GET", "/weather").with_query("city=Oslo"));
         let by_default = get(&p, Request::new("GET", "/weather"));
         assert_eq!(by_path.0, 200);
@@ -320,12 +412,45 @@ mod tests {
     fn bad_requests_are_4xx_json() {
         let p = plugin(json!({"api_key": "k", "now": NOW}));
         assert_eq!(get(&p, Request::new("GET", "/weather")).0, 400);
-        assert_eq!(get(&p, Request::new("GET", "/weather").with_query("city=oslo&units=kelvin")).0, 400);
-        assert_eq!(get(&p, Request::new("GET", "/weather").with_query("city=oslo&days=0")).0, 400);
-        let (status, body) = get(&p, Request::new("GET", "/weather").with_query("city=atlantis"));
-        assert_eq!((status, &body["error"]), (404, &json!("unknown city \"atlantis\"")));
-        assert_eq!(get(&p, Request::new("DELETE", "/weather/oslo").with_param("city", "oslo")).0, 405);
-        let (status, body) = get(&p, Request::new("GET", "/weather/cities").with_endpoint("/weather/cities"));
-        assert_eq!((status, body["count"].as_u64()), (200, Some(CITIES.len() as u64)));
+        assert_eq!(
+            get(
+                &p,
+                Request::new("GET", "/weather").with_query("city=oslo&units=kelvin")
+            )
+            .0,
+            400
+        );
+        assert_eq!(
+            get(
+                &p,
+                Request::new("GET", "/weather").with_query("city=oslo&days=0")
+            )
+            .0,
+            400
+        );
+        let (status, body) = get(
+            &p,
+            Request::new("GET", "/weather").with_query("city=atlantis"),
+        );
+        assert_eq!(
+            (status, &body["error"]),
+            (404, &json!("unknown city \"atlantis\""))
+        );
+        assert_eq!(
+            get(
+                &p,
+                Request::new("DELETE", "/weather/oslo").with_param("city", "oslo")
+            )
+            .0,
+            405
+        );
+        let (status, body) = get(
+            &p,
+            Request::new("GET", "/weather/cities").with_endpoint("/weather/cities"),
+        );
+        assert_eq!(
+            (status, body["count"].as_u64()),
+            (200, Some(CITIES.len() as u64))
+        );
     }
 }

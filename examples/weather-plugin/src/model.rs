@@ -8,7 +8,7 @@
 use std::f64::consts::TAU;
 use std::fmt;
 
-use crate::clock::{self, DAY, UnixTime};
+use crate::clock::{self, UnixTime, DAY};
 
 /// Climate normals of one city.
 #[derive(Debug)]
@@ -76,7 +76,12 @@ pub static CITIES: &[City] = cities! {
 };
 
 /// Other spellings people use.
-const ALIASES: &[(&str, &str)] = &[("nyc", "new-york"), ("la", "los-angeles"), ("são-paulo", "sao-paulo"), ("cdmx", "mexico-city")];
+const ALIASES: &[(&str, &str)] = &[
+    ("nyc", "new-york"),
+    ("la", "los-angeles"),
+    ("são-paulo", "sao-paulo"),
+    ("cdmx", "mexico-city"),
+];
 
 /// The city called `name`, in any case, with spaces, `_` or `-` between words.
 pub fn find(name: &str) -> Option<&'static City> {
@@ -87,7 +92,10 @@ pub fn find(name: &str) -> Option<&'static City> {
         .filter(|w| !w.is_empty())
         .collect::<Vec<_>>()
         .join("-");
-    let key = ALIASES.iter().find(|(alias, _)| *alias == key).map_or(key.as_str(), |(_, k)| k);
+    let key = ALIASES
+        .iter()
+        .find(|(alias, _)| *alias == key)
+        .map_or(key.as_str(), |(_, k)| k);
     CITIES.iter().find(|c| c.key == key)
 }
 
@@ -161,7 +169,12 @@ fn round1(x: f64) -> f64 {
 /// the three, finished with splitmix64's mixer. Stable across runs and platforms.
 fn noise(city: &City, day: i64, purpose: &str) -> f64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in city.key.bytes().chain(day.to_le_bytes()).chain(purpose.bytes()) {
+    for byte in city
+        .key
+        .bytes()
+        .chain(day.to_le_bytes())
+        .chain(purpose.bytes())
+    {
         h = (h ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
     }
     h ^= h >> 30;
@@ -193,10 +206,17 @@ impl Day {
         let warmest = if city.latitude >= 0.0 { 200.0 } else { 17.0 };
         let season = (TAU * (clock::day_of_year(day) as f64 - warmest) / 365.25).cos();
         let mean_c = city.mean_c + city.seasonal_c * season + 3.0 * noise(city, day, "temperature");
-        let precipitation = (city.wetness * 100.0 + 30.0 * noise(city, day, "precipitation")).clamp(0.0, 100.0).round();
+        let precipitation = (city.wetness * 100.0 + 30.0 * noise(city, day, "precipitation"))
+            .clamp(0.0, 100.0)
+            .round();
         // Overcast, wet days swing less between night and day.
-        let range = city.diurnal_c * (1.0 + 0.25 * noise(city, day, "range")) * (1.0 - 0.4 * precipitation / 100.0);
-        let humidity = (city.humidity + 12.0 * noise(city, day, "humidity") + 0.15 * (precipitation - 50.0)).clamp(5.0, 100.0).round();
+        let range = city.diurnal_c
+            * (1.0 + 0.25 * noise(city, day, "range"))
+            * (1.0 - 0.4 * precipitation / 100.0);
+        let humidity =
+            (city.humidity + 12.0 * noise(city, day, "humidity") + 0.15 * (precipitation - 50.0))
+                .clamp(5.0, 100.0)
+                .round();
         Day {
             day,
             mean_c,
@@ -217,11 +237,29 @@ impl Day {
     pub fn condition(&self, temperature_c: f64, daytime: bool) -> &'static str {
         let freezing = temperature_c <= 0.5;
         match self.precipitation {
-            p if p >= 70.0 => if freezing { "snow" } else { "rain" },
-            p if p >= 50.0 => if freezing { "snow showers" } else { "showers" },
+            p if p >= 70.0 => {
+                if freezing {
+                    "snow"
+                } else {
+                    "rain"
+                }
+            }
+            p if p >= 50.0 => {
+                if freezing {
+                    "snow showers"
+                } else {
+                    "showers"
+                }
+            }
             p if p >= 30.0 => "cloudy",
             p if p >= 15.0 => "partly cloudy",
-            _ => if daytime { "sunny" } else { "clear" },
+            _ => {
+                if daytime {
+                    "sunny"
+                } else {
+                    "clear"
+                }
+            }
         }
     }
 }
@@ -236,13 +274,17 @@ pub fn local_time(city: &City, t: UnixTime) -> (i64, f64) {
 /// How warm it feels: the Australian apparent temperature (humidity and wind
 /// included), in °C.
 pub fn feels_like(temperature_c: f64, humidity: f64, wind_kmh: f64) -> f64 {
-    let vapour_pressure = humidity / 100.0 * 6.105 * (17.27 * temperature_c / (237.7 + temperature_c)).exp();
+    let vapour_pressure =
+        humidity / 100.0 * 6.105 * (17.27 * temperature_c / (237.7 + temperature_c)).exp();
     temperature_c + 0.33 * vapour_pressure - 0.70 * (wind_kmh / 3.6) - 4.0
 }
 
 /// The 16-point compass direction of a bearing.
 pub fn compass(degrees: f64) -> &'static str {
-    const POINTS: [&str; 16] = ["N", "NNE", "NE", "ENE", "E", "ESE", "SE", "SSE", "S", "SSW", "SW", "WSW", "W", "WNW", "NW", "NNW"];
+    const POINTS: [&str; 16] = [
+        "N", "NNE", "NE", "ENE", "E", "ESE", "SE", "SSE", "S", "SSW", "SW", "WSW", "W", "WNW",
+        "NW", "NNW",
+    ];
     POINTS[((degrees.rem_euclid(360.0) / 22.5).round() as usize) % 16]
 }
 
@@ -269,7 +311,9 @@ mod tests {
         assert!(CITIES.windows(2).all(|w| w[0].key < w[1].key));
         for c in CITIES {
             assert_eq!(find(c.key).map(|f| f.key), Some(c.key));
-            assert!((-90.0..=90.0).contains(&c.latitude) && (-180.0..=180.0).contains(&c.longitude));
+            assert!(
+                (-90.0..=90.0).contains(&c.latitude) && (-180.0..=180.0).contains(&c.longitude)
+            );
         }
     }
 
@@ -281,10 +325,20 @@ mod tests {
         assert_eq!(Day::of(oslo, july), Day::of(oslo, july));
         assert!(Day::of(oslo, july).mean_c > Day::of(oslo, january).mean_c + 10.0);
         let sydney = find("sydney").unwrap();
-        assert!(Day::of(sydney, january).mean_c > Day::of(sydney, july).mean_c, "seasons flip in the south");
+        assert!(
+            Day::of(sydney, january).mean_c > Day::of(sydney, july).mean_c,
+            "seasons flip in the south"
+        );
         let d = Day::of(oslo, july);
-        assert!(d.high_c > d.low_c && (0.0..=100.0).contains(&d.precipitation) && (5.0..=100.0).contains(&d.humidity));
-        assert!((d.temperature_at(15.0) - d.high_c).abs() < 1e-9 && (d.temperature_at(3.0) - d.low_c).abs() < 1e-9);
+        assert!(
+            d.high_c > d.low_c
+                && (0.0..=100.0).contains(&d.precipitation)
+                && (5.0..=100.0).contains(&d.humidity)
+        );
+        assert!(
+            (d.temperature_at(15.0) - d.high_c).abs() < 1e-9
+                && (d.temperature_at(3.0) - d.low_c).abs() < 1e-9
+        );
     }
 
     #[test]

@@ -64,7 +64,10 @@ struct Error {
 
 impl Error {
     fn new(span: Span, message: impl Into<String>) -> Self {
-        Error { message: message.into(), span }
+        Error {
+            message: message.into(),
+            span,
+        }
     }
 
     /// `compile_error!("...");`, pointing at the offending token.
@@ -75,7 +78,10 @@ impl Error {
         bang.set_span(self.span);
         let mut semi = Punct::new(';', Spacing::Alone);
         semi.set_span(self.span);
-        let mut group = Group::new(Delimiter::Parenthesis, TokenStream::from(TokenTree::Literal(literal)));
+        let mut group = Group::new(
+            Delimiter::Parenthesis,
+            TokenStream::from(TokenTree::Literal(literal)),
+        );
         group.set_span(self.span);
         TokenStream::from_iter([
             TokenTree::Ident(Ident::new("compile_error", self.span)),
@@ -91,7 +97,9 @@ fn parse_args(args: TokenStream) -> Result<bool, Error> {
     let tokens: Vec<TokenTree> = args.into_iter().collect();
     match tokens.as_slice() {
         [] => Ok(true),
-        [TokenTree::Punct(q), TokenTree::Ident(send)] if q.as_char() == '?' && send.to_string() == "Send" => {
+        [TokenTree::Punct(q), TokenTree::Ident(send)]
+            if q.as_char() == '?' && send.to_string() == "Send" =>
+        {
             Ok(false)
         }
         [first, ..] => Err(Error::new(
@@ -103,12 +111,17 @@ fn parse_args(args: TokenStream) -> Result<bool, Error> {
 
 fn expand(input: TokenStream, send: bool) -> Result<TokenStream, Error> {
     let mut tokens: Vec<TokenTree> = input.into_iter().collect();
-    let is_item = tokens.iter().any(|t| is_ident(t, "impl") || is_ident(t, "trait"));
+    let is_item = tokens
+        .iter()
+        .any(|t| is_ident(t, "impl") || is_ident(t, "trait"));
     let body = match tokens.last() {
         Some(TokenTree::Group(g)) if g.delimiter() == Delimiter::Brace && is_item => g.clone(),
         _ => {
             let span = tokens.first().map_or_else(Span::call_site, TokenTree::span);
-            return Err(Error::new(span, "#[async_trait] applies to a trait definition or an impl block"));
+            return Err(Error::new(
+                span,
+                "#[async_trait] applies to a trait definition or an impl block",
+            ));
         }
     };
     let mut group = Group::new(Delimiter::Brace, rewrite_items(body.stream(), send)?);
@@ -153,7 +166,8 @@ fn fn_keyword(tokens: &[TokenTree], start: usize) -> Option<usize> {
                 "fn" => return Some(i),
                 "pub" => {
                     i += 1;
-                    if matches!(tokens.get(i), Some(TokenTree::Group(g)) if g.delimiter() == Delimiter::Parenthesis) {
+                    if matches!(tokens.get(i), Some(TokenTree::Group(g)) if g.delimiter() == Delimiter::Parenthesis)
+                    {
                         i += 1;
                     }
                 }
@@ -194,15 +208,22 @@ fn fn_item_end(tokens: &[TokenTree], fn_at: usize) -> Result<usize, Error> {
             TokenTree::Punct(p) if p.as_char() == '>' && !is_arrow_tail(tokens, i) => {
                 depth = depth.saturating_sub(1)
             }
-            TokenTree::Group(g) if g.delimiter() == Delimiter::Parenthesis && depth == 0 => seen_params = true,
-            TokenTree::Group(g) if g.delimiter() == Delimiter::Brace && depth == 0 && seen_params => {
+            TokenTree::Group(g) if g.delimiter() == Delimiter::Parenthesis && depth == 0 => {
+                seen_params = true
+            }
+            TokenTree::Group(g)
+                if g.delimiter() == Delimiter::Brace && depth == 0 && seen_params =>
+            {
                 return Ok(i + 1)
             }
             TokenTree::Punct(p) if p.as_char() == ';' && depth == 0 => return Ok(i + 1),
             _ => {}
         }
     }
-    Err(Error::new(tokens[fn_at].span(), "#[async_trait] could not find the end of this function"))
+    Err(Error::new(
+        tokens[fn_at].span(),
+        "#[async_trait] could not find the end of this function",
+    ))
 }
 
 /// One past the end of a non-function item: its `;`, or the braces of `mac! {}`.
@@ -210,7 +231,11 @@ fn other_item_end(tokens: &[TokenTree], start: usize) -> usize {
     for i in start..tokens.len() {
         match &tokens[i] {
             TokenTree::Punct(p) if p.as_char() == ';' => return i + 1,
-            TokenTree::Group(g) if g.delimiter() == Delimiter::Brace && i > start && is_punct(tokens.get(i - 1), '!') => {
+            TokenTree::Group(g)
+                if g.delimiter() == Delimiter::Brace
+                    && i > start
+                    && is_punct(tokens.get(i - 1), '!') =>
+            {
                 return i + 1
             }
             _ => {}
@@ -221,7 +246,8 @@ fn other_item_end(tokens: &[TokenTree], start: usize) -> usize {
 
 /// True when the `>` at `i` is the second half of `->`.
 fn is_arrow_tail(tokens: &[TokenTree], i: usize) -> bool {
-    i > 0 && matches!(&tokens[i - 1], TokenTree::Punct(p) if p.as_char() == '-' && p.spacing() == Spacing::Joint)
+    i > 0
+        && matches!(&tokens[i - 1], TokenTree::Punct(p) if p.as_char() == '-' && p.spacing() == Spacing::Joint)
 }
 
 fn is_ident(token: &TokenTree, name: &str) -> bool {
@@ -235,7 +261,10 @@ fn is_punct(token: Option<&TokenTree>, c: char) -> bool {
 fn lifetime(name: &str, span: Span) -> [TokenTree; 2] {
     let mut tick = Punct::new('\'', Spacing::Joint);
     tick.set_span(span);
-    [TokenTree::Punct(tick), TokenTree::Ident(Ident::new(name, span))]
+    [
+        TokenTree::Punct(tick),
+        TokenTree::Ident(Ident::new(name, span)),
+    ]
 }
 
 fn tokens(source: &str) -> TokenStream {
@@ -244,7 +273,12 @@ fn tokens(source: &str) -> TokenStream {
 
 /// The rewrite of one `async fn` item (`item`, with `async` at `async_at` and `fn`
 /// at `fn_at`, both relative to the item).
-fn rewrite_async_fn(item: &[TokenTree], async_at: usize, fn_at: usize, send: bool) -> Result<Vec<TokenTree>, Error> {
+fn rewrite_async_fn(
+    item: &[TokenTree],
+    async_at: usize,
+    fn_at: usize,
+    send: bool,
+) -> Result<Vec<TokenTree>, Error> {
     let span = item[fn_at].span();
     let name = match item.get(fn_at + 1) {
         Some(TokenTree::Ident(id)) => id.clone(),
@@ -258,7 +292,10 @@ fn rewrite_async_fn(item: &[TokenTree], async_at: usize, fn_at: usize, send: boo
         let mut depth = 0usize;
         loop {
             let Some(t) = item.get(i) else {
-                return Err(Error::new(span, "unbalanced `<` in the generics of this function"));
+                return Err(Error::new(
+                    span,
+                    "unbalanced `<` in the generics of this function",
+                ));
             };
             match t {
                 TokenTree::Punct(p) if p.as_char() == '<' => depth += 1,
@@ -277,7 +314,12 @@ fn rewrite_async_fn(item: &[TokenTree], async_at: usize, fn_at: usize, send: boo
     }
     let params = match item.get(i) {
         Some(TokenTree::Group(g)) if g.delimiter() == Delimiter::Parenthesis => g.clone(),
-        _ => return Err(Error::new(span, "expected the parameter list of this function")),
+        _ => {
+            return Err(Error::new(
+                span,
+                "expected the parameter list of this function",
+            ))
+        }
     };
     i += 1;
 
@@ -291,7 +333,9 @@ fn rewrite_async_fn(item: &[TokenTree], async_at: usize, fn_at: usize, send: boo
         while i < last {
             match &item[i] {
                 TokenTree::Punct(p) if p.as_char() == '<' => depth += 1,
-                TokenTree::Punct(p) if p.as_char() == '>' && !is_arrow_tail(item, i) => depth = depth.saturating_sub(1),
+                TokenTree::Punct(p) if p.as_char() == '>' && !is_arrow_tail(item, i) => {
+                    depth = depth.saturating_sub(1)
+                }
                 t if depth == 0 && is_ident(t, "where") => break,
                 _ => {}
             }
@@ -307,7 +351,13 @@ fn rewrite_async_fn(item: &[TokenTree], async_at: usize, fn_at: usize, send: boo
     }
 
     let mut out: Vec<TokenTree> = Vec::new();
-    out.extend(item[..fn_at].iter().enumerate().filter(|&(k, _)| k != async_at).map(|(_, t)| t.clone()));
+    out.extend(
+        item[..fn_at]
+            .iter()
+            .enumerate()
+            .filter(|&(k, _)| k != async_at)
+            .map(|(_, t)| t.clone()),
+    );
     out.push(item[fn_at].clone());
     out.push(TokenTree::Ident(name));
 
@@ -320,12 +370,17 @@ fn rewrite_async_fn(item: &[TokenTree], async_at: usize, fn_at: usize, send: boo
     }
     out.push(TokenTree::Punct(Punct::new('>', Spacing::Alone)));
 
-    let mut new_params = Group::new(Delimiter::Parenthesis, rewrite_params(params.stream(), span));
+    let mut new_params = Group::new(
+        Delimiter::Parenthesis,
+        rewrite_params(params.stream(), span),
+    );
     new_params.set_span(params.span());
     out.push(TokenTree::Group(new_params));
 
     // -> Pin<Box<dyn Future<Output = Ret> + Send + 'async_trait>>
-    out.extend(tokens("-> ::core::pin::Pin<::std::boxed::Box<dyn ::core::future::Future<Output ="));
+    out.extend(tokens(
+        "-> ::core::pin::Pin<::std::boxed::Box<dyn ::core::future::Future<Output =",
+    ));
     out.extend(ret.iter().cloned());
     out.push(TokenTree::Punct(Punct::new('>', Spacing::Alone)));
     if send {
@@ -352,7 +407,10 @@ fn rewrite_async_fn(item: &[TokenTree], async_at: usize, fn_at: usize, send: boo
                 lifetime(&id.to_string(), Span::call_site()).to_vec()
             }
             [first, ..] if is_ident(first, "const") => continue,
-            [TokenTree::Ident(id), ..] => vec![TokenTree::Ident(Ident::new(&id.to_string(), Span::call_site()))],
+            [TokenTree::Ident(id), ..] => vec![TokenTree::Ident(Ident::new(
+                &id.to_string(),
+                Span::call_site(),
+            ))],
             _ => continue,
         };
         out.extend(bounded);
@@ -377,7 +435,10 @@ fn rewrite_async_fn(item: &[TokenTree], async_at: usize, fn_at: usize, send: boo
             let mut future: Vec<TokenTree> = tokens("async move").into_iter().collect();
             future.push(TokenTree::Group(block));
             let mut call: Vec<TokenTree> = tokens("::std::boxed::Box::pin").into_iter().collect();
-            call.push(TokenTree::Group(Group::new(Delimiter::Parenthesis, future.into_iter().collect())));
+            call.push(TokenTree::Group(Group::new(
+                Delimiter::Parenthesis,
+                future.into_iter().collect(),
+            )));
             let mut outer = Group::new(Delimiter::Brace, call.into_iter().collect());
             outer.set_span(body.span());
             out.push(TokenTree::Group(outer));
@@ -394,7 +455,9 @@ fn split_commas(tokens: &[TokenTree]) -> Vec<Vec<TokenTree>> {
     for (i, t) in tokens.iter().enumerate() {
         match t {
             TokenTree::Punct(p) if p.as_char() == '<' => depth += 1,
-            TokenTree::Punct(p) if p.as_char() == '>' && !is_arrow_tail(tokens, i) => depth = depth.saturating_sub(1),
+            TokenTree::Punct(p) if p.as_char() == '>' && !is_arrow_tail(tokens, i) => {
+                depth = depth.saturating_sub(1)
+            }
             TokenTree::Punct(p) if p.as_char() == ',' && depth == 0 => {
                 parts.push(Vec::new());
                 continue;
@@ -439,7 +502,10 @@ fn is_ref_receiver(param: &[TokenTree]) -> bool {
         return false;
     }
     param.iter().skip(1).any(|t| is_ident(t, "self"))
-        && param.iter().skip(1).all(|t| matches!(t, TokenTree::Ident(_)) || is_punct(Some(t), '\''))
+        && param
+            .iter()
+            .skip(1)
+            .all(|t| matches!(t, TokenTree::Ident(_)) || is_punct(Some(t), '\''))
 }
 
 /// The `:` between an argument's pattern and its type (not half of a `::`).
@@ -467,14 +533,24 @@ fn elide_lifetimes(tokens: &[TokenTree], span: Span) -> Vec<TokenTree> {
                     out.extend(lifetime(LIFETIME, span));
                 }
             }
-            TokenTree::Punct(p) if p.as_char() == '\'' && matches!(tokens.get(i + 1), Some(TokenTree::Ident(id)) if id.to_string() == "_") => {
+            TokenTree::Punct(p)
+                if p.as_char() == '\''
+                    && matches!(tokens.get(i + 1), Some(TokenTree::Ident(id)) if id.to_string() == "_") =>
+            {
                 out.extend(lifetime(LIFETIME, span));
                 i += 1;
             }
             TokenTree::Group(g) => {
-                let fn_sugar = i > 0 && ["Fn", "FnMut", "FnOnce"].iter().any(|f| is_ident(&tokens[i - 1], f));
+                let fn_sugar = i > 0
+                    && ["Fn", "FnMut", "FnOnce"]
+                        .iter()
+                        .any(|f| is_ident(&tokens[i - 1], f));
                 let inner: Vec<TokenTree> = g.stream().into_iter().collect();
-                let stream = if fn_sugar { g.stream() } else { elide_lifetimes(&inner, span).into_iter().collect() };
+                let stream = if fn_sugar {
+                    g.stream()
+                } else {
+                    elide_lifetimes(&inner, span).into_iter().collect()
+                };
                 let mut group = Group::new(g.delimiter(), stream);
                 group.set_span(g.span());
                 out.push(TokenTree::Group(group));

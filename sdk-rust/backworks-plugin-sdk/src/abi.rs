@@ -72,7 +72,8 @@ pub struct bw_header {
 }
 
 /// `void (*log)(void *ctx, int32_t level, const char *message, size_t message_len)`.
-pub type bw_log_fn = unsafe extern "C" fn(ctx: *mut c_void, level: i32, message: *const c_char, message_len: usize);
+pub type bw_log_fn =
+    unsafe extern "C" fn(ctx: *mut c_void, level: i32, message: *const c_char, message_len: usize);
 
 /// Host services, handed to `init` and valid until `shutdown` returns.
 #[repr(C)]
@@ -159,13 +160,15 @@ pub type bw_init_fn = unsafe extern "C" fn(
     error: *mut bw_response,
 ) -> i32;
 /// `handle`: serves one request.
-pub type bw_handle_fn = unsafe extern "C" fn(state: *mut c_void, req: *const bw_request, resp: *mut bw_response) -> i32;
+pub type bw_handle_fn =
+    unsafe extern "C" fn(state: *mut c_void, req: *const bw_request, resp: *mut bw_response) -> i32;
 /// `health`: reports 200 healthy, 429 degraded or 503 unhealthy, with JSON details.
 pub type bw_health_fn = unsafe extern "C" fn(state: *mut c_void, report: *mut bw_response) -> i32;
 /// `shutdown`: frees the state; called once, after the last call returned.
 pub type bw_shutdown_fn = unsafe extern "C" fn(state: *mut c_void);
 /// `on_request`: runs before an endpoint's handler; status 0 lets the request go on.
-pub type bw_on_request_fn = unsafe extern "C" fn(state: *mut c_void, req: *const bw_request, resp: *mut bw_response) -> i32;
+pub type bw_on_request_fn =
+    unsafe extern "C" fn(state: *mut c_void, req: *const bw_request, resp: *mut bw_response) -> i32;
 /// `on_response`: runs after the handler; status 0 keeps `upstream`.
 pub type bw_on_response_fn = unsafe extern "C" fn(
     state: *mut c_void,

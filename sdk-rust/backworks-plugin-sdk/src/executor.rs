@@ -76,6 +76,9 @@ mod tests {
 
     #[test]
     fn waits_for_a_wake_up_from_another_thread() {
-        assert_eq!(block_on(Flag(Arc::new(AtomicBool::new(false)), false)), "woken");
+        assert_eq!(
+            block_on(Flag(Arc::new(AtomicBool::new(false)), false)),
+            "woken"
+        );
     }
 }

@@ -15,7 +15,8 @@ use std::ptr;
 use std::sync::OnceLock;
 
 use crate::abi::{
-    bw_host, bw_plugin, bw_request, bw_response, BW_ABI_VERSION, BW_ABI_VERSION_MAJOR, BW_CANCELLED, BW_FAIL, BW_OK,
+    bw_host, bw_plugin, bw_request, bw_response, BW_ABI_VERSION, BW_ABI_VERSION_MAJOR,
+    BW_CANCELLED, BW_FAIL, BW_OK,
 };
 use crate::error::{PluginError, PluginResult};
 use crate::executor::block_on;
@@ -63,7 +64,13 @@ fn fallback_name(crate_name: &str) -> String {
     let mut name: String = crate_name
         .chars()
         .map(|c| c.to_ascii_lowercase())
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
         .take(64)
         .collect();
     if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
@@ -76,18 +83,36 @@ impl Descriptor {
     fn build<F: PluginFactory>() -> Descriptor {
         let probe = catch_unwind(|| {
             let p = F::create();
-            (p.name().to_owned(), p.version().to_owned(), p.description().to_owned(), p.flags(), p.hooks())
+            (
+                p.name().to_owned(),
+                p.version().to_owned(),
+                p.description().to_owned(),
+                p.flags(),
+                p.hooks(),
+            )
         });
         let ((name, version, description, flags, hooks), defect) = match probe {
             Ok(described) => {
                 let defect = (!is_valid_plugin_name(&described.0)).then(|| {
-                    format!("plugin name {:?} is invalid: expected [a-z0-9][a-z0-9_-]{{0,63}}", described.0)
+                    format!(
+                        "plugin name {:?} is invalid: expected [a-z0-9][a-z0-9_-]{{0,63}}",
+                        described.0
+                    )
                 });
                 (described, defect)
             }
             Err(payload) => {
-                let defect = format!("describing the plugin panicked: {}", panic_message(&*payload));
-                let fallback = (fallback_name(F::CRATE_NAME), F::CRATE_VERSION.to_owned(), String::new(), PluginFlags::NONE, Hooks::NONE);
+                let defect = format!(
+                    "describing the plugin panicked: {}",
+                    panic_message(&*payload)
+                );
+                let fallback = (
+                    fallback_name(F::CRATE_NAME),
+                    F::CRATE_VERSION.to_owned(),
+                    String::new(),
+                    PluginFlags::NONE,
+                    Hooks::NONE,
+                );
                 (fallback, Some(defect))
             }
         };
@@ -105,10 +130,22 @@ impl Descriptor {
             handle: Some(handle::<F>),
             health: Some(health::<F>),
             shutdown: Some(shutdown::<F>),
-            on_request: if hooks.on_request { Some(on_request::<F>) } else { None },
-            on_response: if hooks.on_response { Some(on_response::<F>) } else { None },
+            on_request: if hooks.on_request {
+                Some(on_request::<F>)
+            } else {
+                None
+            },
+            on_response: if hooks.on_response {
+                Some(on_response::<F>)
+            } else {
+                None
+            },
         };
-        Descriptor { raw, _strings: strings, defect }
+        Descriptor {
+            raw,
+            _strings: strings,
+            defect,
+        }
     }
 }
 
@@ -161,7 +198,11 @@ unsafe fn with_instance<F: PluginFactory, R>(
 }
 
 /// Turns the outcome of a call that answers a response into a return code.
-unsafe fn answer(out: *mut bw_response, outcome: std::thread::Result<PluginResult<Option<Response>>>, call: &str) -> i32 {
+unsafe fn answer(
+    out: *mut bw_response,
+    outcome: std::thread::Result<PluginResult<Option<Response>>>,
+    call: &str,
+) -> i32 {
     match outcome {
         Ok(Ok(Some(response))) => {
             response.write_to(out);
@@ -174,7 +215,10 @@ unsafe fn answer(out: *mut bw_response, outcome: std::thread::Result<PluginResul
             BW_FAIL
         }
         Err(payload) => {
-            write_failure(out, &format!("{call} panicked: {}", panic_message(&*payload)));
+            write_failure(
+                out,
+                &format!("{call} panicked: {}", panic_message(&*payload)),
+            );
             BW_FAIL
         }
     }
@@ -223,13 +267,20 @@ unsafe extern "C" fn init<F: PluginFactory>(
             BW_FAIL
         }
         Err(payload) => {
-            write_failure(error, &format!("initialize panicked: {}", panic_message(&*payload)));
+            write_failure(
+                error,
+                &format!("initialize panicked: {}", panic_message(&*payload)),
+            );
             BW_FAIL
         }
     }
 }
 
-unsafe extern "C" fn handle<F: PluginFactory>(state: *mut c_void, req: *const bw_request, resp: *mut bw_response) -> i32 {
+unsafe extern "C" fn handle<F: PluginFactory>(
+    state: *mut c_void,
+    req: *const bw_request,
+    resp: *mut bw_response,
+) -> i32 {
     if state.is_null() || req.is_null() || resp.is_null() {
         write_failure(resp, "handle called with a NULL pointer");
         return BW_FAIL;
@@ -248,13 +299,18 @@ unsafe extern "C" fn health<F: PluginFactory>(state: *mut c_void, report: *mut b
     }
     let outcome = with_instance::<F, _>(state, |plugin| {
         // An Err is a report too: unhealthy, with the reason.
-        let health = block_on(plugin.health_check()).unwrap_or_else(|e| PluginHealth::unhealthy(e.to_string()));
+        let health = block_on(plugin.health_check())
+            .unwrap_or_else(|e| PluginHealth::unhealthy(e.to_string()));
         Ok(Some(health.to_response()))
     });
     answer(report, outcome, "health_check")
 }
 
-unsafe extern "C" fn on_request<F: PluginFactory>(state: *mut c_void, req: *const bw_request, resp: *mut bw_response) -> i32 {
+unsafe extern "C" fn on_request<F: PluginFactory>(
+    state: *mut c_void,
+    req: *const bw_request,
+    resp: *mut bw_response,
+) -> i32 {
     if state.is_null() || req.is_null() || resp.is_null() {
         write_failure(resp, "on_request called with a NULL pointer");
         return BW_FAIL;
@@ -298,7 +354,10 @@ unsafe extern "C" fn shutdown<F: PluginFactory>(state: *mut c_void) {
         drop(instance);
     }));
     if let Err(payload) = outcome {
-        host.log(LogLevel::Error, &format!("shutdown panicked: {}", panic_message(&*payload)));
+        host.log(
+            LogLevel::Error,
+            &format!("shutdown panicked: {}", panic_message(&*payload)),
+        );
     }
     // After this the host's memory may be freed: no more logging through it.
     host::unregister(&host);
@@ -318,6 +377,8 @@ mod tests {
     #[test]
     fn empty_config_is_an_empty_object() {
         assert_eq!(parse_config(b" \n").unwrap(), Value::Object(Map::new()));
-        assert!(parse_config(b"{").unwrap_err().starts_with("config is not valid JSON"));
+        assert!(parse_config(b"{")
+            .unwrap_err()
+            .starts_with("config is not valid JSON"));
     }
 }

@@ -93,7 +93,14 @@ impl Host {
     /// `raw` must be NULL or valid until [`disconnect`](Host::disconnect) is called.
     pub(crate) unsafe fn from_raw(raw: *const bw_host) -> Host {
         let Some(raw) = raw.as_ref() else {
-            return Host { inner: Some(Arc::new(Inner { ctx: std::ptr::null_mut(), log: None, abi_version: 0, connected: RwLock::new(false) })) };
+            return Host {
+                inner: Some(Arc::new(Inner {
+                    ctx: std::ptr::null_mut(),
+                    log: None,
+                    abi_version: 0,
+                    connected: RwLock::new(false),
+                })),
+            };
         };
         // A host of ABI 1.x has every 1.0 field; a shorter struct would be a broken host.
         let has_log = raw.struct_size as usize >= std::mem::size_of::<bw_host>();
@@ -111,7 +118,10 @@ impl Host {
     /// log calls in flight on other threads.
     pub(crate) fn disconnect(&self) {
         if let Some(inner) = &self.inner {
-            *inner.connected.write().unwrap_or_else(PoisonError::into_inner) = false;
+            *inner
+                .connected
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = false;
         }
     }
 
@@ -124,7 +134,9 @@ impl Host {
 
     /// True while the instance this host belongs to is alive (false when detached).
     pub fn is_connected(&self) -> bool {
-        self.inner.as_ref().is_some_and(|i| *i.connected.read().unwrap_or_else(PoisonError::into_inner))
+        self.inner
+            .as_ref()
+            .is_some_and(|i| *i.connected.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// `BW_ABI_VERSION` of the host, or `None` when detached.
@@ -138,11 +150,21 @@ impl Host {
             eprintln!("[backworks plugin] {level}: {message}");
             return;
         };
-        let connected = inner.connected.read().unwrap_or_else(PoisonError::into_inner);
+        let connected = inner
+            .connected
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         if let (true, Some(log)) = (*connected, inner.log) {
             // SAFETY: the host keeps `ctx` and `log` valid until shutdown returns,
             // and shutdown cannot return while this read guard is held.
-            unsafe { log(inner.ctx, level.as_i32(), message.as_ptr().cast(), message.len()) };
+            unsafe {
+                log(
+                    inner.ctx,
+                    level.as_i32(),
+                    message.as_ptr().cast(),
+                    message.len(),
+                )
+            };
         }
     }
 
@@ -192,7 +214,12 @@ static LIVE: Mutex<Vec<Host>> = Mutex::new(Vec::new());
 pub fn host() -> Host {
     let current = CURRENT.try_with(|c| c.borrow().clone()).ok().flatten();
     current
-        .or_else(|| LIVE.lock().unwrap_or_else(PoisonError::into_inner).last().cloned())
+        .or_else(|| {
+            LIVE.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .last()
+                .cloned()
+        })
         .unwrap_or_else(Host::detached)
 }
 
@@ -203,7 +230,10 @@ pub(crate) struct Scope {
 
 impl Scope {
     pub(crate) fn enter(host: &Host) -> Scope {
-        let previous = CURRENT.try_with(|c| c.replace(Some(host.clone()))).ok().flatten();
+        let previous = CURRENT
+            .try_with(|c| c.replace(Some(host.clone())))
+            .ok()
+            .flatten();
         Scope { previous }
     }
 }
@@ -217,12 +247,16 @@ impl Drop for Scope {
 
 /// Records a newly initialised instance's host as live.
 pub(crate) fn register(host: &Host) {
-    LIVE.lock().unwrap_or_else(PoisonError::into_inner).push(host.clone());
+    LIVE.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(host.clone());
 }
 
 /// Forgets a host at shutdown and disconnects it.
 pub(crate) fn unregister(host: &Host) {
-    LIVE.lock().unwrap_or_else(PoisonError::into_inner).retain(|h| !h.same(host));
+    LIVE.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .retain(|h| !h.same(host));
     host.disconnect();
 }
 

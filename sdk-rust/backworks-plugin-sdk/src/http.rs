@@ -99,7 +99,8 @@ impl Request {
 
     /// With one more header (the name is lower-cased, as the host does).
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Request {
-        self.headers.push((name.into().to_ascii_lowercase(), value.into()));
+        self.headers
+            .push((name.into().to_ascii_lowercase(), value.into()));
         self
     }
 
@@ -117,12 +118,18 @@ impl Request {
 
     /// The path parameter `name` (e.g. `"city"` of `/weather/{city}`).
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The first header called `name`, in any case.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// The query's `name=value` pairs, percent-decoded (`+` is a space).
@@ -139,7 +146,10 @@ impl Request {
 
     /// The first query parameter called `name`, percent-decoded.
     pub fn query_param(&self, name: &str) -> Option<String> {
-        self.query_pairs().into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
+        self.query_pairs()
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
     }
 
     /// The body as text, when it is UTF-8.
@@ -231,7 +241,10 @@ fn percent_decode(s: &str) -> String {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' => {
-                match (bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+                match (
+                    bytes.get(i + 1).copied().and_then(hex),
+                    bytes.get(i + 2).copied().and_then(hex),
+                ) {
                     (Some(h), Some(l)) => {
                         out.push(h * 16 + l);
                         i += 2;
@@ -266,7 +279,10 @@ unsafe fn pairs(ptr: *const bw_header, len: usize) -> Vec<(String, String)> {
     if ptr.is_null() || len == 0 {
         return Vec::new();
     }
-    std::slice::from_raw_parts(ptr, len).iter().map(|h| (text(&h.name), text(&h.value))).collect()
+    std::slice::from_raw_parts(ptr, len)
+        .iter()
+        .map(|h| (text(&h.name), text(&h.value)))
+        .collect()
 }
 
 /// One HTTP response from the plugin.
@@ -296,7 +312,12 @@ pub struct Response {
 impl Response {
     /// An empty response with `status`.
     pub fn new(status: u16) -> Response {
-        Response { status, content_type: String::new(), headers: Vec::new(), body: Vec::new() }
+        Response {
+            status,
+            content_type: String::new(),
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
     }
 
     /// `value` serialised as the JSON body.
@@ -316,7 +337,9 @@ impl Response {
 
     /// Plain text (`text/plain; charset=utf-8`).
     pub fn text(status: u16, text: impl Into<String>) -> Response {
-        Response::new(status).with_content_type(TEXT_PLAIN).with_body(text.into())
+        Response::new(status)
+            .with_content_type(TEXT_PLAIN)
+            .with_body(text.into())
     }
 
     /// The JSON error envelope `{"error": message}`, for deliberate 4xx/5xx answers.
@@ -364,7 +387,10 @@ impl Response {
 
     /// The first header called `name`, in any case.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// Copies a response the host hands in (the `upstream` of `on_response`).
@@ -394,13 +420,28 @@ impl Response {
         });
         // The `bw_header`s point into the strings' heap buffers, which stay put when
         // the block moves; the block itself lives on the heap until `release`.
-        block.headers = block.pairs.iter().map(|(k, v)| bw_header { name: str_of(k), value: str_of(v) }).collect();
+        block.headers = block
+            .pairs
+            .iter()
+            .map(|(k, v)| bw_header {
+                name: str_of(k),
+                value: str_of(v),
+            })
+            .collect();
         let out = &mut *out;
         out.status = i32::from(self.status);
         out.content_type = str_of(&block.content_type);
-        out.headers = if block.headers.is_empty() { std::ptr::null() } else { block.headers.as_ptr() };
+        out.headers = if block.headers.is_empty() {
+            std::ptr::null()
+        } else {
+            block.headers.as_ptr()
+        };
         out.headers_len = block.headers.len();
-        out.body = if block.body.is_empty() { std::ptr::null() } else { block.body.as_ptr() };
+        out.body = if block.body.is_empty() {
+            std::ptr::null()
+        } else {
+            block.body.as_ptr()
+        };
         out.body_len = block.body.len();
         out.release = Some(release_block);
         out.release_data = Box::into_raw(block).cast::<c_void>();
@@ -416,7 +457,14 @@ struct Block {
 }
 
 fn str_of(s: &str) -> bw_str {
-    bw_str { ptr: if s.is_empty() { std::ptr::null() } else { s.as_ptr().cast() }, len: s.len() }
+    bw_str {
+        ptr: if s.is_empty() {
+            std::ptr::null()
+        } else {
+            s.as_ptr().cast()
+        },
+        len: s.len(),
+    }
 }
 
 /// The `release` callback of every response the SDK writes.
@@ -444,7 +492,8 @@ mod tests {
 
     #[test]
     fn decodes_query_parameters() {
-        let req = Request::new("GET", "/w").with_query("city=new+york&units=%69mperial&bad=%zz&flag&=x&e=%E2%82%AC");
+        let req = Request::new("GET", "/w")
+            .with_query("city=new+york&units=%69mperial&bad=%zz&flag&=x&e=%E2%82%AC");
         assert_eq!(req.query_param("city").as_deref(), Some("new york"));
         assert_eq!(req.query_param("units").as_deref(), Some("imperial"));
         assert_eq!(req.query_param("bad").as_deref(), Some("%zz"));
@@ -465,7 +514,9 @@ mod tests {
     #[test]
     fn written_responses_point_into_one_released_block() {
         let mut raw: bw_response = unsafe { std::mem::zeroed() };
-        let resp = Response::text(201, "hello").with_header("x-a", "1").with_header("x-b", "");
+        let resp = Response::text(201, "hello")
+            .with_header("x-a", "1")
+            .with_header("x-b", "");
         unsafe { resp.clone().write_to(&mut raw) };
         let copied = unsafe { Response::from_raw(&raw) };
         assert_eq!(copied, resp);

@@ -158,8 +158,13 @@ impl Map {
     }
 
     fn reindex(&mut self) {
-        self.index = (self.entries.len() > INDEX_THRESHOLD)
-            .then(|| self.entries.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect());
+        self.index = (self.entries.len() > INDEX_THRESHOLD).then(|| {
+            self.entries
+                .iter()
+                .enumerate()
+                .map(|(i, (k, _))| (k.clone(), i))
+                .collect()
+        });
     }
 
     /// The value of `key`.
@@ -259,7 +264,10 @@ impl IntoIterator for Map {
 
 impl<'a> IntoIterator for &'a Map {
     type Item = (&'a String, &'a Value);
-    type IntoIter = std::iter::Map<std::slice::Iter<'a, (String, Value)>, fn(&'a (String, Value)) -> (&'a String, &'a Value)>;
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (String, Value)>,
+        fn(&'a (String, Value)) -> (&'a String, &'a Value),
+    >;
     fn into_iter(self) -> Self::IntoIter {
         self.entries.iter().map(|(k, v)| (k, v))
     }
@@ -442,8 +450,9 @@ impl JsonIndex for usize {
         match v {
             Value::Array(a) => {
                 let len = a.len();
-                a.get_mut(*self)
-                    .unwrap_or_else(|| panic!("cannot access index {self} of a JSON array of length {len}"))
+                a.get_mut(*self).unwrap_or_else(|| {
+                    panic!("cannot access index {self} of a JSON array of length {len}")
+                })
             }
             other => panic!("cannot access index {self} of JSON {}", other.type_name()),
         }
@@ -648,7 +657,11 @@ impl<T: ToJson> ToJson for Vec<T> {
 }
 impl<K: AsRef<str>, V: ToJson> ToJson for BTreeMap<K, V> {
     fn to_json(&self) -> Value {
-        Value::Object(self.iter().map(|(k, v)| (k.as_ref().to_owned(), v.to_json())).collect())
+        Value::Object(
+            self.iter()
+                .map(|(k, v)| (k.as_ref().to_owned(), v.to_json()))
+                .collect(),
+        )
     }
 }
 impl<K: AsRef<str>, V: ToJson, S> ToJson for HashMap<K, V, S> {
@@ -656,7 +669,12 @@ impl<K: AsRef<str>, V: ToJson, S> ToJson for HashMap<K, V, S> {
     fn to_json(&self) -> Value {
         let mut pairs: Vec<(&str, &V)> = self.iter().map(|(k, v)| (k.as_ref(), v)).collect();
         pairs.sort_by(|a, b| a.0.cmp(b.0));
-        Value::Object(pairs.into_iter().map(|(k, v)| (k.to_owned(), v.to_json())).collect())
+        Value::Object(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_json()))
+                .collect(),
+        )
     }
 }
 
@@ -989,7 +1007,11 @@ impl JsonError {
 
 impl fmt::Display for JsonError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} at line {} column {}", self.message, self.line, self.column)
+        write!(
+            f,
+            "{} at line {} column {}",
+            self.message, self.line, self.column
+        )
     }
 }
 
@@ -1000,7 +1022,12 @@ const MAX_DEPTH: usize = 128;
 
 /// Parses JSON text (RFC 8259: one value, surrounded by optional whitespace).
 pub fn from_str(text: &str) -> Result<Value, JsonError> {
-    let mut parser = Parser { text, bytes: text.as_bytes(), pos: 0, depth: 0 };
+    let mut parser = Parser {
+        text,
+        bytes: text.as_bytes(),
+        pos: 0,
+        depth: 0,
+    };
     parser.skip_whitespace();
     let value = parser.value()?;
     parser.skip_whitespace();
@@ -1017,7 +1044,11 @@ pub fn from_slice(bytes: &[u8]) -> Result<Value, JsonError> {
         Err(e) => {
             let valid = std::str::from_utf8(&bytes[..e.valid_up_to()]).expect("valid prefix");
             let (line, column) = location(valid, valid.len());
-            Err(JsonError { message: "invalid UTF-8".into(), line, column: column + 1 })
+            Err(JsonError {
+                message: "invalid UTF-8".into(),
+                line,
+                column: column + 1,
+            })
         }
     }
 }
@@ -1051,7 +1082,11 @@ impl Parser<'_> {
             pos -= 1;
         }
         let (line, column) = location(self.text, pos);
-        JsonError { message: message.to_owned(), line, column: column + 1 }
+        JsonError {
+            message: message.to_owned(),
+            line,
+            column: column + 1,
+        }
     }
 
     fn peek(&self) -> Option<u8> {
@@ -1087,7 +1122,10 @@ impl Parser<'_> {
         }
     }
 
-    fn nested(&mut self, parse: fn(&mut Self) -> Result<Value, JsonError>) -> Result<Value, JsonError> {
+    fn nested(
+        &mut self,
+        parse: fn(&mut Self) -> Result<Value, JsonError>,
+    ) -> Result<Value, JsonError> {
         if self.depth == MAX_DEPTH {
             return Err(self.error("JSON nested too deeply"));
         }
@@ -1155,7 +1193,10 @@ impl Parser<'_> {
     }
 
     fn hex4(&mut self) -> Result<u32, JsonError> {
-        let digits = self.bytes.get(self.pos..self.pos + 4).ok_or_else(|| self.error("truncated \\u escape"))?;
+        let digits = self
+            .bytes
+            .get(self.pos..self.pos + 4)
+            .ok_or_else(|| self.error("truncated \\u escape"))?;
         let text = std::str::from_utf8(digits).map_err(|_| self.error("invalid \\u escape"))?;
         let code = u32::from_str_radix(text, 16).map_err(|_| self.error("invalid \\u escape"))?;
         if !digits.iter().all(u8::is_ascii_hexdigit) {
@@ -1186,7 +1227,9 @@ impl Parser<'_> {
                 }
                 Some(b'\\') => {
                     self.pos += 1;
-                    let escape = self.peek().ok_or_else(|| self.error("unterminated string"))?;
+                    let escape = self
+                        .peek()
+                        .ok_or_else(|| self.error("unterminated string"))?;
                     self.pos += 1;
                     match escape {
                         b'"' => out.push('"'),
@@ -1212,7 +1255,8 @@ impl Parser<'_> {
                             } else {
                                 first
                             };
-                            let c = char::from_u32(code).ok_or_else(|| self.error("unpaired surrogate in \\u escape"))?;
+                            let c = char::from_u32(code)
+                                .ok_or_else(|| self.error("unpaired surrogate in \\u escape"))?;
                             out.push(c);
                         }
                         _ => {
@@ -1270,7 +1314,11 @@ impl Parser<'_> {
             // Integers stay exact when they fit 64 bits, and become floats otherwise.
             if negative {
                 if let Ok(i) = text.parse::<i64>() {
-                    return Ok(Value::Number(Number(if i == 0 { N::PosInt(0) } else { N::NegInt(i) })));
+                    return Ok(Value::Number(Number(if i == 0 {
+                        N::PosInt(0)
+                    } else {
+                        N::NegInt(i)
+                    })));
                 }
             } else if let Ok(u) = text.parse::<u64>() {
                 return Ok(Value::Number(Number(N::PosInt(u))));
@@ -1315,7 +1363,21 @@ mod tests {
 
     #[test]
     fn refuses_invalid_json_with_a_location() {
-        for bad in ["", "{", "[1,]", "{\"a\" 1}", "01", "1.", "-", "tru", "\"a", "[1] 2", "{\"a\":1,}", "\"\t\"", "nul"] {
+        for bad in [
+            "",
+            "{",
+            "[1,]",
+            "{\"a\" 1}",
+            "01",
+            "1.",
+            "-",
+            "tru",
+            "\"a",
+            "[1] 2",
+            "{\"a\":1,}",
+            "\"\t\"",
+            "nul",
+        ] {
             assert!(from_str(bad).is_err(), "{bad:?} parsed");
         }
         let e = from_str("{\n  \"a\": ?\n}").unwrap_err();
@@ -1340,7 +1402,10 @@ mod tests {
         assert_eq!(json!(f64::NAN), Value::Null);
         assert_eq!(from_str("-0").unwrap().as_i64(), Some(0));
         assert_eq!(from_str("1E2").unwrap().as_f64(), Some(100.0));
-        assert_eq!(from_str("1e400").unwrap_err().message(), "number out of range");
+        assert_eq!(
+            from_str("1e400").unwrap_err().message(),
+            "number out of range"
+        );
         assert_ne!(json!(1), json!(1.0));
     }
 
@@ -1371,7 +1436,10 @@ mod tests {
     #[test]
     fn pretty_output_is_indented() {
         let v = json!({"a": [1, {}], "b": []});
-        assert_eq!(v.to_string_pretty(), "{\n  \"a\": [\n    1,\n    {}\n  ],\n  \"b\": []\n}");
+        assert_eq!(
+            v.to_string_pretty(),
+            "{\n  \"a\": [\n    1,\n    {}\n  ],\n  \"b\": []\n}"
+        );
     }
 
     #[test]
@@ -1380,10 +1448,16 @@ mod tests {
             name: String,
             tags: Vec<String>,
         }
-        let owner = Owner { name: "ada".into(), tags: vec!["x".into()] };
+        let owner = Owner {
+            name: "ada".into(),
+            tags: vec!["x".into()],
+        };
         let n: Option<u8> = None;
         let v = json!({"name": owner.name, "tags": owner.tags, "n": n, "sum": 1 + 2, "neg": -4, "list": [owner.name, -1.5,],});
         assert_eq!(owner.name, "ada"); // not moved
-        assert_eq!(v.to_string(), r#"{"name":"ada","tags":["x"],"n":null,"sum":3,"neg":-4,"list":["ada",-1.5]}"#);
+        assert_eq!(
+            v.to_string(),
+            r#"{"name":"ada","tags":["x"],"n":null,"sum":3,"neg":-4,"list":["ada",-1.5]}"#
+        );
     }
 }

@@ -69,7 +69,9 @@ pub use executor::block_on;
 pub use host::{host, Host, LogLevel};
 pub use http::{Request, Response, TEXT_PLAIN};
 pub use json::{Map, Number, ToJson, Value};
-pub use plugin::{is_valid_plugin_name, BackworksPlugin, HealthStatus, Hooks, PluginFlags, PluginHealth};
+pub use plugin::{
+    is_valid_plugin_name, BackworksPlugin, HealthStatus, Hooks, PluginFlags, PluginHealth,
+};
 
 /// The README's Rust examples, compiled and run as doctests so they stay true.
 #[cfg(doctest)]
@@ -125,7 +127,9 @@ macro_rules! export_plugin {
 
             /// The Backworks plugin ABI's one exported symbol.
             #[unsafe(no_mangle)]
-            pub extern "C" fn backworks_plugin_entry(host_abi_version: u32) -> *const $crate::abi::bw_plugin {
+            pub extern "C" fn backworks_plugin_entry(
+                host_abi_version: u32,
+            ) -> *const $crate::abi::bw_plugin {
                 $crate::export::entry::<Factory>(host_abi_version)
             }
         };

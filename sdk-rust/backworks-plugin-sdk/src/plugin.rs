@@ -118,7 +118,12 @@ pub trait BackworksPlugin: Send + Sync {
     /// gave none), the method and the body as text. `Some(text)` answers 200 with
     /// it (as JSON when it parses as JSON, as plain text otherwise); `None` answers
     /// 404 with a JSON error. Used by the default [`handle`](BackworksPlugin::handle).
-    async fn process_endpoint_data(&self, endpoint: &str, method: &str, data: &str) -> PluginResult<Option<String>> {
+    async fn process_endpoint_data(
+        &self,
+        endpoint: &str,
+        method: &str,
+        data: &str,
+    ) -> PluginResult<Option<String>> {
         let _ = (endpoint, method, data);
         Ok(None)
     }
@@ -132,15 +137,30 @@ pub trait BackworksPlugin: Send + Sync {
     /// breaker; `Err(PluginError::Cancelled)` tells the host the call stopped
     /// because [`Request::is_cancelled`] became true.
     async fn handle(&self, req: &Request) -> PluginResult<Response> {
-        let endpoint = if req.endpoint.is_empty() { &req.path } else { &req.endpoint };
+        let endpoint = if req.endpoint.is_empty() {
+            &req.path
+        } else {
+            &req.endpoint
+        };
         let data = String::from_utf8_lossy(&req.body);
-        match self.process_endpoint_data(endpoint, &req.method, &data).await? {
+        match self
+            .process_endpoint_data(endpoint, &req.method, &data)
+            .await?
+        {
             Some(text) => Ok(if crate::json::from_str(&text).is_ok() {
                 Response::json_text(200, text)
             } else {
                 Response::text(200, text)
             }),
-            None => Ok(Response::error(404, format!("{} does not handle {} {}", self.name(), req.method, endpoint))),
+            None => Ok(Response::error(
+                404,
+                format!(
+                    "{} does not handle {} {}",
+                    self.name(),
+                    req.method,
+                    endpoint
+                ),
+            )),
         }
     }
 
@@ -154,7 +174,11 @@ pub trait BackworksPlugin: Send + Sync {
 
     /// Runs after the handler (when [`hooks`](BackworksPlugin::hooks) asks for it).
     /// `None` keeps `upstream`; `Some` replaces it. Default: `None`.
-    async fn on_response(&self, req: &Request, upstream: &Response) -> PluginResult<Option<Response>> {
+    async fn on_response(
+        &self,
+        req: &Request,
+        upstream: &Response,
+    ) -> PluginResult<Option<Response>> {
         let _ = (req, upstream);
         Ok(None)
     }
@@ -212,13 +236,25 @@ pub struct Hooks {
 
 impl Hooks {
     /// No hooks.
-    pub const NONE: Hooks = Hooks { on_request: false, on_response: false };
+    pub const NONE: Hooks = Hooks {
+        on_request: false,
+        on_response: false,
+    };
     /// Only `on_request`.
-    pub const ON_REQUEST: Hooks = Hooks { on_request: true, on_response: false };
+    pub const ON_REQUEST: Hooks = Hooks {
+        on_request: true,
+        on_response: false,
+    };
     /// Only `on_response`.
-    pub const ON_RESPONSE: Hooks = Hooks { on_request: false, on_response: true };
+    pub const ON_RESPONSE: Hooks = Hooks {
+        on_request: false,
+        on_response: true,
+    };
     /// Both hooks.
-    pub const ALL: Hooks = Hooks { on_request: true, on_response: true };
+    pub const ALL: Hooks = Hooks {
+        on_request: true,
+        on_response: true,
+    };
 }
 
 /// How a plugin instance is doing.
@@ -280,7 +316,11 @@ pub struct PluginHealth {
 impl PluginHealth {
     /// A report with `status` and `message` and no details.
     pub fn new(status: HealthStatus, message: impl Into<String>) -> PluginHealth {
-        PluginHealth { status, message: message.into(), details: Map::new() }
+        PluginHealth {
+            status,
+            message: message.into(),
+            details: Map::new(),
+        }
     }
 
     /// A healthy report.
@@ -325,5 +365,7 @@ pub fn is_valid_plugin_name(name: &str) -> bool {
     let bytes = name.as_bytes();
     matches!(bytes.first(), Some(b'a'..=b'z' | b'0'..=b'9'))
         && bytes.len() <= 64
-        && bytes.iter().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'))
+        && bytes
+            .iter()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'))
 }

@@ -11,12 +11,22 @@ pub struct MyPlugin;
 
 #[async_trait]
 impl BackworksPlugin for MyPlugin {
-    fn name(&self) -> &str { "my-plugin" }
-    fn version(&self) -> &str { "1.0.0" }
-    fn description(&self) -> &str { "My awesome plugin" }
+    fn name(&self) -> &str {
+        "my-plugin"
+    }
+    fn version(&self) -> &str {
+        "1.0.0"
+    }
+    fn description(&self) -> &str {
+        "My awesome plugin"
+    }
 
-    async fn process_endpoint_data(&self, endpoint: &str, method: &str, data: &str)
-        -> PluginResult<Option<String>> {
+    async fn process_endpoint_data(
+        &self,
+        endpoint: &str,
+        method: &str,
+        data: &str,
+    ) -> PluginResult<Option<String>> {
         // Plugin logic here
         let _ = (endpoint, method, data);
         Ok(Some("Plugin response".to_string()))
@@ -38,12 +48,19 @@ impl BackworksPlugin for Weather {
     }
 
     async fn initialize(&self, config: &Value) -> PluginResult<()> {
-        let key = config["api_key"].as_str().ok_or_else(|| PluginError::config("api_key is required"))?;
+        let key = config["api_key"]
+            .as_str()
+            .ok_or_else(|| PluginError::config("api_key is required"))?;
         *self.api_key.lock().unwrap() = Some(key.to_owned());
         Ok(())
     }
 
-    async fn process_endpoint_data(&self, endpoint: &str, method: &str, _data: &str) -> PluginResult<Option<String>> {
+    async fn process_endpoint_data(
+        &self,
+        endpoint: &str,
+        method: &str,
+        _data: &str,
+    ) -> PluginResult<Option<String>> {
         if (endpoint, method) != ("/weather", "GET") {
             return Ok(None);
         }
@@ -56,7 +73,10 @@ fn the_seed_plugin_answers_through_the_default_handle() {
     let resp = block_on(MyPlugin.handle(&Request::new("GET", "/anything"))).unwrap();
     assert_eq!(resp.status, 200);
     assert_eq!(resp.body_str(), Some("Plugin response"));
-    assert_eq!(resp.content_type, TEXT_PLAIN, "a body that is not JSON is sent as text");
+    assert_eq!(
+        resp.content_type, TEXT_PLAIN,
+        "a body that is not JSON is sent as text"
+    );
     assert_eq!(MyPlugin.description(), "My awesome plugin");
 }
 
@@ -69,11 +89,17 @@ fn process_endpoint_data_none_is_a_json_404_and_json_text_is_json() {
 
     let hit = block_on(plugin.handle(&Request::new("GET", "/weather"))).unwrap();
     assert_eq!((hit.status, hit.content_type.as_str()), (200, ""));
-    assert_eq!(hit.body_json().unwrap(), json!({"temperature": 25, "humidity": 60}));
+    assert_eq!(
+        hit.body_json().unwrap(),
+        json!({"temperature": 25, "humidity": 60})
+    );
 
     let miss = block_on(plugin.handle(&Request::new("POST", "/weather"))).unwrap();
     assert_eq!(miss.status, 404);
-    assert_eq!(miss.body_json().unwrap()["error"], "weather does not handle POST /weather");
+    assert_eq!(
+        miss.body_json().unwrap()["error"],
+        "weather does not handle POST /weather"
+    );
 
     // The route pattern, when the host gives one, is what the seed API sees.
     let routed = Request::new("GET", "/weather/oslo").with_endpoint("/weather");
@@ -82,7 +108,8 @@ fn process_endpoint_data_none_is_a_json_404_and_json_text_is_json() {
 
 #[test]
 fn plugins_work_as_trait_objects() {
-    let plugins: Vec<Box<dyn BackworksPlugin>> = vec![Box::new(MyPlugin), Box::new(Weather::default())];
+    let plugins: Vec<Box<dyn BackworksPlugin>> =
+        vec![Box::new(MyPlugin), Box::new(Weather::default())];
     let names: Vec<&str> = plugins.iter().map(|p| p.name()).collect();
     assert_eq!(names, ["my-plugin", "weather"]);
     let health = block_on(plugins[0].health_check()).unwrap();
@@ -104,9 +131,14 @@ trait Store: Send + Sync {
         None
     }
     async fn parse(&self, key: &str) -> PluginResult<i64> {
-        let text = self.get(key).await.ok_or_else(|| PluginError::processing(format!("no {key}")))?;
+        let text = self
+            .get(key)
+            .await
+            .ok_or_else(|| PluginError::processing(format!("no {key}")))?;
         let value: Value = text.parse()?;
-        value.as_i64().ok_or_else(|| PluginError::processing("not an integer"))
+        value
+            .as_i64()
+            .ok_or_else(|| PluginError::processing("not an integer"))
     }
     async fn touch(&self, (a, b): (&str, &str), mut count: u32) {
         count += 1;
@@ -149,7 +181,12 @@ struct MemStore(Mutex<Vec<(String, String)>>);
 #[async_trait]
 impl Store for MemStore {
     async fn get(&self, key: &str) -> Option<String> {
-        self.0.lock().unwrap().iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
     }
 
     async fn put(&self, key: String, value: &str) {
@@ -166,8 +203,14 @@ fn own_traits_with_generics_lifetimes_and_patterns() {
     let keys = ["x".to_string(), "n".to_string()];
     assert_eq!(block_on(store.first(&keys)), Some("n"));
     assert_eq!(block_on(store.parse("n")), Ok(42));
-    assert_eq!(block_on(store.parse("zz")), Err(PluginError::processing("no zz")));
-    assert_eq!(block_on(store.put_all(vec![("p".to_owned(), "1".to_owned())])), 1);
+    assert_eq!(
+        block_on(store.parse("zz")),
+        Err(PluginError::processing("no zz"))
+    );
+    assert_eq!(
+        block_on(store.put_all(vec![("p".to_owned(), "1".to_owned())])),
+        1
+    );
 
     let prefixed = Prefixed(store, "ns:");
     block_on(prefixed.put("k".into(), "v"));

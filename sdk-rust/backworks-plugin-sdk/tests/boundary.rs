@@ -37,7 +37,9 @@ impl BackworksPlugin for Probe {
         if config["panic"] == true {
             panic!("init exploded");
         }
-        let key = config["api_key"].as_str().ok_or_else(|| PluginError::config("api_key is required"))?;
+        let key = config["api_key"]
+            .as_str()
+            .ok_or_else(|| PluginError::config("api_key is required"))?;
         let _ = self.api_key.set(key.to_owned());
         log_info!("probe ready with key {}", key.len());
         Ok(())
@@ -72,10 +74,17 @@ impl BackworksPlugin for Probe {
     }
 
     async fn on_request(&self, req: &Request) -> PluginResult<Option<Response>> {
-        Ok(req.header("authorization").is_none().then(|| Response::error(401, "missing credentials")))
+        Ok(req
+            .header("authorization")
+            .is_none()
+            .then(|| Response::error(401, "missing credentials")))
     }
 
-    async fn on_response(&self, _req: &Request, upstream: &Response) -> PluginResult<Option<Response>> {
+    async fn on_response(
+        &self,
+        _req: &Request,
+        upstream: &Response,
+    ) -> PluginResult<Option<Response>> {
         Ok(Some(upstream.clone().with_header("x-seen-by", "probe")))
     }
 
@@ -84,7 +93,10 @@ impl BackworksPlugin for Probe {
     }
 
     async fn shutdown(&self) -> PluginResult<()> {
-        log_info!("probe stopping after {} requests", self.served.load(Ordering::Relaxed));
+        log_info!(
+            "probe stopping after {} requests",
+            self.served.load(Ordering::Relaxed)
+        );
         Ok(())
     }
 }
@@ -100,13 +112,22 @@ extern "C" {
 static LOGS: Mutex<Vec<(i32, String)>> = Mutex::new(Vec::new());
 
 unsafe extern "C" fn log_sink(ctx: *mut c_void, level: i32, message: *const c_char, len: usize) {
-    assert_eq!(ctx as usize, 0xC0FFEE, "the host's ctx comes back unchanged");
-    let text = String::from_utf8_lossy(std::slice::from_raw_parts(message.cast::<u8>(), len)).into_owned();
+    assert_eq!(
+        ctx as usize, 0xC0FFEE,
+        "the host's ctx comes back unchanged"
+    );
+    let text =
+        String::from_utf8_lossy(std::slice::from_raw_parts(message.cast::<u8>(), len)).into_owned();
     LOGS.lock().unwrap().push((level, text));
 }
 
 fn logged(needle: &str) -> Vec<(i32, String)> {
-    LOGS.lock().unwrap().iter().filter(|(_, m)| m.contains(needle)).cloned().collect()
+    LOGS.lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, m)| m.contains(needle))
+        .cloned()
+        .collect()
 }
 
 fn descriptor() -> &'static bw_plugin {
@@ -141,7 +162,8 @@ fn text(s: &bw_str) -> String {
     if s.len == 0 {
         return String::new();
     }
-    String::from_utf8(unsafe { std::slice::from_raw_parts(s.ptr.cast::<u8>(), s.len) }.to_vec()).unwrap()
+    String::from_utf8(unsafe { std::slice::from_raw_parts(s.ptr.cast::<u8>(), s.len) }.to_vec())
+        .unwrap()
 }
 
 fn take(resp: &mut bw_response) -> Answer {
@@ -154,9 +176,15 @@ fn take(resp: &mut bw_response) -> Answer {
     let body = if resp.body_len == 0 {
         String::new()
     } else {
-        String::from_utf8(unsafe { std::slice::from_raw_parts(resp.body, resp.body_len) }.to_vec()).unwrap()
+        String::from_utf8(unsafe { std::slice::from_raw_parts(resp.body, resp.body_len) }.to_vec())
+            .unwrap()
     };
-    let answer = Answer { status: resp.status, content_type: text(&resp.content_type), headers, body };
+    let answer = Answer {
+        status: resp.status,
+        content_type: text(&resp.content_type),
+        headers,
+        body,
+    };
     if let Some(release) = resp.release.take() {
         unsafe { release(resp.release_data) };
     }
@@ -164,7 +192,10 @@ fn take(resp: &mut bw_response) -> Answer {
 }
 
 fn bs(s: &str) -> bw_str {
-    bw_str { ptr: s.as_ptr().cast(), len: s.len() }
+    bw_str {
+        ptr: s.as_ptr().cast(),
+        len: s.len(),
+    }
 }
 
 struct Instance {
@@ -178,7 +209,15 @@ fn instantiate(config: &str) -> Result<Instance, String> {
     let mut state = ptr::null_mut();
     let mut error = new_response();
     let config_c = format!("{config}\0");
-    let rc = unsafe { (d.init.unwrap())(&*host, config_c.as_ptr().cast(), config.len(), &mut state, &mut error) };
+    let rc = unsafe {
+        (d.init.unwrap())(
+            &*host,
+            config_c.as_ptr().cast(),
+            config.len(),
+            &mut state,
+            &mut error,
+        )
+    };
     let answer = take(&mut error);
     if rc == BW_OK {
         Ok(Instance { state, _host: host })
@@ -197,14 +236,29 @@ struct Req<'a> {
 
 impl<'a> Req<'a> {
     fn get(path: &'a str) -> Req<'a> {
-        Req { path, query: "", headers: Vec::new(), cancelled: 0 }
+        Req {
+            path,
+            query: "",
+            headers: Vec::new(),
+            cancelled: 0,
+        }
     }
 }
 
 /// Builds the host-owned `bw_request` for `req` and runs `f` with it.
 fn with_request<R>(req: &Req<'_>, f: impl FnOnce(&bw_request) -> R) -> R {
-    let params = [bw_header { name: bs("city"), value: bs("oslo") }];
-    let headers: Vec<bw_header> = req.headers.iter().map(|(k, v)| bw_header { name: bs(k), value: bs(v) }).collect();
+    let params = [bw_header {
+        name: bs("city"),
+        value: bs("oslo"),
+    }];
+    let headers: Vec<bw_header> = req
+        .headers
+        .iter()
+        .map(|(k, v)| bw_header {
+            name: bs(k),
+            value: bs(v),
+        })
+        .collect();
     let body = b"payload";
     let cancelled = req.cancelled;
     let raw = bw_request {
@@ -215,7 +269,11 @@ fn with_request<R>(req: &Req<'_>, f: impl FnOnce(&bw_request) -> R) -> R {
         endpoint: bs("/things/{city}"),
         params: params.as_ptr(),
         params_len: params.len(),
-        headers: if headers.is_empty() { ptr::null() } else { headers.as_ptr() },
+        headers: if headers.is_empty() {
+            ptr::null()
+        } else {
+            headers.as_ptr()
+        },
         headers_len: headers.len(),
         body: body.as_ptr(),
         body_len: body.len(),
@@ -254,9 +312,18 @@ fn descriptor_reports_what_the_trait_says() {
     let s = |p: *const c_char| unsafe { CStr::from_ptr(p) }.to_str().unwrap().to_owned();
     assert_eq!(s(d.name), "probe");
     assert_eq!(s(d.version), "0.1.0");
-    assert_eq!(s(d.description), "exercises the boundary", "the description is one line");
+    assert_eq!(
+        s(d.description),
+        "exercises the boundary",
+        "the description is one line"
+    );
     assert_eq!(d.flags, BW_FLAG_THREAD_SAFE | BW_FLAG_NONBLOCKING);
-    assert!(d.health.is_some() && d.shutdown.is_some() && d.on_request.is_some() && d.on_response.is_some());
+    assert!(
+        d.health.is_some()
+            && d.shutdown.is_some()
+            && d.on_request.is_some()
+            && d.on_response.is_some()
+    );
     assert!(ptr::eq(d, descriptor()), "one static descriptor");
 }
 
@@ -289,7 +356,10 @@ fn panic_in_handle_is_bw_fail_with_the_message_and_the_instance_survives() {
     assert_eq!(answer.body, "handle panicked: boom in handle");
     assert_eq!(answer.content_type, "text/plain; charset=utf-8");
     let (rc, answer) = instance.handle(&Req::get("/panic-formatted"));
-    assert_eq!((rc, answer.body.as_str()), (BW_FAIL, "handle panicked: formatted 42"));
+    assert_eq!(
+        (rc, answer.body.as_str()),
+        (BW_FAIL, "handle panicked: formatted 42")
+    );
     let (rc, answer) = instance.handle(&Req::get("/echo"));
     assert_eq!((rc, answer.status), (BW_OK, 200));
 }
@@ -298,16 +368,27 @@ fn panic_in_handle_is_bw_fail_with_the_message_and_the_instance_survives() {
 fn errors_are_bw_fail_and_deliberate_4xx_are_bw_ok() {
     let instance = instantiate(CONFIG).unwrap();
     let (rc, answer) = instance.handle(&Req::get("/fail"));
-    assert_eq!((rc, answer.body.as_str()), (BW_FAIL, "processing failed: database unreachable"));
+    assert_eq!(
+        (rc, answer.body.as_str()),
+        (BW_FAIL, "processing failed: database unreachable")
+    );
     let (rc, answer) = instance.handle(&Req::get("/nowhere"));
-    assert_eq!((rc, answer.status, answer.body.as_str()), (BW_OK, 404, r#"{"error":"nothing here"}"#));
+    assert_eq!(
+        (rc, answer.status, answer.body.as_str()),
+        (BW_OK, 404, r#"{"error":"nothing here"}"#)
+    );
     assert_eq!(answer.content_type, "", "empty means application/json");
 }
 
 #[test]
 fn request_fields_reach_the_handler() {
     let instance = instantiate(CONFIG).unwrap();
-    let req = Req { path: "/echo", query: "q=a%20b&x=1", headers: vec![("x-test", "yes")], cancelled: 0 };
+    let req = Req {
+        path: "/echo",
+        query: "q=a%20b&x=1",
+        headers: vec![("x-test", "yes")],
+        cancelled: 0,
+    };
     let (rc, answer) = instance.handle(&req);
     assert_eq!(rc, BW_OK);
     let body: Value = answer.body.parse().unwrap();
@@ -322,7 +403,10 @@ fn request_fields_reach_the_handler() {
 #[test]
 fn cancellation_is_visible_and_becomes_bw_cancelled() {
     let instance = instantiate(CONFIG).unwrap();
-    let (rc, _) = instance.handle(&Req { cancelled: 1, ..Req::get("/cancel") });
+    let (rc, _) = instance.handle(&Req {
+        cancelled: 1,
+        ..Req::get("/cancel")
+    });
     assert_eq!(rc, BW_CANCELLED);
     let (rc, answer) = instance.handle(&Req::get("/cancel"));
     assert_eq!((rc, answer.body.as_str()), (BW_OK, "not cancelled"));
@@ -334,26 +418,47 @@ fn hooks_answer_or_pass_through() {
     let d = descriptor();
     with_request(&Req::get("/echo"), |raw| {
         let mut resp = new_response();
-        assert_eq!(unsafe { (d.on_request.unwrap())(instance.state, raw, &mut resp) }, BW_OK);
+        assert_eq!(
+            unsafe { (d.on_request.unwrap())(instance.state, raw, &mut resp) },
+            BW_OK
+        );
         let answer = take(&mut resp);
-        assert_eq!((answer.status, answer.body.as_str()), (401, r#"{"error":"missing credentials"}"#));
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (401, r#"{"error":"missing credentials"}"#)
+        );
     });
-    with_request(&Req { headers: vec![("authorization", "Bearer x")], ..Req::get("/echo") }, |raw| {
-        let mut resp = new_response();
-        assert_eq!(unsafe { (d.on_request.unwrap())(instance.state, raw, &mut resp) }, BW_OK);
-        assert_eq!(resp.status, 0, "status 0 lets the request go on");
-        assert!(resp.release.is_none());
-    });
+    with_request(
+        &Req {
+            headers: vec![("authorization", "Bearer x")],
+            ..Req::get("/echo")
+        },
+        |raw| {
+            let mut resp = new_response();
+            assert_eq!(
+                unsafe { (d.on_request.unwrap())(instance.state, raw, &mut resp) },
+                BW_OK
+            );
+            assert_eq!(resp.status, 0, "status 0 lets the request go on");
+            assert!(resp.release.is_none());
+        },
+    );
     with_request(&Req::get("/echo"), |raw| {
         let mut upstream = new_response();
         upstream.status = 201;
         upstream.body = b"{}".as_ptr();
         upstream.body_len = 2;
         let mut out = new_response();
-        assert_eq!(unsafe { (d.on_response.unwrap())(instance.state, raw, &upstream, &mut out) }, BW_OK);
+        assert_eq!(
+            unsafe { (d.on_response.unwrap())(instance.state, raw, &upstream, &mut out) },
+            BW_OK
+        );
         let answer = take(&mut out);
         assert_eq!((answer.status, answer.body.as_str()), (201, "{}"));
-        assert_eq!(answer.headers, vec![("x-seen-by".to_owned(), "probe".to_owned())]);
+        assert_eq!(
+            answer.headers,
+            vec![("x-seen-by".to_owned(), "probe".to_owned())]
+        );
     });
 }
 
@@ -361,7 +466,10 @@ fn hooks_answer_or_pass_through() {
 fn a_failing_health_check_reports_unhealthy() {
     let instance = instantiate(CONFIG).unwrap();
     let mut report = new_response();
-    assert_eq!(unsafe { (descriptor().health.unwrap())(instance.state, &mut report) }, BW_OK);
+    assert_eq!(
+        unsafe { (descriptor().health.unwrap())(instance.state, &mut report) },
+        BW_OK
+    );
     let answer = take(&mut report);
     assert_eq!(answer.status, 503);
     let body: Value = answer.body.parse().unwrap();
@@ -372,9 +480,13 @@ fn a_failing_health_check_reports_unhealthy() {
 #[test]
 fn logs_reach_the_host_from_every_call_and_from_shutdown() {
     let instance = instantiate(CONFIG).unwrap();
-    assert!(logged("probe ready with key 6").iter().any(|(level, _)| *level == BW_LOG_INFO));
+    assert!(logged("probe ready with key 6")
+        .iter()
+        .any(|(level, _)| *level == BW_LOG_INFO));
     instance.handle(&Req::get("/echo"));
-    assert!(logged("echo req-1").iter().any(|(level, _)| *level == BW_LOG_DEBUG));
+    assert!(logged("echo req-1")
+        .iter()
+        .any(|(level, _)| *level == BW_LOG_DEBUG));
     drop(instance);
     assert!(!logged("probe stopping after").is_empty());
 }
@@ -386,7 +498,10 @@ fn concurrent_calls_on_one_instance() {
     let threads: Vec<_> = (0..8)
         .map(|_| {
             std::thread::spawn(move || {
-                let fake = std::mem::ManuallyDrop::new(Instance { state: state as *mut c_void, _host: host() });
+                let fake = std::mem::ManuallyDrop::new(Instance {
+                    state: state as *mut c_void,
+                    _host: host(),
+                });
                 for _ in 0..50 {
                     let (rc, answer) = fake.handle(&Req::get("/echo"));
                     assert_eq!((rc, answer.status), (BW_OK, 200));

@@ -29,7 +29,10 @@ extern "C" {
 #[test]
 fn an_invalid_name_is_kept_in_the_descriptor_and_refused_by_init() {
     let d = unsafe { &*backworks_plugin_entry(BW_ABI_VERSION) };
-    assert_eq!(unsafe { CStr::from_ptr(d.name) }.to_str().unwrap(), "My Plugin");
+    assert_eq!(
+        unsafe { CStr::from_ptr(d.name) }.to_str().unwrap(),
+        "My Plugin"
+    );
 
     let mut state: *mut c_void = ptr::null_mut();
     let mut error: bw_response = unsafe { std::mem::zeroed() };

@@ -16,11 +16,17 @@ fn c_program() -> String {
     for s in struct_layouts() {
         body += &format!("    printf(\"sizeof {0} %zu\\n\", sizeof({0}));\n", s.name);
         for (field, _) in &s.fields {
-            body += &format!("    printf(\"offsetof {0} {1} %zu\\n\", offsetof({0}, {1}));\n", s.name, field);
+            body += &format!(
+                "    printf(\"offsetof {0} {1} %zu\\n\", offsetof({0}, {1}));\n",
+                s.name, field
+            );
         }
     }
     for (name, _) in constants() {
-        body += &format!("    printf(\"const {0} %llu\\n\", (unsigned long long)({0}));\n", name);
+        body += &format!(
+            "    printf(\"const {0} %llu\\n\", (unsigned long long)({0}));\n",
+            name
+        );
     }
     format!("#include <stddef.h>\n#include <stdio.h>\n#include <backworks/plugin.h>\n\nint main(void) {{\n{body}    return 0;\n}}\n")
 }
@@ -28,7 +34,11 @@ fn c_program() -> String {
 #[test]
 fn mirror_matches_the_c_header() {
     let include = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../sdk-c/include");
-    assert!(include.join("backworks/plugin.h").is_file(), "plugin.h not found under {}", include.display());
+    assert!(
+        include.join("backworks/plugin.h").is_file(),
+        "plugin.h not found under {}",
+        include.display()
+    );
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("layout");
     std::fs::create_dir_all(&dir).unwrap();
     let (source, exe) = (dir.join("layout.c"), dir.join("layout"));
@@ -46,10 +56,17 @@ fn mirror_matches_the_c_header() {
 
     let output = Command::new(&exe).output().unwrap();
     assert!(output.status.success());
-    let mut c_lines: Vec<String> = String::from_utf8(output.stdout).unwrap().lines().map(str::to_owned).collect();
+    let mut c_lines: Vec<String> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
     c_lines.sort();
     let rust_lines: Vec<String> = layout_report().lines().map(str::to_owned).collect();
     let only_c: Vec<&String> = c_lines.iter().filter(|l| !rust_lines.contains(l)).collect();
     let only_rust: Vec<&String> = rust_lines.iter().filter(|l| !c_lines.contains(l)).collect();
-    assert!(only_c.is_empty() && only_rust.is_empty(), "layout drift:\n  C says:    {only_c:?}\n  Rust says: {only_rust:?}");
+    assert!(
+        only_c.is_empty() && only_rust.is_empty(),
+        "layout drift:\n  C says:    {only_c:?}\n  Rust says: {only_rust:?}"
+    );
 }

@@ -7,9 +7,15 @@ pub struct Probe;
 
 #[async_trait]
 impl BackworksPlugin for Probe {
-    fn name(&self) -> &str { "probe" }
-    fn version(&self) -> &str { "0.1.0" }
-    fn hooks(&self) -> Hooks { Hooks::ALL }
+    fn name(&self) -> &str {
+        "probe"
+    }
+    fn version(&self) -> &str {
+        "0.1.0"
+    }
+    fn hooks(&self) -> Hooks {
+        Hooks::ALL
+    }
 
     async fn initialize(&self, config: &Value) -> PluginResult<()> {
         if config["panic"] == true {
@@ -43,8 +49,11 @@ impl BackworksPlugin for Probe {
         })
     }
 
-    async fn on_response(&self, _req: &Request, upstream: &Response)
-        -> PluginResult<Option<Response>> {
+    async fn on_response(
+        &self,
+        _req: &Request,
+        upstream: &Response,
+    ) -> PluginResult<Option<Response>> {
         Ok(Some(upstream.clone().with_header("x-checked-by", "probe")))
     }
 }

@@ -9,9 +9,15 @@ pub struct WeatherPlugin {
 
 #[async_trait]
 impl BackworksPlugin for WeatherPlugin {
-    fn name(&self) -> &str { "seed-weather" }
-    fn version(&self) -> &str { "0.1.0" }
-    fn description(&self) -> &str { "Weather information plugin" }
+    fn name(&self) -> &str {
+        "seed-weather"
+    }
+    fn version(&self) -> &str {
+        "0.1.0"
+    }
+    fn description(&self) -> &str {
+        "Weather information plugin"
+    }
 
     async fn initialize(&self, config: &Value) -> PluginResult<()> {
         let api_key = config["api_key"]
@@ -32,8 +38,12 @@ impl BackworksPlugin for WeatherPlugin {
             .with_detail("api_key_length", key_len))
     }
 
-    async fn process_endpoint_data(&self, endpoint: &str, method: &str, _data: &str)
-        -> PluginResult<Option<String>> {
+    async fn process_endpoint_data(
+        &self,
+        endpoint: &str,
+        method: &str,
+        _data: &str,
+    ) -> PluginResult<Option<String>> {
         match (endpoint, method) {
             ("/weather", "GET") => Ok(Some(json!({"temperature": 25, "humidity": 60}).to_string())),
             _ => Ok(None),
