@@ -1,13 +1,24 @@
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
 from tests.cbuild import EXT, compile_library
 
-BuildPlugin = Callable[..., Path]
+
+class BuildPlugin(Protocol):
+    """The `build_plugin` fixture: compiles C `source` into `folder/lib<name>.<ext>`."""
+
+    def __call__(
+        self,
+        source: str,
+        name: str = "plugin",
+        folder: Path | None = None,
+        extra_flags: tuple[str, ...] = (),
+    ) -> Path: ...
+
 
 # `kit`, `serve` and `plugins_dir`: a real server over real C plugins, for any test file;
 # `cargo_target`, `weather_plugin` and `test_plugins`: Rust plugins built once a session.

@@ -7,14 +7,14 @@ file can ask for `kit` and `serve` by name without importing them.
 from __future__ import annotations
 
 import socket
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 import yaml
-from aiohttp import web
+from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 
 from backworks.config import load_config
 from backworks.server.app import create_app
@@ -22,8 +22,20 @@ from tests.conftest import BuildPlugin
 
 KIT = (Path(__file__).parent / "plugins" / "testkit.c").read_text()
 Client = TestClient[web.Request, web.Application]
-MakeClient = Callable[..., Awaitable[Client]]
-Serve = Callable[..., Awaitable[Client]]
+# pytest-aiohttp's `aiohttp_client` fixture.
+MakeClient = AiohttpClient
+
+
+class Kit(Protocol):
+    """The `kit` fixture: compiles the test kit as plugin `name` into ./plugins."""
+
+    def __call__(self, name: str = "kit", *, thread_safe: bool = False) -> Path: ...
+
+
+class Serve(Protocol):
+    """The `serve` fixture: serves `config` (made with `create_app(..., **options)`)."""
+
+    async def __call__(self, config: dict[str, Any], **options: Any) -> Client: ...
 
 
 @pytest.fixture
@@ -34,7 +46,7 @@ def plugins_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def kit(build_plugin: BuildPlugin, plugins_dir: Path) -> Callable[..., Path]:
+def kit(build_plugin: BuildPlugin, plugins_dir: Path) -> Kit:
     """`kit("name", thread_safe=False)` compiles the test kit as plugin `name`."""
 
     def build(name: str = "kit", *, thread_safe: bool = False) -> Path:
@@ -78,7 +90,7 @@ def serve(
     return start
 
 
-async def error_of(resp: Any) -> dict[str, Any]:
+async def error_of(resp: ClientResponse) -> dict[str, Any]:
     body = await resp.json()
     return body["error"]  # type: ignore[no-any-return]
 

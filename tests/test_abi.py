@@ -857,7 +857,8 @@ def test_host_log_works_from_a_thread_the_plugin_created(probe: Probe) -> None:
 
 def test_a_failing_log_sink_never_unwinds_into_the_plugin(probe_path: Path) -> None:
     def broken(level: int, message: str) -> None:
-        raise RuntimeError("sink broke")
+        msg = "sink broke"
+        raise RuntimeError(msg)
 
     instance = open_library(probe_path).instantiate(b"{}", broken)
     assert instance.handle(Request("GET", "/log"), CancelFlag()).status == 200

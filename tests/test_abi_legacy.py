@@ -21,6 +21,7 @@ from backworks.abi import (
     PluginInstance,
     PluginLibrary,
     Request,
+    Response,
     open_plugin_library,
 )
 from backworks.abi import legacy as abi_legacy
@@ -62,7 +63,7 @@ def call(
     method: str = "GET",
     path: str = "/some/path",
     body: bytes = b"",
-) -> Any:
+) -> Response:
     return instance.handle(Request(method, path, endpoint=endpoint, body=body), CancelFlag())
 
 

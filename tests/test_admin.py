@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import aiohttp
 import pytest
 
 from backworks.ops.auth import NOT_CONFIGURED
-from tests.serving import error_of, free_port
+from tests.serving import Kit, Serve, error_of, free_port
 
 TOKEN = "s3cret-t0ken"  # noqa: S105 -- the test's own admin token
 OPEN_AFTER_ONE = {"kit": {"circuit_breaker": {"failure_threshold": 1}}}
 
 
-async def test_mutating_routes_are_off_without_a_configured_token(kit: Any, serve: Any) -> None:
+async def test_mutating_routes_are_off_without_a_configured_token(kit: Kit, serve: Serve) -> None:
     kit("kit")
     client = await serve({})
     resp = await client.post(
@@ -43,7 +41,7 @@ async def test_mutating_routes_are_off_without_a_configured_token(kit: Any, serv
     ],
 )
 async def test_a_missing_or_wrong_token_is_401(
-    kit: Any, serve: Any, authorization: str | None
+    kit: Kit, serve: Serve, authorization: str | None
 ) -> None:
     kit("kit")
     client = await serve({"admin": {"token": TOKEN}, "plugins": OPEN_AFTER_ONE})
@@ -57,7 +55,7 @@ async def test_a_missing_or_wrong_token_is_401(
     assert plugins["plugins"][0]["circuit"] == "open", "a refused request changes nothing"
 
 
-async def test_reset_closes_an_open_circuit(kit: Any, serve: Any) -> None:
+async def test_reset_closes_an_open_circuit(kit: Kit, serve: Serve) -> None:
     kit("kit")
     client = await serve({"admin": {"token": TOKEN}, "plugins": OPEN_AFTER_ONE})
     assert (await client.get("/plugins/kit/fail")).status == 502
@@ -70,7 +68,7 @@ async def test_reset_closes_an_open_circuit(kit: Any, serve: Any) -> None:
     assert (await client.get("/plugins/kit/status?code=200")).status == 200
 
 
-async def test_reset_of_an_unknown_plugin_is_404(serve: Any) -> None:
+async def test_reset_of_an_unknown_plugin_is_404(serve: Serve) -> None:
     client = await serve({"admin": {"token": TOKEN}})
     resp = await client.post(
         "/_backworks/plugins/ghost/reset", headers={"Authorization": f"Bearer {TOKEN}"}
@@ -79,13 +77,13 @@ async def test_reset_of_an_unknown_plugin_is_404(serve: Any) -> None:
     assert (await error_of(resp))["plugin"] == "ghost"
 
 
-async def test_the_token_is_checked_before_the_plugin_name(serve: Any) -> None:
+async def test_the_token_is_checked_before_the_plugin_name(serve: Serve) -> None:
     """A caller without the token learns nothing, not even which plugins exist."""
     client = await serve({"admin": {"token": TOKEN}})
     assert (await client.post("/_backworks/plugins/ghost/reset")).status == 401
 
 
-async def test_admin_port_serves_the_admin_routes_and_only_them(kit: Any, serve: Any) -> None:
+async def test_admin_port_serves_the_admin_routes_and_only_them(kit: Kit, serve: Serve) -> None:
     kit("kit")
     port = free_port()
     client = await serve(
@@ -117,7 +115,7 @@ async def test_admin_port_serves_the_admin_routes_and_only_them(kit: Any, serve:
             await session.get(f"{admin}/_backworks/health")
 
 
-async def test_admin_port_is_not_opened_unless_asked(kit: Any, serve: Any) -> None:
+async def test_admin_port_is_not_opened_unless_asked(kit: Kit, serve: Serve) -> None:
     """Only `serve` asks for it: worker processes sharing a port must not all bind it."""
     port = free_port()
     await serve({"dashboard": {"enabled": True, "port": port}})
@@ -126,7 +124,7 @@ async def test_admin_port_is_not_opened_unless_asked(kit: Any, serve: Any) -> No
             await session.get(f"http://127.0.0.1:{port}/_backworks/health")
 
 
-async def test_a_disabled_dashboard_leaves_metrics_and_json_on(serve: Any) -> None:
+async def test_a_disabled_dashboard_leaves_metrics_and_json_on(serve: Serve) -> None:
     client = await serve({"dashboard": {"enabled": False}})
     page = await client.get("/_backworks/")
     assert page.status == 404

@@ -5,14 +5,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from typing import Any
 
 from backworks.http.traffic import RECENT_REQUESTS
+from tests.serving import Kit, Serve
 
 DASHBOARD = {"dashboard": {"enabled": True}}
 
 
-async def test_page_is_self_contained(serve: Any) -> None:
+async def test_page_is_self_contained(serve: Serve) -> None:
     """Nothing outside the machine: no URL, no CDN, no external script or style."""
     client = await serve(dict(DASHBOARD))
     resp = await client.get("/_backworks/")
@@ -25,7 +25,7 @@ async def test_page_is_self_contained(serve: Any) -> None:
     assert "innerHTML" not in html, "data reaches the DOM as textContent only"
 
 
-async def test_page_policy_allows_exactly_its_inline_script_and_style(serve: Any) -> None:
+async def test_page_policy_allows_exactly_its_inline_script_and_style(serve: Serve) -> None:
     client = await serve(dict(DASHBOARD))
     resp = await client.get("/_backworks/")
     html = await resp.text()
@@ -39,7 +39,7 @@ async def test_page_policy_allows_exactly_its_inline_script_and_style(serve: Any
         assert f"{tag}-src 'sha256-{digest}'" in policy
 
 
-async def test_slashless_address_redirects_to_the_page(serve: Any) -> None:
+async def test_slashless_address_redirects_to_the_page(serve: Serve) -> None:
     client = await serve(dict(DASHBOARD))
     resp = await client.get("/_backworks", allow_redirects=False)
     assert resp.status == 308
@@ -47,7 +47,7 @@ async def test_slashless_address_redirects_to_the_page(serve: Any) -> None:
     assert (await client.get("/_backworks")).status == 200
 
 
-async def test_state_lists_plugins_endpoints_and_recent_requests(kit: Any, serve: Any) -> None:
+async def test_state_lists_plugins_endpoints_and_recent_requests(kit: Kit, serve: Serve) -> None:
     for name in ("kit", "guard", "audit"):
         kit(name)
     client = await serve(
@@ -121,14 +121,14 @@ async def test_state_lists_plugins_endpoints_and_recent_requests(kit: Any, serve
     assert all(r["duration_ms"] >= 0 and r["time"] > 0 for r in recent)
 
 
-async def test_state_says_a_token_is_configured_without_showing_it(serve: Any) -> None:
+async def test_state_says_a_token_is_configured_without_showing_it(serve: Serve) -> None:
     client = await serve({"admin": {"token": "do-not-leak-me"}})
     resp = await client.get("/_backworks/api/state")
     assert (await resp.json())["admin"] == {"token_configured": True}
     assert "do-not-leak-me" not in await resp.text()
 
 
-async def test_recent_requests_keep_only_the_last_hundred(serve: Any) -> None:
+async def test_recent_requests_keep_only_the_last_hundred(serve: Serve) -> None:
     client = await serve({})
     for i in range(RECENT_REQUESTS + 20):
         await client.get(f"/missing/{i}")

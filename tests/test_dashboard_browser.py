@@ -13,13 +13,12 @@ import os
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
 
 from backworks.http.state import RELOADER
-from tests.serving import Client
+from tests.serving import Client, Kit, Serve
 
 CHROMIUM = Path(os.environ.get("BACKWORKS_BROWSER", "/usr/bin/chromium"))
 ARGS = [
@@ -73,7 +72,7 @@ async def updates(page: Page) -> int:
 
 
 async def test_dashboard_shows_plugins_and_follows_requests(
-    kit: Any, serve: Any, browser: Browser, tmp_path: Path
+    kit: Kit, serve: Serve, browser: Browser, tmp_path: Path
 ) -> None:
     for name in ("weather", "auth", "orders"):
         kit(name, thread_safe=name != "orders")
@@ -142,7 +141,7 @@ async def test_dashboard_shows_plugins_and_follows_requests(
 
 
 async def test_admin_buttons_send_the_token_and_report_the_answer(
-    kit: Any, serve: Any, browser: Browser
+    kit: Kit, serve: Serve, browser: Browser
 ) -> None:
     kit("kit")
     client = await serve(
@@ -178,7 +177,7 @@ async def test_admin_buttons_send_the_token_and_report_the_answer(
 
 
 async def test_buttons_are_absent_without_a_configured_token(
-    kit: Any, serve: Any, browser: Browser
+    kit: Kit, serve: Serve, browser: Browser
 ) -> None:
     kit("kit")
     client = await serve({"dashboard": {"enabled": True}})

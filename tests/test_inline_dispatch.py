@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
+from typing import Protocol
 
 import pytest
 from structlog.testing import capture_logs
@@ -21,7 +21,9 @@ from backworks.runtime.runner import INLINE_STRIKE_WINDOW, INLINE_STRIKES, Plugi
 from tests.conftest import BuildPlugin
 from tests.serving import KIT
 
-MakeRunner = Callable[..., PluginRunner]
+
+class MakeRunner(Protocol):
+    def __call__(self, *, flags: str = ..., dispatch: Dispatch = ...) -> PluginRunner: ...
 
 
 @pytest.fixture

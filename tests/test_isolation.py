@@ -12,9 +12,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 from structlog.testing import capture_logs
@@ -44,7 +44,33 @@ PLUGINS = Path(__file__).parent / "plugins"
 CRASHKIT = (PLUGINS / "crashkit.c").read_text()
 TESTKIT = (PLUGINS / "testkit.c").read_text()
 
-Make = Callable[..., Awaitable[PluginRunner]]
+
+class Lib(Protocol):
+    """The `lib` fixture: compiles tests/plugins/<kit>.c as plugin `name`."""
+
+    def __call__(
+        self, kit: str = "crashkit", *, name: str = "crashy", thread_safe: bool = False
+    ) -> Path: ...
+
+
+class Make(Protocol):
+    """The `make` fixture: a started ProcessBackend behind a PluginRunner."""
+
+    async def __call__(
+        self,
+        kit: str = "crashkit",
+        *,
+        name: str = "crashy",
+        config: dict[str, Any] | None = None,
+        thread_safe: bool = False,
+        workers: int = 1,
+        per_worker: int = 1,
+        memory_limit_mb: int | None = None,
+        cpu_limit_ms: int | None = None,
+        max_concurrency: int | None = None,
+        timeout_ms: int = 3000,
+        failure_threshold: int = 100,
+    ) -> PluginRunner: ...
 
 
 def get(path: str, **fields: Any) -> Request:
@@ -92,7 +118,7 @@ def no_child_left() -> Iterator[None]:
 
 
 @pytest.fixture
-def lib(build_plugin: BuildPlugin, tmp_path: Path) -> Callable[..., Path]:
+def lib(build_plugin: BuildPlugin, tmp_path: Path) -> Lib:
     """`lib("crashkit" | "testkit", name=..., thread_safe=False)` compiles a test plugin."""
 
     def build(kit: str = "crashkit", *, name: str = "crashy", thread_safe: bool = False) -> Path:
@@ -109,7 +135,7 @@ def lib(build_plugin: BuildPlugin, tmp_path: Path) -> Callable[..., Path]:
 
 
 @pytest.fixture
-async def make(lib: Callable[..., Path]) -> AsyncIterator[Make]:
+async def make(lib: Lib) -> AsyncIterator[Make]:
     """Builds, probes and starts a ProcessBackend behind a PluginRunner; closes it after."""
     runners: list[PluginRunner] = []
 
@@ -161,7 +187,7 @@ async def make(lib: Callable[..., Path]) -> AsyncIterator[Make]:
 # The same calls as in-process
 
 
-async def test_probe_reads_the_descriptor_in_a_worker(lib: Callable[..., Path]) -> None:
+async def test_probe_reads_the_descriptor_in_a_worker(lib: Lib) -> None:
     path = lib("testkit", name="kit")
     info = await probe(PluginSpec(name="kit", path=path))
     assert (info.name, info.version, info.path) == ("kit", "0.1.0", str(path))
@@ -262,7 +288,7 @@ async def test_a_thread_safe_plugin_runs_calls_concurrently_in_one_worker(make: 
     assert json.loads((await runner.handle(get("/max-overlap"))).body) == {"max_overlap": 4}
 
 
-async def test_several_calls_per_worker_need_a_thread_safe_plugin(lib: Callable[..., Path]) -> None:
+async def test_several_calls_per_worker_need_a_thread_safe_plugin(lib: Lib) -> None:
     spec = PluginSpec(name="crashy", path=lib())
     info = await probe(spec)
     with pytest.raises(ValueError, match="must be 1 for a plugin without BW_FLAG_THREAD_SAFE"):
@@ -343,7 +369,7 @@ async def test_workers_dying_before_ready_fail_the_start(make: Make) -> None:
 
 
 async def test_an_init_that_hangs_fails_the_start_after_its_timeout(
-    lib: Callable[..., Path],
+    lib: Lib,
 ) -> None:
     spec = PluginSpec(name="crashy", path=lib(), config_json=b'{"init": "hang"}')
     backend = ProcessBackend(await probe(spec), spec, init_timeout_ms=300)
@@ -475,9 +501,7 @@ async def test_snapshot_shows_every_worker(make: Make) -> None:
     assert snap["worker_failure"] is None
 
 
-async def test_close_shuts_every_state_down_and_reaps_the_workers(
-    lib: Callable[..., Path], tmp_path: Path
-) -> None:
+async def test_close_shuts_every_state_down_and_reaps_the_workers(lib: Lib, tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     spec = PluginSpec(
         name="crashy", path=lib(), config_json=json.dumps({"marker": str(marker)}).encode()
@@ -507,7 +531,7 @@ async def test_close_kills_a_worker_stuck_in_a_call(make: Make) -> None:
         await stuck
 
 
-async def test_workers_die_with_a_host_killed_by_sigkill(lib: Callable[..., Path]) -> None:
+async def test_workers_die_with_a_host_killed_by_sigkill(lib: Lib) -> None:
     host = subprocess.Popen(
         [sys.executable, "-m", "tests.isolation_host", str(lib()), "crashy", "2"],
         cwd=REPO,

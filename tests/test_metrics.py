@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import pytest
 from prometheus_client import generate_latest
@@ -22,7 +21,7 @@ from backworks.plugins.loading import LoadedPlugin, PluginSpec, PluginState
 from backworks.runtime.breaker import CircuitBreaker
 from backworks.runtime.runner import PluginRunner
 from tests.conftest import BuildPlugin
-from tests.serving import Client
+from tests.serving import Client, Kit, Serve
 
 PLUGIN_ROUTE = "/plugins/{plugin}/{tail:.*}"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -48,7 +47,7 @@ async def scrape(client: Client) -> Samples:
     return parse(await resp.text())
 
 
-async def test_plugin_calls_are_counted_by_outcome(kit: Any, serve: Any) -> None:
+async def test_plugin_calls_are_counted_by_outcome(kit: Kit, serve: Serve) -> None:
     kit("kit")
     client = await serve(
         {"plugins": {"kit": {"timeout_ms": 200, "circuit_breaker": {"failure_threshold": 50}}}}
@@ -70,7 +69,7 @@ async def test_plugin_calls_are_counted_by_outcome(kit: Any, serve: Any) -> None
     assert value(samples, "backworks_plugin_ready", plugin="kit") == 1
 
 
-async def test_plugin_latency_histogram_counts_successful_calls(kit: Any, serve: Any) -> None:
+async def test_plugin_latency_histogram_counts_successful_calls(kit: Kit, serve: Serve) -> None:
     kit("kit")
     client = await serve({})
     await client.get("/plugins/kit/sleep?ms=30")
@@ -84,7 +83,7 @@ async def test_plugin_latency_histogram_counts_successful_calls(kit: Any, serve:
     assert 0.03 <= value(samples, f"{name}_sum", plugin="kit") < 1
 
 
-async def test_breaker_state_is_a_gauge_per_state(kit: Any, serve: Any) -> None:
+async def test_breaker_state_is_a_gauge_per_state(kit: Kit, serve: Serve) -> None:
     kit("kit")
     client = await serve({"plugins": {"kit": {"circuit_breaker": {"failure_threshold": 1}}}})
     assert (await client.get("/plugins/kit/fail")).status == 502
@@ -98,7 +97,7 @@ async def test_breaker_state_is_a_gauge_per_state(kit: Any, serve: Any) -> None:
     assert value(samples, "backworks_plugin_calls_total", plugin="kit", outcome="rejected") == 1
 
 
-async def test_in_flight_shows_a_call_still_running(kit: Any, serve: Any) -> None:
+async def test_in_flight_shows_a_call_still_running(kit: Kit, serve: Serve) -> None:
     kit("kit")
     client = await serve({})
     slow = asyncio.ensure_future(client.get("/plugins/kit/sleep?ms=400"))
@@ -108,12 +107,13 @@ async def test_in_flight_shows_a_call_still_running(kit: Any, serve: Any) -> Non
             break
         await asyncio.sleep(0.01)
     else:
-        raise AssertionError("the running call never showed as in flight")
+        msg = "the running call never showed as in flight"
+        raise AssertionError(msg)
     assert (await slow).status == 200
     assert value(await scrape(client), "backworks_plugin_in_flight", plugin="kit") == 0
 
 
-async def test_requests_are_counted_by_route_pattern_never_raw_path(kit: Any, serve: Any) -> None:
+async def test_requests_are_counted_by_route_pattern_never_raw_path(kit: Kit, serve: Serve) -> None:
     kit("kit")
     client = await serve(
         {
@@ -141,7 +141,7 @@ async def test_requests_are_counted_by_route_pattern_never_raw_path(kit: Any, se
     assert not any(r and ("ada" in r or "secret" in r) for r in routes)
 
 
-async def test_admin_routes_are_counted_by_their_own_pattern(kit: Any, serve: Any) -> None:
+async def test_admin_routes_are_counted_by_their_own_pattern(kit: Kit, serve: Serve) -> None:
     kit("kit")
     client = await serve({})
     await client.get("/_backworks/health")
@@ -152,7 +152,7 @@ async def test_admin_routes_are_counted_by_their_own_pattern(kit: Any, serve: An
     assert value(samples, requests, method="GET", route="/metrics", status="200") == 1
 
 
-async def test_each_app_has_its_own_registry(kit: Any, serve: Any) -> None:
+async def test_each_app_has_its_own_registry(kit: Kit, serve: Serve) -> None:
     kit("kit")
     first = await serve({})
     second = await serve({})

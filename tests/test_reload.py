@@ -23,7 +23,7 @@ from backworks.config import ConfigSource
 from backworks.http.state import HOST, RELOADER
 from backworks.ops.views import plugin_rows
 from tests.cbuild import EXT, compile_library
-from tests.serving import KIT, Client, Serve, error_of
+from tests.serving import KIT, Client, Kit, Serve, error_of
 from tests.test_serve import Server, get, write_config
 
 # Under `isolation: process` a reload replaces the worker processes.
@@ -318,7 +318,7 @@ def rewrite(tmp_path: Path, config: dict[str, Any]) -> None:
 
 
 async def test_a_bad_config_edit_is_refused_and_a_good_one_swaps_routes_without_a_restart(
-    serve: Serve, tmp_path: Path, kit: Callable[..., Path], logs: Logs
+    serve: Serve, tmp_path: Path, kit: Kit, logs: Logs
 ) -> None:
     """Routes, global headers and hooks change together; the listen port does not."""
     kit("kit")

@@ -16,10 +16,10 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -64,7 +64,13 @@ def weather_library(weather_plugin: Path) -> NativeLibrary:
     return open_library(weather_plugin)
 
 
-Instantiate = Callable[..., tuple[NativeInstance, Logs]]
+class Instantiate(Protocol):
+    """The `instantiate` fixture: an instance of `library` given `config` as JSON (no
+    config text when None), and the list its log lines land in."""
+
+    def __call__(
+        self, library: NativeLibrary, config: Any = None
+    ) -> tuple[NativeInstance, Logs]: ...
 
 
 @pytest.fixture

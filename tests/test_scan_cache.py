@@ -4,7 +4,6 @@ a cache that cannot be read or written never stops a scan."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
@@ -141,7 +140,7 @@ def test_a_cache_that_cannot_be_written_does_not_fail_the_scan(
 def test_a_saved_cache_leaves_no_temporary_files(plugins: Path, cache_dir: Path) -> None:
     discovery.scan([plugins])
     discovery.scan([plugins], rescan=True)
-    assert os.listdir(cache_dir) == [CACHE_FILE]
+    assert [entry.name for entry in cache_dir.iterdir()] == [CACHE_FILE]
     assert json.loads((cache_dir / CACHE_FILE).read_text())["format"] == 1
 
 

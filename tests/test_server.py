@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
 from tests.cbuild import EXT
-from tests.serving import error_of
+from tests.serving import Kit, Serve, error_of
 
 
 @pytest.fixture(params=["in-process", "process"])
@@ -19,7 +18,7 @@ def isolation(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-async def test_every_request_field_reaches_the_plugin(kit: Any, serve: Any) -> None:
+async def test_every_request_field_reaches_the_plugin(kit: Kit, serve: Serve) -> None:
     kit("kit")
     client = await serve(
         {
@@ -52,7 +51,7 @@ async def test_every_request_field_reaches_the_plugin(kit: Any, serve: Any) -> N
     assert resp.headers["X-Request-Id"] == "req-42"
 
 
-async def test_binary_body_round_trips(kit: Any, serve: Any) -> None:
+async def test_binary_body_round_trips(kit: Kit, serve: Serve) -> None:
     kit("kit")
     client = await serve(
         {
@@ -68,7 +67,7 @@ async def test_binary_body_round_trips(kit: Any, serve: Any) -> None:
     assert await resp.read() == payload
 
 
-async def test_plugin_status_headers_and_content_type_are_copied(kit: Any, serve: Any) -> None:
+async def test_plugin_status_headers_and_content_type_are_copied(kit: Kit, serve: Serve) -> None:
     kit("kit")
     client = await serve({"global_headers": {"x-powered-by": "backworks"}})
     resp = await client.get("/plugins/kit/headers")
@@ -79,7 +78,7 @@ async def test_plugin_status_headers_and_content_type_are_copied(kit: Any, serve
     assert await resp.text() == "made"
 
 
-async def test_dropped_in_library_is_served_without_yaml(kit: Any, serve: Any) -> None:
+async def test_dropped_in_library_is_served_without_yaml(kit: Kit, serve: Serve) -> None:
     kit("kit")
     client = await serve({})
     resp = await client.get("/plugins/kit")
@@ -87,7 +86,7 @@ async def test_dropped_in_library_is_served_without_yaml(kit: Any, serve: Any) -
     assert (await resp.json())["endpoint"] == "/plugins/{plugin}"
 
 
-async def test_static_endpoint_fills_in_now_and_request_id(serve: Any) -> None:
+async def test_static_endpoint_fills_in_now_and_request_id(serve: Serve) -> None:
     client = await serve(
         {
             "endpoints": {
@@ -120,7 +119,7 @@ async def test_static_endpoint_fills_in_now_and_request_id(serve: Any) -> None:
     ],
 )
 async def test_errors_use_the_envelope(
-    kit: Any, serve: Any, path: str, method: str, status: int, code: str
+    kit: Kit, serve: Serve, path: str, method: str, status: int, code: str
 ) -> None:
     kit("kit")
     client = await serve(
@@ -133,7 +132,9 @@ async def test_errors_use_the_envelope(
     assert error["request_id"] == resp.headers["X-Request-Id"]
 
 
-async def test_plugin_failure_message_goes_to_the_log_not_the_client(kit: Any, serve: Any) -> None:
+async def test_plugin_failure_message_goes_to_the_log_not_the_client(
+    kit: Kit, serve: Serve
+) -> None:
     kit("kit")
     client = await serve({})
     with capture_logs() as logs:
@@ -146,7 +147,7 @@ async def test_plugin_failure_message_goes_to_the_log_not_the_client(kit: Any, s
     assert failures[0]["request_id"] == error["request_id"]
 
 
-async def test_body_over_max_body_bytes_is_refused(kit: Any, serve: Any) -> None:
+async def test_body_over_max_body_bytes_is_refused(kit: Kit, serve: Serve) -> None:
     kit("kit")
     client = await serve({"server": {"max_body_bytes": 100}})
     resp = await client.post("/plugins/kit/binary", data=b"x" * 101)
@@ -154,7 +155,7 @@ async def test_body_over_max_body_bytes_is_refused(kit: Any, serve: Any) -> None
     assert (await error_of(resp))["code"] == "payload_too_large"
 
 
-async def test_cooperative_hang_is_cancelled_at_its_timeout(kit: Any, serve: Any) -> None:
+async def test_cooperative_hang_is_cancelled_at_its_timeout(kit: Kit, serve: Serve) -> None:
     kit("kit")
     client = await serve({"plugins": {"kit": {"timeout_ms": 200}}})
     loop = asyncio.get_running_loop()
@@ -174,7 +175,7 @@ async def test_cooperative_hang_is_cancelled_at_its_timeout(kit: Any, serve: Any
 
 
 async def test_plugin_ignoring_cancellation_delays_neither_answer_nor_others(
-    kit: Any, serve: Any, isolation: str
+    kit: Kit, serve: Serve, isolation: str
 ) -> None:
     kit("stubborn")
     kit("other")
@@ -199,7 +200,7 @@ async def test_plugin_ignoring_cancellation_delays_neither_answer_nor_others(
     assert (await client.get("/plugins/other/status?code=200")).status == 200
 
 
-async def test_non_thread_safe_plugin_never_sees_two_calls_at_once(kit: Any, serve: Any) -> None:
+async def test_non_thread_safe_plugin_never_sees_two_calls_at_once(kit: Kit, serve: Serve) -> None:
     kit("single")
     kit("multi", thread_safe=True)
     client = await serve({"plugins": {"single": {"max_concurrency": 8}}})
@@ -211,7 +212,7 @@ async def test_non_thread_safe_plugin_never_sees_two_calls_at_once(kit: Any, ser
     assert multi["max_overlap"] > 1
 
 
-async def test_breaker_opens_half_opens_and_closes(kit: Any, serve: Any) -> None:
+async def test_breaker_opens_half_opens_and_closes(kit: Kit, serve: Serve) -> None:
     kit("kit")
     client = await serve(
         {
@@ -235,7 +236,7 @@ async def test_breaker_opens_half_opens_and_closes(kit: Any, serve: Any) -> None
     assert plugins["plugins"][0]["circuit"] == "closed"
 
 
-async def test_hooks_run_in_order_around_the_handler(kit: Any, serve: Any) -> None:
+async def test_hooks_run_in_order_around_the_handler(kit: Kit, serve: Serve) -> None:
     for name in ("auth", "audit", "kit"):
         kit(name)
     client = await serve(
@@ -259,7 +260,7 @@ async def test_hooks_run_in_order_around_the_handler(kit: Any, serve: Any) -> No
     assert "x-hooked-by-audit" not in denied.headers, "a hook that answers stops the chain"
 
 
-async def test_failing_hook_fails_open_unless_critical(kit: Any, serve: Any) -> None:
+async def test_failing_hook_fails_open_unless_critical(kit: Kit, serve: Serve) -> None:
     kit("lenient")
     kit("strict")
     kit("kit")
@@ -285,7 +286,7 @@ async def test_failing_hook_fails_open_unless_critical(kit: Any, serve: Any) -> 
 
 
 async def test_admin_lists_plugins_with_state_counters_and_health(
-    kit: Any, serve: Any, tmp_path: Path
+    kit: Kit, serve: Serve, tmp_path: Path
 ) -> None:
     kit("kit")
     client = await serve({"plugins": {"kit": {}, "off": {"enabled": False}}})
@@ -305,7 +306,9 @@ async def test_admin_lists_plugins_with_state_counters_and_health(
     assert health.status == 200
 
 
-async def test_failed_init_makes_endpoints_answer_503_with_the_reason(kit: Any, serve: Any) -> None:
+async def test_failed_init_makes_endpoints_answer_503_with_the_reason(
+    kit: Kit, serve: Serve
+) -> None:
     kit("kit")
     client = await serve({"plugins": {"kit": {"config": {"fail_init": True}}}})
     resp = await client.get("/plugins/kit")
@@ -318,7 +321,7 @@ async def test_failed_init_makes_endpoints_answer_503_with_the_reason(kit: Any, 
     assert "fail_init is set" in rows[0]["error"]
 
 
-async def test_plugin_logs_land_in_the_structured_log(kit: Any, serve: Any) -> None:
+async def test_plugin_logs_land_in_the_structured_log(kit: Kit, serve: Serve) -> None:
     kit("kit")
     client = await serve({})
     with capture_logs() as logs:
@@ -329,7 +332,7 @@ async def test_plugin_logs_land_in_the_structured_log(kit: Any, serve: Any) -> N
     assert lines[1]["log_level"] == "error"
 
 
-async def test_access_log_has_one_line_per_request(kit: Any, serve: Any) -> None:
+async def test_access_log_has_one_line_per_request(kit: Kit, serve: Serve) -> None:
     kit("kit")
     client = await serve({})
     with capture_logs() as logs:
@@ -343,7 +346,7 @@ async def test_access_log_has_one_line_per_request(kit: Any, serve: Any) -> None
 
 
 async def test_a_world_writable_plugin_is_refused_unless_the_config_allows_it(
-    kit: Any, serve: Any
+    kit: Kit, serve: Serve
 ) -> None:
     kit("loose").chmod(0o666)
     kit("strict").chmod(0o666)
