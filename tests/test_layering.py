@@ -21,6 +21,7 @@ LAYERS = {
     "names": 1,
     "logs": 1,
     "spawn": 1,
+    "httpspec": 1,
     "abi": 2,
     "config": 2,
     "plugins": 3,

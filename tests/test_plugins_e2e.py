@@ -21,6 +21,7 @@ import pytest
 import structlog
 
 from backworks.cli.main import main
+from backworks.http.state import HOST
 from tests.cbuild import EXT
 from tests.conftest import BuildPlugin
 from tests.rust_build import built_library, cargo_checked
@@ -175,7 +176,8 @@ async def test_seed_weather_without_an_api_key_is_unavailable_with_its_reason(
     client = await serve({"endpoints": {"/weather": route("seed-weather")}})
     resp = await client.get("/weather")
     assert resp.status == 503
-    assert "api_key is required" in (await error_of(resp))["message"]
+    assert (await error_of(resp))["message"] == "the plugin is not available"
+    assert "api_key is required" in (client.app[HOST].plugins["seed-weather"].error or "")
 
 
 # ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from backworks.http.state import HOST
 from tests.cbuild import EXT
 from tests.serving import Kit, Serve, error_of
 
@@ -115,7 +116,7 @@ async def test_static_endpoint_fills_in_now_and_request_id(serve: Serve) -> None
         ("/nowhere", "GET", 404, "not_found"),
         ("/health", "DELETE", 405, "method_not_allowed"),
         ("/plugins/kit/fail", "GET", 502, "plugin_failed"),
-        ("/plugins/ghost", "GET", 503, "plugin_unavailable"),
+        ("/plugins/ghost", "GET", 404, "not_found"),
     ],
 )
 async def test_errors_use_the_envelope(
@@ -289,9 +290,12 @@ async def test_admin_lists_plugins_with_state_counters_and_health(
     kit: Kit, serve: Serve, tmp_path: Path
 ) -> None:
     kit("kit")
-    client = await serve({"plugins": {"kit": {}, "off": {"enabled": False}}})
+    client = await serve(
+        {"plugins": {"kit": {}, "off": {"enabled": False}}, "admin": {"token": "t0ken"}}
+    )
     await client.get("/plugins/kit/status?code=200")
-    body = await (await client.get("/_backworks/plugins")).json()
+    operator = {"Authorization": "Bearer t0ken"}
+    body = await (await client.get("/_backworks/plugins", headers=operator)).json()
     by_name = {p["name"]: p for p in body["plugins"]}
     kit_row = by_name["kit"]
     assert kit_row["state"] == "ready"
@@ -302,23 +306,36 @@ async def test_admin_lists_plugins_with_state_counters_and_health(
     assert kit_row["health"] == {"status": 200, "details": {"ok": True, "plugin": "kit"}}
     assert kit_row["path"] == str(tmp_path / "plugins" / f"libkit.{EXT}")
     assert by_name["off"]["state"] == "disabled"
+    anonymous = await (await client.get("/_backworks/plugins")).json()
+    assert str(tmp_path) not in str(anonymous), "files are the operator's business"
     health = await client.get("/_backworks/health")
     assert health.status == 200
 
 
-async def test_failed_init_makes_endpoints_answer_503_with_the_reason(
+async def test_failed_init_answers_503_and_only_an_operator_sees_the_reason(
     kit: Kit, serve: Serve
 ) -> None:
     kit("kit")
-    client = await serve({"plugins": {"kit": {"config": {"fail_init": True}}}})
+    with capture_logs() as logs:
+        client = await serve(
+            {"plugins": {"kit": {"config": {"fail_init": True}}}, "admin": {"token": "s3cret"}}
+        )
     resp = await client.get("/plugins/kit")
     assert resp.status == 503
     error = await error_of(resp)
-    assert error["code"] == "plugin_unavailable"
-    assert "fail_init is set" in error["message"]
-    rows = (await (await client.get("/_backworks/plugins")).json())["plugins"]
-    assert rows[0]["state"] == "failed"
-    assert "fail_init is set" in rows[0]["error"]
+    assert error == {
+        "code": "plugin_unavailable",
+        "message": "the plugin is not available",
+        "plugin": "kit",
+        "request_id": resp.headers["X-Request-Id"],
+    }
+    anonymous = (await (await client.get("/_backworks/plugins")).json())["plugins"]
+    assert anonymous[0]["state"] == "failed"
+    assert "fail_init" not in str(anonymous), "the plugin's words stay with operators"
+    operator = await client.get("/_backworks/plugins", headers={"Authorization": "Bearer s3cret"})
+    assert "fail_init is set" in (await operator.json())["plugins"][0]["error"]
+    [failed] = [e for e in logs if e["event"] == "plugin_failed_to_start"]
+    assert "fail_init is set" in failed["error"]
 
 
 async def test_plugin_logs_land_in_the_structured_log(kit: Kit, serve: Serve) -> None:
@@ -354,4 +371,5 @@ async def test_a_world_writable_plugin_is_refused_unless_the_config_allows_it(
     assert (await client.get("/plugins/loose/status?code=200")).status == 200
     refused = await client.get("/plugins/strict/status?code=200")
     assert refused.status == 503
-    assert "writable by anyone" in (await error_of(refused))["message"]
+    assert (await error_of(refused))["message"] == "the plugin is not available"
+    assert "writable by anyone" in (client.app[HOST].plugins["strict"].error or "")

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from backworks import httpspec
 from backworks.abi.declarations import MAX_DESCRIPTOR_STRING, ffi
 from backworks.abi.values import CancelFlag, Request, Response
 from backworks.errors import PluginCallError, PluginLoadError
@@ -198,27 +199,70 @@ def _bytes(ptr: Any, length: int, what: str) -> bytes:
     return ffi.unpack(ffi.cast("const char *", ptr), length)  # type: ignore[no-any-return]
 
 
-def _copy_str(s: Any, what: str) -> str:
-    return _bytes(s.ptr, s.len, what).decode("utf-8", "replace")
+# What a copied response is for: the answer to a request, a hook's answer (status 0:
+# "go on"), or a health report (read by the host, never written to a client).
+ANSWER, HOOK, REPORT = 0, 1, 2
+
+# Content types that passed the check, so each plugin's usual one is checked once.
+_checked_types: dict[bytes, str] = {}
 
 
-def _copy_response(c: Any) -> Response:
-    """Copies a plugin-filled `bw_response` into Python memory (before `release`)."""
-    headers = []
-    if c.headers_len:
+def _content_type(raw: bytes) -> str:
+    checked = _checked_types.get(raw)
+    if checked is not None:
+        return checked
+    if not httpspec.is_media_type(raw):
+        msg = f"content_type {raw[:80]!r} is not a media type (type/subtype; parameters)"
+        raise ValueError(msg)
+    text = raw.decode("ascii", "replace")
+    if len(_checked_types) < 256:
+        _checked_types[raw] = text
+    return text
+
+
+def _header(h: Any) -> tuple[str, str]:
+    name = _bytes(h.name.ptr, h.name.len, "header name")
+    value = _bytes(h.value.ptr, h.value.len, "header value")
+    if not httpspec.is_token(name):
+        msg = f"header name {name[:80]!r} is not an HTTP token"
+        raise ValueError(msg)
+    if not httpspec.is_field_value(value):
+        msg = f"header {name.decode()!r} has a value HTTP cannot carry: {value[:80]!r}"
+        raise ValueError(msg)
+    return name.decode("ascii"), value.decode("utf-8", "replace")
+
+
+def _copy_response(c: Any, kind: int) -> Response:
+    """Copies a plugin-filled `bw_response` into Python memory (before `release`).
+
+    An answer (and a hook's) must be one HTTP can carry byte for byte: a final status
+    (200-599; 0 from a hook), a media type, headers of token names and field values.
+    Anything else raises ValueError: refused here, it counts as the plugin's failure.
+    """
+    status = int(c.status)
+    if (
+        kind != REPORT
+        and status not in httpspec.FINAL_STATUSES
+        and not (kind == HOOK and not status)
+    ):
+        msg = f"status {status} is not a final HTTP status (200-599)"
+        raise ValueError(msg)
+    headers: tuple[tuple[str, str], ...] = ()
+    count = c.headers_len
+    if count:
         if c.headers == ffi.NULL:
-            msg = f"response headers are NULL but headers_len is {c.headers_len}"
+            msg = f"response headers are NULL but headers_len is {count}"
             raise ValueError(msg)
-        _check_length(c.headers_len, ffi.sizeof("bw_header"), "response headers")
-        for i in range(c.headers_len):
-            h = c.headers[i]
-            headers.append((_copy_str(h.name, "header name"), _copy_str(h.value, "header value")))
-    return Response(
-        status=int(c.status),
-        body=_bytes(c.body, c.body_len, "response body"),
-        content_type=_copy_str(c.content_type, "content_type"),
-        headers=tuple(headers),
-    )
+        _check_length(count, ffi.sizeof("bw_header"), "response headers")
+        array = c.headers
+        headers = tuple(_header(array[i]) for i in range(count))
+    ct = c.content_type
+    raw_type = _bytes(ct.ptr, ct.len, "content_type")
+    if kind == REPORT:
+        content_type = raw_type.decode("utf-8", "replace")
+    else:
+        content_type = _content_type(raw_type) if raw_type else ""
+    return Response(status, _bytes(c.body, c.body_len, "response body"), content_type, headers)
 
 
 def release(c: Any) -> None:
@@ -230,10 +274,10 @@ def release(c: Any) -> None:
         release(data)
 
 
-def take_response(c: Any, plugin: str) -> Response:
-    """Copy out, then release exactly once, even when the copy fails."""
+def take_response(c: Any, plugin: str, kind: int = ANSWER) -> Response:
+    """Copy out, then release exactly once, even when the copy fails or is refused."""
     try:
-        return _copy_response(c)
+        return _copy_response(c, kind)
     except ValueError as e:
         raise PluginCallError(plugin, f"returned a malformed response: {e}") from e
     finally:

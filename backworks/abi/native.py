@@ -17,6 +17,8 @@ from backworks.abi.declarations import (
     ffi,
 )
 from backworks.abi.marshal import (
+    HOOK,
+    REPORT,
     RequestFrame,
     ResponseFrame,
     descriptor_string,
@@ -213,7 +215,7 @@ class NativeInstance:
         out = ResponseFrame()
         rc = self._desc.on_request(self._state, frame.c_request, out.c_response)
         self._check(rc, out.c_response, "on_request")
-        resp = take_response(out.c_response, self.info.name)
+        resp = take_response(out.c_response, self.info.name, HOOK)
         return resp if resp.status else None
 
     def on_response(self, req: Request, upstream: Response, cancel: CancelFlag) -> Response | None:
@@ -226,7 +228,7 @@ class NativeInstance:
         out = ResponseFrame()
         rc = self._desc.on_response(self._state, frame.c_request, up.c_response, out.c_response)
         self._check(rc, out.c_response, "on_response")
-        resp = take_response(out.c_response, self.info.name)
+        resp = take_response(out.c_response, self.info.name, HOOK)
         return resp if resp.status else None
 
     def health(self) -> Response | None:
@@ -237,7 +239,7 @@ class NativeInstance:
         out = ResponseFrame()
         rc = self._desc.health(self._state, out.c_response)
         self._check(rc, out.c_response, "health")
-        return take_response(out.c_response, self.info.name)
+        return take_response(out.c_response, self.info.name, REPORT)
 
     def shutdown(self) -> None:
         """Calls the plugin's `shutdown` once; later calls do nothing."""

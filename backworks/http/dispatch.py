@@ -1,19 +1,89 @@
-"""The one aiohttp route of the plugin and static endpoints: our route table decides.
+"""Answering a request from the live route table, for both HTTP engines.
 
-aiohttp's router is frozen once the app starts, so every endpoint of the config is
-answered through this catch-all handler, which looks the request up in the Host's
-live route table (swapped whole by a config reload).
+`serve` is engine-neutral: the route table of the Host (swapped whole by a config
+reload) decides, the endpoints answer (endpoints.py), and every failure becomes the
+error envelope (reply.py). `route` is the first half of it alone, for the lane,
+which must know before reading a body whether and how a request is answered.
+
+On aiohttp, whose router is frozen once the app starts, every endpoint of the config
+is answered through one catch-all handler (`dispatch`) that reads the body and calls
+`serve`; the operations routes are aiohttp routes of their own, added before it.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import structlog
 from aiohttp import web
 
+from backworks.abi import Response
+from backworks.errors import PluginCallError, PluginCancelledError, PluginCrashedError, PluginError
 from backworks.http.endpoints import answer_plugin, answer_static
-from backworks.http.keys import ROUTE
+from backworks.http.exchange import Exchange
+from backworks.http.keys import PLUGIN, REQUEST_ID, ROUTE
+from backworks.http.reply import error_reply, method_not_allowed, plugin_error_reply
 from backworks.http.state import HOST
 from backworks.http.traffic import CATCH_ALL, UNMATCHED
-from backworks.lifecycle.routes import MountedEndpoint, NoRoute, PluginEndpoint, StaticEndpoint
+from backworks.httpspec import HOST_HEADERS
+from backworks.lifecycle.host import Host
+from backworks.lifecycle.routes import (
+    Match,
+    MountedEndpoint,
+    NoRoute,
+    PluginEndpoint,
+    StaticEndpoint,
+)
+
+log = structlog.get_logger("backworks.server")
+
+# Paths the operations surface owns (admin routes, dashboard, /metrics): aiohttp
+# routes registered before the catch-all, so they win over any config endpoint.
+OPERATIONS_PREFIX = "/_backworks"
+METRICS_PATH = "/metrics"
+
+
+def is_operations_path(path: str) -> bool:
+    """Whether aiohttp's own routes, not the route table, answer `path`."""
+    return path.startswith(OPERATIONS_PREFIX) or path == METRICS_PATH
+
+
+def route(host: Host, ex: Exchange) -> Match[Any] | Response:
+    """The route that answers `ex` (noted on it), or the 404/405 answer."""
+    try:
+        match = host.routes.match(ex.method, ex.path)
+    except NoRoute as e:
+        ex.route = UNMATCHED
+        if e.allowed:
+            return method_not_allowed(ex.request_id, e.allowed)
+        return error_reply(404, ex.request_id)
+    ex.route = match.route.pattern
+    return match
+
+
+async def serve(host: Host, ex: Exchange, match: Match[Any] | Response | None = None) -> Response:
+    """The answer to `ex`: static, a plugin's (hooks around it), or an error envelope.
+
+    `match`: the result of `route` when the caller already has it.
+    """
+    if match is None:
+        match = route(host, ex)
+    if isinstance(match, Response):
+        return match
+    target = match.route.target
+    if isinstance(target, StaticEndpoint):
+        return answer_static(target, ex.request_id)
+    if isinstance(target, MountedEndpoint):
+        name = match.params[0][1]
+        if name not in host.plugins:
+            return error_reply(404, ex.request_id)
+        target = PluginEndpoint(target.pattern, name)
+    try:
+        return await answer_plugin(host, target, ex, match.params, host.config.hooks)
+    except PluginError as e:
+        if isinstance(e, PluginCallError | PluginCancelledError | PluginCrashedError):
+            log.warning("plugin_failed", plugin=e.plugin, request_id=ex.request_id, error=e.message)
+        return plugin_error_reply(e, ex.request_id)
 
 
 def add_dispatch_route(app: web.Application) -> None:
@@ -22,19 +92,32 @@ def add_dispatch_route(app: web.Application) -> None:
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
-    """Answers from the live route table: a static answer, or a plugin wrapped in hooks."""
+    """The aiohttp side of `serve`: the request's fields in, the answer out."""
     host = request.app[HOST]
-    try:
-        match = host.routes.match(request.method, request.path)
-    except NoRoute as e:
-        request[ROUTE] = UNMATCHED
-        if e.allowed:
-            raise web.HTTPMethodNotAllowed(request.method, sorted(e.allowed)) from None
-        raise web.HTTPNotFound() from None
-    request[ROUTE] = match.route.pattern
-    target = match.route.target
-    if isinstance(target, StaticEndpoint):
-        return answer_static(target, request)
-    if isinstance(target, MountedEndpoint):
-        target = PluginEndpoint(target.pattern, dict(match.params)["plugin"])
-    return await answer_plugin(host, target, request, match.params, host.config.hooks)
+    rid = request[REQUEST_ID]
+    ex = Exchange(
+        request.method,
+        request.path,
+        # From the request line itself: yarl re-quotes the query (%2F becomes /).
+        request.raw_path.partition("?")[2],
+        tuple((name.lower(), value) for name, value in request.headers.items()),
+        b"",
+        rid,
+    )
+    match = route(host, ex)
+    request[ROUTE] = ex.route or UNMATCHED
+    if not isinstance(match, Response) and not isinstance(match.route.target, StaticEndpoint):
+        ex.body = await request.read()  # raises 413 past server.max_body_bytes
+    answer = await serve(host, ex, match)
+    if ex.plugin is not None:
+        request[PLUGIN] = ex.plugin
+    return to_web_response(answer)
+
+
+def to_web_response(answer: Response) -> web.Response:
+    """An aiohttp response carrying `answer` (headers only the host may set are dropped)."""
+    headers: list[tuple[str, str]] = [
+        (name, value) for name, value in answer.headers if name.lower() not in HOST_HEADERS
+    ]
+    headers.append(("Content-Type", answer.content_type or "application/json"))
+    return web.Response(status=answer.status, body=answer.body, headers=headers)

@@ -1,10 +1,13 @@
-"""The middleware every request passes: request id, error envelope, access log, headers."""
+"""The aiohttp engine's middleware: request id, error envelope, access log, headers.
+
+Every request aiohttp answers (the operations routes, and on the aiohttp engine the
+endpoints too) passes here; the lane does the same for its own (lane.py), through the
+same Recorder and the same envelope.
+"""
 
 from __future__ import annotations
 
-import itertools
-import re
-import secrets
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 
@@ -12,69 +15,57 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from backworks.errors import PluginCallError, PluginCancelledError, PluginCrashedError, PluginError
-from backworks.http.envelope import (
-    http_exception_response,
-    internal_error_response,
-    plugin_error_response,
-)
-from backworks.http.keys import PLUGIN, REQUEST_ID
-from backworks.http.traffic import Traffic
+from backworks.http.dispatch import to_web_response
+from backworks.http.keys import PLUGIN, REQUEST_ID, ROUTE
+from backworks.http.record import CLIENT_GONE, Recorder
+from backworks.http.reply import error_reply
+from backworks.http.traffic import registered_route
 
-# An incoming X-Request-Id is kept only when it is short and plain, so that log lines
-# and plugins never receive an attacker's control characters.
-_GOOD_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-
-access_log = structlog.get_logger("backworks.access")
 log = structlog.get_logger("backworks.server")
 
 
 def request_middleware(
-    global_headers: Callable[[], Mapping[str, str]], traffic: Traffic | None = None
+    global_headers: Callable[[], Mapping[str, str]], recorder: Recorder
 ) -> Middleware:
     """Gives each request an id, maps every error to the JSON envelope, logs one line.
 
     `global_headers` is asked on every request, so a config reload changes them at
-    once. With `traffic`, each answered request is also counted there (metrics,
-    dashboard).
+    once. Each answered request is recorded (access log, metrics, dashboard); one whose
+    client went away is recorded as 499 and its handler's cancellation goes on.
     """
-    # Ids unique across processes and restarts without a uuid4 per request: a random
-    # prefix per app (each server process builds its own) and a counter.
-    prefix = secrets.token_hex(6)
-    counter = itertools.count(1)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
-        incoming = request.headers.get("X-Request-Id", "")
-        rid = incoming if _GOOD_REQUEST_ID.fullmatch(incoming) else f"{prefix}{next(counter):010x}"
-        request[REQUEST_ID] = rid
+        rid = request[REQUEST_ID] = recorder.request_id(request.headers.get("X-Request-Id"))
         try:
             response = await handler(request)
         except web.HTTPException as e:
-            response = http_exception_response(e, rid)
-        except PluginError as e:
-            if isinstance(e, PluginCallError | PluginCancelledError | PluginCrashedError):
-                log.warning("plugin_failed", plugin=e.plugin, request_id=rid, error=e.message)
-            response = plugin_error_response(e, rid)
+            allow = (("Allow", e.headers["Allow"]),) if "Allow" in e.headers else ()
+            response = to_web_response(error_reply(e.status, rid, headers=allow))
+        except asyncio.CancelledError:
+            _record(recorder, request, CLIENT_GONE, started, rid)
+            raise
+        except ConnectionError:  # the client went away mid-body: nobody reads an answer
+            _record(recorder, request, CLIENT_GONE, started, rid)
+            return to_web_response(error_reply(400, rid))
         except Exception:
-            log.exception("request_failed", request_id=rid, path=request.path)
-            response = internal_error_response(rid)
+            log.exception("request_failed", request_id=rid, path=request.path[:512])
+            response = to_web_response(error_reply(500, rid))
         response.headers["X-Request-Id"] = rid
         for name, value in global_headers().items():
             response.headers.setdefault(name, value)
-        elapsed = time.perf_counter() - started
-        access_log.info(
-            "request",
-            request_id=rid,
-            method=request.method,
-            path=request.path,
-            status=response.status,
-            duration_ms=round(elapsed * 1000, 3),
-            plugin=request.get(PLUGIN),
-        )
-        if traffic is not None:
-            traffic.record(request, response.status, elapsed, rid)
+        _record(recorder, request, response.status, started, rid)
         return response
 
     return middleware
+
+
+def _record(
+    recorder: Recorder, request: web.Request, status: int, started: float, rid: str
+) -> None:
+    route = request.get(ROUTE) or registered_route(request)
+    seconds = time.perf_counter() - started
+    recorder.answered(
+        request.method, request.path, route, status, seconds, request.get(PLUGIN), rid
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from backworks.http.record import Recorder
 from backworks.http.traffic import Traffic
 from backworks.lifecycle.host import Host
 from backworks.lifecycle.reloader import Reloader
@@ -16,4 +17,5 @@ from backworks.lifecycle.reloader import Reloader
 HOST: web.AppKey[Host] = web.AppKey("host", Host)
 RELOADER: web.AppKey[Reloader] = web.AppKey("reloader", Reloader)
 TRAFFIC: web.AppKey[Traffic] = web.AppKey("traffic", Traffic)
+RECORDER: web.AppKey[Recorder] = web.AppKey("recorder", Recorder)
 METRICS: web.AppKey[CollectorRegistry] = web.AppKey("metrics", CollectorRegistry)

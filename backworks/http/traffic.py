@@ -1,9 +1,9 @@
 """What the server has answered: counts and latencies per endpoint, and the last requests.
 
-The request middleware calls `Traffic.record` once per request, on the event-loop
-thread; /metrics and the dashboard read the same objects at scrape time. Recording is
-a few dict and list operations, no lock and no formatting: the work of turning this
-into text is done by whoever asks.
+Both HTTP engines call `Traffic.record` once per request (through http/record.py),
+on the event-loop thread; /metrics and the dashboard read the same objects at scrape
+time. Recording is a few dict and list operations, no lock and no formatting: the
+work of turning this into text is done by whoever asks.
 
 Endpoints are counted by route pattern (`/items/{id}`), never by raw path, so a
 client cannot grow the metrics by inventing paths; a method outside the HTTP standard
@@ -18,7 +18,6 @@ from typing import Any
 
 from aiohttp import web
 
-from backworks.http.keys import PLUGIN, ROUTE
 from backworks.names import ALL_METHODS
 from backworks.runtime.stats import LatencyHistogram
 
@@ -45,21 +44,29 @@ class Traffic:
         # plugin -> the last 5xx answered in its name: (unix time, status, path, request id)
         self.last_error: dict[str, tuple[float, int, str, str]] = {}
 
-    def record(self, request: web.Request, status: int, seconds: float, request_id: str) -> None:
-        route = request.get(ROUTE) or _registered_route(request)
-        method = request.method if request.method in ALL_METHODS else "other"
-        key = (method, route, status)
+    def record(
+        self,
+        method: str,
+        route: str,
+        path: str,
+        status: int,
+        seconds: float,
+        plugin: str | None,
+        request_id: str,
+    ) -> None:
+        """Counts one answered request under its route pattern (`path` is kept, cut, for
+        the recent list only)."""
+        label = method if method in ALL_METHODS else "other"
+        key = (label, route, status)
         self.requests[key] = self.requests.get(key, 0) + 1
-        histogram = self.latency.get((method, route))
+        histogram = self.latency.get((label, route))
         if histogram is None:
-            histogram = self.latency[method, route] = LatencyHistogram()
+            histogram = self.latency[label, route] = LatencyHistogram()
         histogram.observe(seconds)
         if route.startswith(_ADMIN_PREFIX) or route == _METRICS_ROUTE:
             return
         now = time.time()
-        plugin = request.get(PLUGIN)
-        path = request.path
-        self.recent.append((now, request.method, path, status, seconds, plugin, request_id))
+        self.recent.append((now, method, path, status, seconds, plugin, request_id))
         if plugin is not None and status >= 500:
             self.last_error[plugin] = (now, status, path, request_id)
 
@@ -86,7 +93,7 @@ class Traffic:
         return {"time": when, "status": status, "path": path[:512], "request_id": rid}
 
 
-def _registered_route(request: web.Request) -> str:
+def registered_route(request: web.Request) -> str:
     """The pattern of an aiohttp route (the admin routes); UNMATCHED when none matched."""
     resource = request.match_info.route.resource
     if resource is None or resource.canonical == CATCH_ALL:

@@ -14,6 +14,7 @@ from typing import Generic, TypeVar
 
 import attrs
 
+from backworks.abi import Response
 from backworks.config import Config
 from backworks.names import ALL_METHODS
 
@@ -118,13 +119,28 @@ class PluginEndpoint:
 
 @attrs.frozen
 class StaticEndpoint:
-    """A fixed answer; `{{now}}` (RFC 3339, UTC) and `{{request_id}}` are filled in."""
+    """A fixed answer; `{{now}}` (RFC 3339, UTC) and `{{request_id}}` are filled in.
+
+    `fixed` is the whole answer, made once, when the body has neither placeholder.
+    """
 
     pattern: str
     status: int
     body: str
     content_type: str = DEFAULT_CONTENT_TYPE
     headers: tuple[tuple[str, str], ...] = ()
+    fixed: Response | None = attrs.field(
+        init=False,
+        eq=False,
+        default=attrs.Factory(
+            lambda self: (
+                None
+                if "{{" in self.body
+                else Response(self.status, self.body.encode(), self.content_type, self.headers)
+            ),
+            takes_self=True,
+        ),
+    )
 
 
 @attrs.frozen

@@ -16,7 +16,7 @@ from backworks.http.envelope import envelope
 from backworks.http.keys import REQUEST_ID
 from backworks.http.state import HOST, RELOADER
 from backworks.lifecycle.host import Host
-from backworks.ops.auth import requires_admin_token
+from backworks.ops.auth import is_admin, requires_admin_token
 from backworks.ops.views import plugin_rows
 
 HEALTH_TIMEOUT_S = 2.0
@@ -41,7 +41,7 @@ async def health(request: web.Request) -> web.Response:
 async def plugins(request: web.Request) -> web.Response:
     """Every plugin with its state, breaker, counters and its own health report."""
     host = request.app[HOST]
-    rows = plugin_rows(host, request.app[RELOADER])
+    rows = plugin_rows(host, request.app[RELOADER], details=is_admin(request))
     reports = await asyncio.gather(*(_report(host, row["name"]) for row in rows))
     for row, report in zip(rows, reports, strict=True):
         if report is not None:

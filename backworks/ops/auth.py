@@ -25,18 +25,25 @@ NOT_CONFIGURED = "admin.token is not configured"
 UNAUTHORIZED = "this admin route needs the header Authorization: Bearer <admin.token>"
 
 
-def refusal(request: web.Request) -> web.Response | None:
-    """The 401/403 answer when `request` may not use a mutating admin route, else None."""
+def is_admin(request: web.Request) -> bool:
+    """Whether `request` carries the configured admin token (never true without one)."""
     token = request.app[HOST].config.admin.token
-    rid = request.get(REQUEST_ID, "")
     if not token:
-        return envelope(403, "admin_disabled", NOT_CONFIGURED, rid)
+        return False
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     # Bytes, not str: compare_digest refuses non-ASCII str, and a header may hold any
     # (even lone surrogates, which only surrogatepass encodes).
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
+    return scheme.lower() == "bearer" and hmac.compare_digest(
         given.strip().encode("utf-8", "surrogatepass"), token.encode()
-    ):
+    )
+
+
+def refusal(request: web.Request) -> web.Response | None:
+    """The 401/403 answer when `request` may not use a mutating admin route, else None."""
+    rid = request.get(REQUEST_ID, "")
+    if not request.app[HOST].config.admin.token:
+        return envelope(403, "admin_disabled", NOT_CONFIGURED, rid)
+    if not is_admin(request):
         headers = {"WWW-Authenticate": 'Bearer realm="backworks-admin"'}
         return envelope(401, "unauthorized", UNAUTHORIZED, rid, headers=headers)
     return None

@@ -20,6 +20,7 @@ from aiohttp.typedefs import Handler
 from backworks.http.envelope import envelope
 from backworks.http.keys import REQUEST_ID
 from backworks.http.state import HOST, RELOADER, TRAFFIC
+from backworks.ops.auth import is_admin
 from backworks.ops.views import state_json
 
 PAGE = "static/dashboard.html"
@@ -79,4 +80,5 @@ def _content_security_policy(html: str) -> str:
 async def state(request: web.Request) -> web.Response:
     """Plugins, endpoints and recent requests: everything the dashboard shows."""
     app = request.app
-    return web.json_response(state_json(app[HOST], app[RELOADER], app[TRAFFIC]))
+    details = is_admin(request)
+    return web.json_response(state_json(app[HOST], app[RELOADER], app[TRAFFIC], details=details))

@@ -14,9 +14,17 @@ from backworks.lifecycle.host import Host
 from backworks.lifecycle.reloader import Reloader
 from backworks.lifecycle.routes import MountedEndpoint, PluginEndpoint, StaticEndpoint
 
+# What an anonymous reader sees where a plugin's or the config's own words would be.
+HIDDEN = "hidden: send the admin token (Authorization: Bearer) to see it"
 
-def plugin_rows(host: Host, reloader: Reloader) -> list[dict[str, Any]]:
-    """One row per plugin: state, version, ABI, path, flags, error, breaker, counters."""
+
+def plugin_rows(host: Host, reloader: Reloader, *, details: bool) -> list[dict[str, Any]]:
+    """One row per plugin: state, version, ABI, flags, breaker, counters.
+
+    With `details` (an authenticated operator) also what the plugin or the config
+    says in its own words: the file, the description, why it failed to start or
+    reload. Anonymous readers get HIDDEN in their place, never the text.
+    """
     rows = []
     for name, plugin in sorted(host.plugins.items()):
         info = plugin.info
@@ -25,17 +33,17 @@ def plugin_rows(host: Host, reloader: Reloader) -> list[dict[str, Any]]:
             "state": plugin.state.value,
             "version": info.version if info else None,
             "abi": info.abi if info else None,
-            "path": plugin.path,
+            "path": _shown(plugin.path, details),
             "flags": info.flag_names if info else [],
-            "description": info.description if info else None,
-            "error": plugin.error,
+            "description": _shown(info.description if info else None, details),
+            "error": _shown(plugin.error, details),
         }
         version = host.versions.get(name)
         if version is not None:
             row["generation"] = version.generation
         reload = reloader.statuses.get(name)
         if reload is not None:
-            row["reload"] = reload.to_json()
+            row["reload"] = {**reload.to_json(), "error": _shown(reload.error, details)}
         runner = host.runners.get(name)
         if runner is not None:
             row.update(runner.snapshot())
@@ -43,10 +51,16 @@ def plugin_rows(host: Host, reloader: Reloader) -> list[dict[str, Any]]:
     return rows
 
 
-def state_json(host: Host, reloader: Reloader, traffic: Traffic) -> dict[str, Any]:
+def _shown(text: str | None, details: bool) -> str | None:
+    return text if details or not text else HIDDEN
+
+
+def state_json(
+    host: Host, reloader: Reloader, traffic: Traffic, *, details: bool
+) -> dict[str, Any]:
     """Plugins, endpoints and recent requests: what the dashboard polls, no plugin code run."""
     config = host.config
-    plugins = plugin_rows(host, reloader)
+    plugins = plugin_rows(host, reloader, details=details)
     for row in plugins:
         row["error_rate"] = _error_rate(row.get("counters"))
         row["last_error"] = traffic.last_error_json(row["name"])

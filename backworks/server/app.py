@@ -28,7 +28,8 @@ from aiohttp import web
 from backworks.config import Config, ConfigSource
 from backworks.http.dispatch import add_dispatch_route
 from backworks.http.middleware import request_middleware
-from backworks.http.state import HOST, METRICS, RELOADER, TRAFFIC
+from backworks.http.record import Recorder
+from backworks.http.state import HOST, METRICS, RECORDER, RELOADER, TRAFFIC
 from backworks.http.traffic import Traffic
 from backworks.lifecycle.host import Host
 from backworks.lifecycle.reloader import Reloader
@@ -49,14 +50,16 @@ def create_app(
     `config` was read from, reloaded when it changes.
     """
     traffic = Traffic()
+    recorder = Recorder(traffic)
     host = Host(config)
     app = web.Application(
         client_max_size=config.server.max_body_bytes,
-        middlewares=[request_middleware(lambda: host.config.global_headers, traffic)],
+        middlewares=[request_middleware(lambda: host.config.global_headers, recorder)],
     )
     app[HOST] = host
     app[RELOADER] = Reloader(host, source)
     app[TRAFFIC] = traffic
+    app[RECORDER] = recorder
     app[METRICS] = new_registry(host, traffic)
     app.cleanup_ctx.append(_plugins_lifecycle)
     if admin_listener and config.dashboard.port is not None:
@@ -71,11 +74,12 @@ def create_admin_app(main: web.Application) -> web.Application:
     """The admin routes, /metrics and the dashboard alone, answering from `main`'s state."""
     host = main[HOST]
     app = web.Application(
-        middlewares=[request_middleware(lambda: host.config.global_headers, main[TRAFFIC])]
+        middlewares=[request_middleware(lambda: host.config.global_headers, main[RECORDER])]
     )
     app[HOST] = host
     app[RELOADER] = main[RELOADER]
     app[TRAFFIC] = main[TRAFFIC]
+    app[RECORDER] = main[RECORDER]
     app[METRICS] = main[METRICS]
     _add_operations_routes(app)
     return app
