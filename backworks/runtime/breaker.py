@@ -5,7 +5,15 @@ open --(recovery_timeout_ms elapsed)--> half_open, which lets one probe call thr
 half_open --(probe succeeds)--> closed;  --(probe fails)--> open again
 
 Only failures, timeouts and crashes count; a plugin's deliberate 4xx/5xx is a success
-of the call. The breaker is used from the event-loop thread only, so it needs no lock.
+of the call. The breaker keeps its word: each admitted call gets a ticket, and an
+outcome only moves the breaker in the state its ticket was issued for. In open and
+half-open only the probe's outcome counts; a call admitted while the breaker was
+still closed that ends late (a success or a failure) changes nothing, so a
+recovery_timeout of 30 s means 30 s. Every admitted call records exactly one
+outcome: success, failure, or neutral (it said nothing about the plugin: the caller
+went away, or the host itself failed around the call).
+
+Used from the event-loop thread only, so it needs no lock.
 """
 
 from __future__ import annotations
@@ -21,6 +29,10 @@ class CircuitState(enum.Enum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
+
+
+# allow()'s answer when the call may not be made; every other ticket is true.
+REFUSED = 0
 
 
 class CircuitBreaker:
@@ -42,10 +54,14 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at = 0.0
         self._probe_in_flight = False
+        # Tickets: the closed period a call was admitted in (a positive number that
+        # grows each time the breaker opens), or its negative for the half-open probe.
+        self._period = 1
         self.times_opened = 0
 
     @property
     def state(self) -> CircuitState:
+        """The state now (an open breaker past its recovery timeout is half-open)."""
         if (
             self._state is CircuitState.OPEN
             and self._clock() - self._opened_at >= self.recovery_timeout
@@ -56,37 +72,58 @@ class CircuitBreaker:
 
     @property
     def consecutive_failures(self) -> int:
+        """Failures in a row of calls admitted while closed."""
         return self._failures
 
-    def allow(self) -> bool:
-        """Asks to make a call. In half-open only one probe at a time gets a yes.
+    def allow(self) -> int:
+        """Asks to make a call: a ticket, or REFUSED (0). In half-open, one probe at a time.
 
-        A yes must be followed by exactly one of record_success, record_failure or
-        record_neutral.
+        Pass the ticket to exactly one of record_success, record_failure or
+        record_neutral when the call's outcome is known.
         """
-        state = self.state
-        if state is CircuitState.CLOSED:
-            return True
-        if state is CircuitState.HALF_OPEN and not self._probe_in_flight:
+        if self._state is CircuitState.CLOSED:
+            return self._period
+        if self.state is CircuitState.HALF_OPEN and not self._probe_in_flight:
             self._probe_in_flight = True
-            return True
-        return False
+            return -self._period
+        return REFUSED
 
-    def record_success(self) -> None:
+    def record_success(self, ticket: int) -> None:
+        """The call worked: a closed breaker forgets its failures; a probe closes it."""
+        if ticket == self._period and self._state is CircuitState.CLOSED:
+            self._failures = 0
+        elif ticket == -self._period and self._state is CircuitState.HALF_OPEN:
+            self._close()
+
+    def record_failure(self, ticket: int) -> None:
+        """The call failed, timed out or crashed."""
+        if ticket == self._period and self._state is CircuitState.CLOSED:
+            self._failures += 1
+            if self._failures >= self.failure_threshold:
+                self._open()
+        elif ticket == -self._period and self._state is CircuitState.HALF_OPEN:
+            self._open()
+
+    def record_neutral(self, ticket: int) -> None:
+        """The call says nothing about the plugin; a neutral probe lets another one try."""
+        if ticket == -self._period and self._state is CircuitState.HALF_OPEN:
+            self._probe_in_flight = False
+
+    def reset(self) -> None:
+        """Closes the breaker now (an operator fixed the cause); its failures are forgotten."""
+        if self._state is not CircuitState.CLOSED:
+            self._close()
+        self._failures = 0
+
+    def _open(self) -> None:
+        self._state = CircuitState.OPEN
+        self._opened_at = self._clock()
+        self._probe_in_flight = False
+        self._period += 1  # calls admitted before this no longer count
+        self.times_opened += 1
+
+    def _close(self) -> None:
+        self._state = CircuitState.CLOSED
         self._failures = 0
         self._probe_in_flight = False
-        self._state = CircuitState.CLOSED
-
-    def record_failure(self) -> None:
-        self._failures += 1
-        probing = self._state is CircuitState.HALF_OPEN
-        self._probe_in_flight = False
-        if probing or self._failures >= self.failure_threshold:
-            if self._state is not CircuitState.OPEN:
-                self.times_opened += 1
-            self._state = CircuitState.OPEN
-            self._opened_at = self._clock()
-
-    def record_neutral(self) -> None:
-        """The call never reached the plugin (e.g. no free slot): its outcome says nothing."""
-        self._probe_in_flight = False
+        self._period += 1  # the probe's period is over; closed calls get a new one
