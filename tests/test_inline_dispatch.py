@@ -101,7 +101,9 @@ async def test_repeated_overruns_demote_the_plugin_to_its_pool_for_good(
     monkeypatch.setattr(runner_module, "INLINE_BUDGET_S", 0.001)
     runner = make_runner()
     with capture_logs() as logs:
-        for _ in range(INLINE_STRIKES - 1):
+        # The first overrun is seen in wall time; from then on calls are measured in
+        # CPU time, and each that overruns there is a strike.
+        for _ in range(INLINE_STRIKES):
             await spin(runner, 20)
         assert runner.dispatch == "inline", "an overrun or two may be the machine's fault"
         await spin(runner, 20)
@@ -123,7 +125,7 @@ async def test_overruns_far_apart_are_forgiven(
     monkeypatch.setattr(runner_module, "INLINE_BUDGET_S", 0.001)
     runner = make_runner()
     for _ in range(3):
-        for _ in range(INLINE_STRIKES - 1):
+        for _ in range(INLINE_STRIKES):  # as many as can be forgiven: one suspicion, two strikes
             await spin(runner, 20)
         for _ in range(INLINE_STRIKE_WINDOW):
             await runner.handle(Request("GET", "/kit/status", query="code=200"))

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import struct
 import sys
+import threading
 from collections.abc import Sequence
+from itertools import chain
 from typing import Any
 
 from backworks import httpspec
@@ -65,61 +67,134 @@ def _pair_struct(count: int) -> struct.Struct:
     return packer
 
 
+_request_structs: dict[int, struct.Struct] = {}
+
+
+def _request_struct(pairs: int) -> struct.Struct:
+    """The `struct` layout of a `bw_request` followed by `bw_header[pairs]`."""
+    packer = _request_structs.get(pairs)
+    if packer is None:
+        layout = _REQUEST.format + "PN" * (2 * pairs)
+        packer = _request_structs.setdefault(pairs, struct.Struct(layout))
+        if pairs and struct.calcsize(layout) != _REQUEST.size + pairs * _HEADER_SIZE:
+            msg = "bw_header[] does not follow bw_request the way struct lays it out"
+            raise RuntimeError(msg)
+    return packer
+
+
 def _pack_pairs(spans: list[int], count: int) -> Any:
     """A host-owned `bw_header[count]` from 4 * count span numbers; None when empty."""
     return ffi.from_buffer(_pair_struct(count).pack(*spans)) if count else None
 
 
-class RequestFrame:
-    """Host-owned memory of one `bw_request`, alive while this object is referenced.
+# A zeroed bw_response with its struct_size, as every call's output starts.
+_FRESH_RESPONSE = bytes(
+    ffi.buffer(ffi.new("bw_response *", {"struct_size": ffi.sizeof("bw_response")}))
+)
 
-    One buffer holds it all: the struct, then the header/param array, then every
-    string; only a non-empty body is referenced where it lies (no copy).
+
+class _Scratch:
+    """One thread's reusable memory for the `bw_request` and `bw_response` of a call.
+
+    A thread makes one native call at a time (a call that overran its timeout keeps
+    its thread until it returns), so its scratch memory is never in use twice: one
+    allocation per thread instead of several cffi objects per call. The memory is a
+    bytearray that cffi points into (never resized, so the address holds): `struct`
+    and slicing write it at native speed.
     """
 
-    __slots__ = ("body", "buffer", "c_request", "cancel", "raw")
+    __slots__ = ("address", "c_request", "c_response", "cdata", "response", "size", "view")
 
-    def __init__(self, req: Request, cancel: CancelFlag) -> None:
-        texts: list[str | bytes] = [req.method, req.path, req.query, req.endpoint, req.request_id]
-        for pair in req.params:
-            texts += pair
-        for pair in req.headers:
-            texts += pair
-        encoded = [t if isinstance(t, bytes) else _text(t) for t in texts]
-        n_params, n_headers = len(req.params), len(req.headers)
-        pairs_at = _REQUEST.size
-        strings_at = pairs_at + (n_params + n_headers) * _HEADER_SIZE
-        self.buffer = buffer = bytearray(strings_at)
-        buffer += b"".join(encoded)
-        self.raw = ffi.from_buffer(buffer)
-        base = _address(self.raw)
-        spans: list[int] = []
-        position = base + strings_at
-        for chunk in encoded:
-            size = len(chunk)
-            spans += (position if size else 0, size)
-            position += size
-        if n_params or n_headers:
-            _pair_struct(n_params + n_headers).pack_into(buffer, pairs_at, *spans[10:])
-        body = req.body
-        self.body = ffi.from_buffer(body) if body else None
-        self.cancel = cancel
-        _REQUEST.pack_into(
-            buffer,
-            0,
-            _REQUEST.size,
-            *spans[:8],  # method, path, query, endpoint
-            base + pairs_at if n_params else 0,
-            n_params,
-            base + pairs_at + n_params * _HEADER_SIZE if n_headers else 0,
-            n_headers,
-            _address(self.body) if body else 0,
-            len(body),
-            *spans[8:10],  # request_id
-            min(max(req.timeout_ms, 0), 0xFFFFFFFF),
-            _address(cancel._word),
-        )
-        self.c_request = ffi.cast("bw_request *", self.raw)
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.view = bytearray(size)
+        self.cdata = ffi.from_buffer(self.view)
+        self.address = _address(self.cdata)
+        self.c_request = ffi.cast("bw_request *", self.cdata)
+        self.response = bytearray(_FRESH_RESPONSE)
+        self.c_response = ffi.cast("bw_response *", ffi.from_buffer(self.response))
+
+
+_SCRATCH_SIZE = 64 * 1024
+_scratches = threading.local()
+
+
+def _scratch(size: int) -> _Scratch:
+    try:
+        scratch: _Scratch = _scratches.scratch
+    except AttributeError:
+        scratch = _scratches.scratch = _Scratch(_SCRATCH_SIZE)
+    # A request larger than the scratch memory gets memory of its own, for this call.
+    return scratch if size <= scratch.size else _Scratch(size)
+
+
+def frame_request(req: Request, cancel: CancelFlag) -> tuple[Any, Any]:
+    """Lays `req` out as one host-owned `bw_request`; returns it and what keeps it alive.
+
+    Keep the second value referenced until the native call has returned. The struct,
+    the header/param array, every string and the body lie end to end in this thread's
+    scratch memory; the structs are packed with `struct` in native layout (checked
+    against cffi's at import) instead of field by field: marshalling is what a plugin
+    call costs most. Strings are copied as bytes: one encode for the ASCII they
+    nearly always are.
+    """
+    params, headers = req.params, req.headers
+    texts = (
+        req.method,
+        req.path,
+        req.query,
+        req.endpoint,
+        req.request_id,
+        *chain.from_iterable(params),
+        *chain.from_iterable(headers),
+    )
+    joined = "".join(texts)
+    try:
+        blob = joined.encode("ascii")
+        lengths: Sequence[str | bytes] = texts
+    except UnicodeEncodeError:
+        encoded = [_text(t) for t in texts]
+        blob = b"".join(encoded)
+        lengths = encoded
+    pairs = len(params) + len(headers)
+    strings_at = _REQUEST.size + pairs * _HEADER_SIZE
+    body = req.body
+    body_at = strings_at + len(blob)
+    scratch = _scratch(body_at + len(body))
+    view, base = scratch.view, scratch.address
+    spans: list[int] = []
+    position = base + strings_at
+    for text in lengths:
+        size = len(text)
+        spans += (position if size else 0, size)  # an empty string is NULL, as ever
+        position += size
+    view[strings_at:body_at] = blob
+    if body:
+        view[body_at : body_at + len(body)] = body
+    # The struct and the pair array after it, in one go.
+    _request_struct(pairs).pack_into(
+        view,
+        0,
+        _REQUEST.size,
+        *spans[:8],  # method, path, query, endpoint
+        base + _REQUEST.size if params else 0,
+        len(params),
+        base + _REQUEST.size + len(params) * _HEADER_SIZE if headers else 0,
+        len(headers),
+        base + body_at if body else 0,
+        len(body),
+        *spans[8:10],  # request_id
+        min(max(req.timeout_ms, 0), 0xFFFFFFFF),
+        cancel.address,
+        *spans[10:],  # the params, then the headers: name and value each
+    )
+    return scratch.c_request, scratch
+
+
+def fresh_response(memory: Any) -> Any:
+    """The `bw_response` of `memory` (from frame_request), zeroed for a plugin to fill."""
+    memory.response[:] = _FRESH_RESPONSE
+    return memory.c_response
 
 
 def _check_request_layout() -> None:
@@ -148,6 +223,22 @@ def _check_request_layout() -> None:
 
 
 _check_request_layout()
+
+
+def _check_response_layout() -> None:
+    """The `struct` format of bw_response must match what the C compiler makes of it."""
+    if _RESPONSE.size != ffi.sizeof("bw_response"):
+        msg = "bw_response layout differs from the struct format used to read it"
+        raise RuntimeError(msg)
+    c = ffi.new("bw_response *")
+    c.struct_size, c.status = 1, 2
+    c.content_type.ptr, c.content_type.len = ffi.cast("char *", 3), 4
+    c.headers, c.headers_len = ffi.cast("bw_header *", 5), 6
+    c.body, c.body_len = ffi.cast("uint8_t *", 7), 8
+    c.release, c.release_data = ffi.cast("bw_release_fn", 9), ffi.cast("void *", 10)
+    if _RESPONSE.unpack(bytes(ffi.buffer(c))) != tuple(range(1, 11)):
+        msg = "bw_response fields lie at other offsets than the struct format reads them"
+        raise RuntimeError(msg)
 
 
 class ResponseFrame:
@@ -282,6 +373,39 @@ def take_response(c: Any, plugin: str, kind: int = ANSWER) -> Response:
         raise PluginCallError(plugin, f"returned a malformed response: {e}") from e
     finally:
         release(c)
+
+
+# bw_response: struct_size, status, content_type, headers (+len), body (+len), release,
+# release_data -- in the header's order (checked against cffi's layout at import).
+_RESPONSE = struct.Struct("@Ii" + "PN" * 3 + "PP")
+_check_response_layout()
+
+
+def take_answer(memory: Any, plugin: str) -> Response:
+    """`take_response` for the scratch memory of frame_request: the same checks, faster.
+
+    The struct is read in one `struct` call; the content type and the body, which the
+    SDK's helpers lay end to end, in one copy when they are.
+    """
+    fields = _RESPONSE.unpack_from(memory.response)
+    c = memory.c_response
+    try:
+        _, status, ct_at, ct_len, _, count, body_at, body_len, _, _ = fields
+        if count or status not in httpspec.FINAL_STATUSES:
+            return _copy_response(c, ANSWER)  # headers to check, or a refusal to word
+        if not ct_len:
+            return Response(status, _bytes(c.body, body_len, "response body"))
+        if ct_at + ct_len == body_at and body_len and ct_at:
+            _check_length(body_len, 1, "response body")
+            both = _bytes(c.content_type.ptr, ct_len + body_len, "response")
+            return Response(status, both[ct_len:], _content_type(both[:ct_len]))
+        content_type = _content_type(_bytes(c.content_type.ptr, ct_len, "content_type"))
+        return Response(status, _bytes(c.body, body_len, "response body"), content_type)
+    except ValueError as e:
+        raise PluginCallError(plugin, f"returned a malformed response: {e}") from e
+    finally:
+        if fields[8]:
+            release(c)
 
 
 def failure_message(c: Any) -> str:

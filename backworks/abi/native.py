@@ -19,11 +19,13 @@ from backworks.abi.declarations import (
 from backworks.abi.marshal import (
     HOOK,
     REPORT,
-    RequestFrame,
     ResponseFrame,
     descriptor_string,
     failure_message,
+    frame_request,
+    fresh_response,
     release,
+    take_answer,
     take_response,
 )
 from backworks.abi.values import CancelFlag, LogSink, PluginInfo, Request, Response
@@ -199,23 +201,26 @@ class NativeInstance:
         raise PluginCallError(self.info.name, detail)
 
     def handle(self, req: Request, cancel: CancelFlag) -> Response:
-        self._ensure_open("handle")
-        frame = RequestFrame(req, cancel)
-        out = ResponseFrame()
-        rc = self._desc.handle(self._state, frame.c_request, out.c_response)
-        self._check(rc, out.c_response, "handle")
-        return take_response(out.c_response, self.info.name)
+        """Runs the plugin's `handle` on `req`; raises PluginCallError or its kin."""
+        if self._closed:
+            self._ensure_open("handle")
+        c_request, memory = frame_request(req, cancel)
+        out = fresh_response(memory)
+        rc = self._desc.handle(self._state, c_request, out)
+        if rc != BW_OK:
+            self._check(rc, out, "handle")
+        return take_answer(memory, self.info.name)
 
     def on_request(self, req: Request, cancel: CancelFlag) -> Response | None:
         """Runs the request hook; None lets the request go on (also when there is none)."""
         self._ensure_open("on_request")
         if self._desc.on_request == ffi.NULL:
             return None
-        frame = RequestFrame(req, cancel)
-        out = ResponseFrame()
-        rc = self._desc.on_request(self._state, frame.c_request, out.c_response)
-        self._check(rc, out.c_response, "on_request")
-        resp = take_response(out.c_response, self.info.name, HOOK)
+        c_request, memory = frame_request(req, cancel)
+        out = fresh_response(memory)
+        rc = self._desc.on_request(self._state, c_request, out)
+        self._check(rc, out, "on_request")
+        resp = take_response(out, self.info.name, HOOK)
         return resp if resp.status else None
 
     def on_response(self, req: Request, upstream: Response, cancel: CancelFlag) -> Response | None:
@@ -223,12 +228,12 @@ class NativeInstance:
         self._ensure_open("on_response")
         if self._desc.on_response == ffi.NULL:
             return None
-        frame = RequestFrame(req, cancel)
+        c_request, memory = frame_request(req, cancel)
         up = ResponseFrame(upstream)
-        out = ResponseFrame()
-        rc = self._desc.on_response(self._state, frame.c_request, up.c_response, out.c_response)
-        self._check(rc, out.c_response, "on_response")
-        resp = take_response(out.c_response, self.info.name, HOOK)
+        out = fresh_response(memory)
+        rc = self._desc.on_response(self._state, c_request, up.c_response, out)
+        self._check(rc, out, "on_response")
+        resp = take_response(out, self.info.name, HOOK)
         return resp if resp.status else None
 
     def health(self) -> Response | None:

@@ -84,10 +84,11 @@ class CancelFlag:
     reference to it until the call returns.
     """
 
-    __slots__ = ("_word",)
+    __slots__ = ("_word", "address")
 
     def __init__(self) -> None:
         self._word = ffi.new("uint32_t *")
+        self.address = int(ffi.cast("uintptr_t", self._word))  # where a bw_request points
 
     def set(self) -> None:
         self._word[0] = 1

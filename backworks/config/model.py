@@ -15,6 +15,8 @@ import attrs
 
 from backworks.names import Dispatch, Isolation
 
+Engine = Literal["lane", "aiohttp"]
+ENGINES: tuple[Engine, ...] = get_args(Engine)
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["auto", "console", "json"]
 LOG_LEVELS: tuple[LogLevel, ...] = get_args(LogLevel)
@@ -113,11 +115,20 @@ class EndpointConfig:
 
 @attrs.frozen
 class ServerConfig:
-    """`server`: where to listen, the body limit, and how long a shutdown may drain."""
+    """`server`: where and how to listen, what a client may send, how long to drain.
+
+    `engine`: `lane` (the plugin lane, http/lane.py; the default) or `aiohttp` (every
+    request through aiohttp). The read timeouts bound how long a client may take to
+    send a request's head and its body, and how long a kept-alive connection may idle.
+    """
 
     host: str = "127.0.0.1"
     port: int = 3000
+    engine: Engine = "lane"
     max_body_bytes: int = 1_048_576
+    header_timeout_ms: int = 10_000
+    body_timeout_ms: int = 30_000
+    keepalive_timeout_ms: int = 75_000
     shutdown_timeout_ms: int = 10_000
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from backworks.config.model import (
+    ENGINES,
     LOG_FORMATS,
     LOG_LEVELS,
     AdminConfig,
@@ -298,7 +299,11 @@ def _server(sec: Reader) -> ServerConfig:
         ServerConfig(
             host=sec.text("host", d.host),
             port=sec.integer("port", d.port, low=0, high=65535),
+            engine=sec.choice("engine", d.engine, ENGINES),
             max_body_bytes=sec.integer("max_body_bytes", d.max_body_bytes),
+            header_timeout_ms=sec.integer("header_timeout_ms", d.header_timeout_ms),
+            body_timeout_ms=sec.integer("body_timeout_ms", d.body_timeout_ms),
+            keepalive_timeout_ms=sec.integer("keepalive_timeout_ms", d.keepalive_timeout_ms),
             shutdown_timeout_ms=sec.integer("shutdown_timeout_ms", d.shutdown_timeout_ms, low=0),
         )
     )

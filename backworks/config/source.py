@@ -7,12 +7,11 @@ running values and are reported as needing a restart.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import attrs
 
-from backworks.config.model import Config
+from backworks.config.model import Config, ServerConfig
 from backworks.config.parse import load_config
 
 
@@ -40,26 +39,25 @@ class ConfigSource:
 
 
 # Settings read once, when the server starts listening; a reload cannot change them.
-_RESTART_ONLY: tuple[tuple[str, Callable[[Config], object]], ...] = (
-    ("server.host", lambda c: c.server.host),
-    ("server.port", lambda c: c.server.port),
-    ("server.max_body_bytes", lambda c: c.server.max_body_bytes),
-    ("logging", lambda c: c.logging),
-    ("dashboard", lambda c: c.dashboard),
+# Of `server`, only shutdown_timeout_ms is read again (when the server stops).
+_RESTART_ONLY_SERVER = tuple(
+    field.name for field in attrs.fields(ServerConfig) if field.name != "shutdown_timeout_ms"
 )
 
 
 def restart_needed(old: Config, new: Config) -> list[str]:
     """The key paths whose change in `new` only takes effect after a restart."""
-    return [key for key, read in _RESTART_ONLY if read(old) != read(new)]
+    changed = [
+        f"server.{name}"
+        for name in _RESTART_ONLY_SERVER
+        if getattr(old.server, name) != getattr(new.server, name)
+    ]
+    changed += [key for key in ("logging", "dashboard") if getattr(old, key) != getattr(new, key)]
+    return changed
 
 
 def keep_restart_only(running: Config, new: Config) -> Config:
     """`new` with the running values of what only a restart can change."""
-    server = attrs.evolve(
-        new.server,
-        host=running.server.host,
-        port=running.server.port,
-        max_body_bytes=running.server.max_body_bytes,
-    )
+    kept = {name: getattr(running.server, name) for name in _RESTART_ONLY_SERVER}
+    server = attrs.evolve(new.server, **kept)
     return attrs.evolve(new, server=server, logging=running.logging, dashboard=running.dashboard)

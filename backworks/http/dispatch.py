@@ -19,7 +19,7 @@ from aiohttp import web
 
 from backworks.abi import Response
 from backworks.errors import PluginCallError, PluginCancelledError, PluginCrashedError, PluginError
-from backworks.http.endpoints import answer_plugin, answer_static
+from backworks.http.endpoints import answer_plugin, answer_plugin_now, answer_static
 from backworks.http.exchange import Exchange
 from backworks.http.keys import PLUGIN, REQUEST_ID, ROUTE
 from backworks.http.reply import error_reply, method_not_allowed, plugin_error_reply
@@ -61,13 +61,8 @@ def route(host: Host, ex: Exchange) -> Match[Any] | Response:
     return match
 
 
-async def serve(host: Host, ex: Exchange, match: Match[Any] | Response | None = None) -> Response:
-    """The answer to `ex`: static, a plugin's (hooks around it), or an error envelope.
-
-    `match`: the result of `route` when the caller already has it.
-    """
-    if match is None:
-        match = route(host, ex)
+def _endpoint(host: Host, ex: Exchange, match: Match[Any] | Response) -> Any:
+    """What answers: a Response ready now, or the plugin endpoint and its parameters."""
     if isinstance(match, Response):
         return match
     target = match.route.target
@@ -78,12 +73,48 @@ async def serve(host: Host, ex: Exchange, match: Match[Any] | Response | None = 
         if name not in host.plugins:
             return error_reply(404, ex.request_id)
         target = PluginEndpoint(target.pattern, name)
+    return target, match.params
+
+
+def answer_now(host: Host, ex: Exchange, match: Match[Any] | Response) -> Response | None:
+    """The answer when making it needs no waiting, else None: then `await serve(...)`.
+
+    Routing errors, static endpoints, and a plugin that runs inline with no hook
+    around it are answered here, without a coroutine: the hot path of both engines.
+    """
+    found = _endpoint(host, ex, match)
+    if isinstance(found, Response):
+        return found
+    endpoint, params = found
+    if endpoint.hooks or host.config.hooks:
+        return None
     try:
-        return await answer_plugin(host, target, ex, match.params, host.config.hooks)
+        return answer_plugin_now(host, endpoint, ex, params)
     except PluginError as e:
-        if isinstance(e, PluginCallError | PluginCancelledError | PluginCrashedError):
-            log.warning("plugin_failed", plugin=e.plugin, request_id=ex.request_id, error=e.message)
-        return plugin_error_reply(e, ex.request_id)
+        return _failed(e, ex)
+
+
+async def serve(host: Host, ex: Exchange, match: Match[Any] | Response | None = None) -> Response:
+    """The answer to `ex`: static, a plugin's (hooks around it), or an error envelope.
+
+    `match`: the result of `route` when the caller already has it.
+    """
+    found = _endpoint(host, ex, route(host, ex) if match is None else match)
+    if isinstance(found, Response):
+        return found
+    endpoint, params = found
+    try:
+        return await answer_plugin(host, endpoint, ex, params, host.config.hooks)
+    except PluginError as e:
+        return _failed(e, ex)
+
+
+def _failed(error: PluginError, ex: Exchange) -> Response:
+    if isinstance(error, PluginCallError | PluginCancelledError | PluginCrashedError):
+        log.warning(
+            "plugin_failed", plugin=error.plugin, request_id=ex.request_id, error=error.message
+        )
+    return plugin_error_reply(error, ex.request_id)
 
 
 def add_dispatch_route(app: web.Application) -> None:
@@ -108,7 +139,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     request[ROUTE] = ex.route or UNMATCHED
     if not isinstance(match, Response) and not isinstance(match.route.target, StaticEndpoint):
         ex.body = await request.read()  # raises 413 past server.max_body_bytes
-    answer = await serve(host, ex, match)
+    answer = answer_now(host, ex, match) or await serve(host, ex, match)
     if ex.plugin is not None:
         request[PLUGIN] = ex.plugin
     return to_web_response(answer)

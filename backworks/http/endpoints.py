@@ -41,6 +41,33 @@ def answer_static(endpoint: StaticEndpoint, request_id: str) -> Response:
     return Response(endpoint.status, body.encode(), endpoint.content_type, endpoint.headers)
 
 
+def _request(ex: Exchange, endpoint: PluginEndpoint, params: Params, timeout_ms: int) -> Request:
+    return Request(
+        ex.method,
+        ex.path,
+        ex.query,
+        endpoint.pattern,
+        params,
+        ex.headers,
+        ex.body,
+        ex.request_id,
+        timeout_ms,
+    )
+
+
+def answer_plugin_now(
+    plugins: Plugins, endpoint: PluginEndpoint, ex: Exchange, params: Params
+) -> Response | None:
+    """The handler's answer at once when it runs inline (no hooks around it), else None.
+
+    None means "await answer_plugin": the call has to wait for a thread, a worker or
+    a free slot.
+    """
+    ex.plugin = endpoint.handler
+    runner = plugins.runner(endpoint.handler)
+    return runner.handle_now(_request(ex, endpoint, params, runner.timeout_ms))
+
+
 async def answer_plugin(
     plugins: Plugins,
     endpoint: PluginEndpoint,
@@ -51,17 +78,7 @@ async def answer_plugin(
     """Request hooks in order, then the handler, then response hooks in reverse."""
     ex.plugin = handler = endpoint.handler
     runner = plugins.runner(handler)
-    req = Request(
-        ex.method,
-        ex.path,
-        ex.query,
-        endpoint.pattern,
-        params,
-        ex.headers,
-        ex.body,
-        ex.request_id,
-        runner.timeout_ms,
-    )
+    req = _request(ex, endpoint, params, runner.timeout_ms)
     hooks = (*global_hooks, *endpoint.hooks) if endpoint.hooks else global_hooks
     if not hooks:
         return await runner.handle(req)

@@ -32,6 +32,9 @@ class Recorder:
 
     def __init__(self, traffic: Traffic) -> None:
         self.traffic = traffic
+        # Asked once: logging is configured before the app is made and only a restart
+        # changes it; asking structlog per request costs more than the record itself.
+        self._log_access = access_log.bind().is_enabled_for(logging.INFO)
         # Unique across processes and restarts without a uuid4 per request: a random
         # prefix per app (each server process builds its own) and a counter.
         self._prefix = secrets.token_hex(6)
@@ -54,7 +57,7 @@ class Recorder:
         request_id: str,
     ) -> None:
         """One access-log line (when the level lets it through) and the traffic record."""
-        if access_log.is_enabled_for(logging.INFO):
+        if self._log_access:
             access_log.info(
                 "request" if status != CLIENT_GONE else "client_gone",
                 request_id=request_id,

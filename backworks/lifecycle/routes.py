@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 import attrs
 
@@ -54,8 +54,7 @@ class Route(Generic[T]):
     )
 
 
-@attrs.frozen
-class Match(Generic[T]):
+class Match(NamedTuple, Generic[T]):
     """The route that matched a request, and the path parameters it captured."""
 
     route: Route[T]
@@ -75,21 +74,23 @@ class RouteTable(Generic[T]):
 
     def __init__(self, routes: Iterable[Route[T]]) -> None:
         self.routes = tuple(routes)
-        self._static: dict[str, list[Route[T]]] = {}
+        # A static path's matches are made once: a request for one allocates nothing.
+        self._static: dict[str, list[Match[T]]] = {}
         self._dynamic: list[Route[T]] = []
         for route in self.routes:
             if route.regex is None:
-                self._static.setdefault(route.pattern, []).append(route)
+                self._static.setdefault(route.pattern, []).append(Match(route, ()))
             else:
                 self._dynamic.append(route)
 
     def match(self, method: str, path: str) -> Match[T]:
         """The route for `method` and `path`; raises NoRoute (with the allowed methods)."""
         allowed: set[str] = set()
-        for route in self._static.get(path, ()):
-            if method in route.methods or (method == "HEAD" and "GET" in route.methods):
-                return Match(route, ())
-            allowed |= route.methods
+        for match in self._static.get(path, ()):
+            methods = match.route.methods
+            if method in methods or (method == "HEAD" and "GET" in methods):
+                return match
+            allowed |= methods
         for route in self._dynamic:
             assert route.regex is not None
             m = route.regex.fullmatch(path)

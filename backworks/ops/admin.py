@@ -63,7 +63,7 @@ async def reset(request: web.Request) -> web.Response:
     was = runner.breaker.state.value
     # A success is exactly "close and forget the failures"; a probe still running
     # records its own outcome later, as it would have anyway.
-    runner.breaker.record_success()
+    runner.breaker.reset()
     return web.json_response({"plugin": name, "circuit": runner.breaker.state.value, "was": was})
 
 

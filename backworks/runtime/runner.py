@@ -37,12 +37,16 @@ log = structlog.get_logger("backworks.runner")
 INLINE_BUDGET_S = 0.002
 INLINE_STRIKES = 3
 INLINE_STRIKE_WINDOW = 1024
+INLINE_MEASURED = 8  # calls measured in CPU time after one overran in wall time
 
 # Calls in flight (and at most as many threads) per thread-safe plugin when its config
 # sets no max_concurrency. The pool adds threads only for slow calls (native_pool.py),
 # so for a fast plugin this is mostly queue depth: the calls waiting for its thread are
 # served back to back, one loop wake-up per burst.
 DEFAULT_POOL_SIZE = 64
+
+# The PluginCalls methods each kind of call runs.
+_HANDLE, _ON_REQUEST, _ON_RESPONSE = "handle", "on_request", "on_response"
 
 
 class PluginRunner:
@@ -83,6 +87,8 @@ class PluginRunner:
         self._inline_cancel = CancelFlag()
         self._inline_calls = 0
         self._strikes = 0
+        self._measuring = 0  # calls left to measure in CPU time (see _judge_inline)
+        self._first_strike = 0  # the call that made the first of the current strikes
 
     @property
     def dispatch(self) -> str:
@@ -90,24 +96,39 @@ class PluginRunner:
 
     # -- the calls ---------------------------------------------------------------
 
-    async def handle(self, req: Request) -> Response:
+    def handle_now(self, req: Request) -> Response | None:
+        """The plugin's answer at once, when it runs inline and may be called now.
+
+        None when the call has to wait (it is pooled, or no slot is free): then `await
+        handle(req)`. Raises what `handle` raises. For the HTTP engines' hot path: no
+        coroutine is made for an answer that needs none.
+        """
         inline = self._inline
-        resp: Response = await self._call(
-            self.backend.start_handle, inline.handle if inline else None, req
-        )
+        if inline is None or self.closed:
+            return None
+        ticket = self.breaker.allow()
+        if not ticket:
+            raise self._refused()
+        if not self.gate.try_enter():
+            self.breaker.record_neutral(ticket)  # `handle` will ask again
+            return None
+        resp: Response = self._call_inline(inline.handle, (req,), ticket)
+        return resp
+
+    async def handle(self, req: Request) -> Response:
+        """Calls the plugin's `handle` under every guard (see the class docstring)."""
+        resp: Response = await self._call(self.backend.start_handle, _HANDLE, (req,))
         return resp
 
     async def on_request(self, req: Request) -> Response | None:
-        inline = self._inline
-        resp: Response | None = await self._call(
-            self.backend.start_on_request, inline.on_request if inline else None, req
-        )
+        """Calls the plugin's request hook; None lets the request go on."""
+        resp: Response | None = await self._call(self.backend.start_on_request, _ON_REQUEST, (req,))
         return resp
 
     async def on_response(self, req: Request, upstream: Response) -> Response | None:
-        inline = self._inline
+        """Calls the plugin's response hook; None keeps `upstream`."""
         resp: Response | None = await self._call(
-            self.backend.start_on_response, inline.on_response if inline else None, req, upstream
+            self.backend.start_on_response, _ON_RESPONSE, (req, upstream)
         )
         return resp
 
@@ -124,32 +145,34 @@ class PluginRunner:
         return fut.result()
 
     async def _call(
-        self,
-        start: Callable[..., asyncio.Future[Any]],
-        inline: Callable[..., Any] | None,
-        *args: Any,
+        self, start: Callable[..., asyncio.Future[Any]], kind: str, args: tuple[Any, ...]
     ) -> Any:
         if self.closed:
             raise PluginSaturatedError(self.name, "the server is shutting down")
-        breaker = self.breaker
-        if not breaker.allow():
-            self.stats.rejected += 1
-            msg = (
-                f"circuit open after {breaker.consecutive_failures} consecutive failures; "
-                f"retrying after {breaker.recovery_timeout * 1000:.0f} ms"
-            )
-            raise CircuitOpenError(self.name, msg)
+        ticket = self.breaker.allow()
+        if not ticket:
+            raise self._refused()
         if not self.gate.try_enter():
-            await self._wait_for_slot()
-        if inline is not None and self._inline is not None:
-            return self._call_inline(inline, args)
-        return await self._call_pooled(start, args)
+            await self._wait_for_slot(ticket)
+        inline = self._inline
+        if inline is not None:
+            return self._call_inline(getattr(inline, kind), args, ticket)
+        return await self._call_pooled(start, args, ticket)
 
-    async def _wait_for_slot(self) -> None:
+    def _refused(self) -> CircuitOpenError:
+        self.stats.rejected += 1
+        breaker = self.breaker
+        msg = (
+            f"circuit open after {breaker.consecutive_failures} consecutive failures; "
+            f"retrying after {breaker.recovery_timeout * 1000:.0f} ms"
+        )
+        return CircuitOpenError(self.name, msg)
+
+    async def _wait_for_slot(self, ticket: int) -> None:
         try:
             await self.gate.enter(self.queue_timeout)
         except BaseException as e:
-            self.breaker.record_neutral()
+            self.breaker.record_neutral(ticket)
             if not isinstance(e, TimeoutError):
                 raise
             self.stats.rejected += 1
@@ -159,32 +182,50 @@ class PluginRunner:
             )
             raise PluginSaturatedError(self.name, msg) from None
 
-    def _call_inline(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    def _call_inline(self, fn: Callable[..., Any], args: tuple[Any, ...], ticket: int) -> Any:
         stats = self.stats
         stats.calls += 1
+        measuring = self._measuring
+        cpu_started = time.thread_time() if measuring else 0.0
         started = time.perf_counter()
-        cpu_started = time.thread_time()
         try:
             result = fn(*args, self._inline_cancel)
         except PluginError as e:
-            self._failed(e)
+            self._failed(e, ticket)
+            raise
+        except BaseException:
+            self.breaker.record_neutral(ticket)  # the host failed around the call
             raise
         finally:
             self.gate.leave()
-            # Judged on this thread's CPU time, not wall time: on a busy machine a 1 µs
-            # call that is preempted would otherwise count as an overrun.
-            self._judge_inline(time.thread_time() - cpu_started)
-        self._succeeded(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self._inline_calls += 1
+            if measuring or elapsed > INLINE_BUDGET_S:
+                self._judge_inline(elapsed, cpu_started if measuring else None)
+        self._succeeded(elapsed, ticket)
         return result
 
-    def _judge_inline(self, elapsed: float) -> None:
-        """Counts an inline call of `elapsed` CPU seconds; demotes after repeated overruns."""
-        self._inline_calls += 1
-        if self._inline_calls % INLINE_STRIKE_WINDOW == 0:
-            self._strikes = 0
+    def _judge_inline(self, elapsed: float, cpu_started: float | None) -> None:
+        """Weighs an inline call that overran in wall time, or one measured after that.
+
+        Overruns are judged on the calling thread's CPU time, not on wall time: on a
+        busy machine a 1 us call that is preempted takes milliseconds of wall time. But
+        reading a thread's CPU clock is a system call costing as much as a fast plugin
+        call, so it is read only after a call overran in wall time, for the next
+        INLINE_MEASURED calls: a plugin that is really slow overruns again, in CPU time.
+        """
+        if cpu_started is None:
+            self._measuring = INLINE_MEASURED
+            return
+        self._measuring -= 1
+        elapsed = time.thread_time() - cpu_started
         if elapsed <= INLINE_BUDGET_S:
             return
+        if self._strikes and self._inline_calls - self._first_strike > INLINE_STRIKE_WINDOW:
+            self._strikes = 0  # the earlier overruns were long ago: forgiven
         self._strikes += 1
+        if self._strikes == 1:
+            self._first_strike = self._inline_calls
         if self._strikes < INLINE_STRIKES:
             log.info(
                 "plugin_inline_overrun",
@@ -203,7 +244,7 @@ class PluginRunner:
         )
 
     async def _call_pooled(
-        self, start: Callable[..., asyncio.Future[Any]], args: tuple[Any, ...]
+        self, start: Callable[..., asyncio.Future[Any]], args: tuple[Any, ...], ticket: int
     ) -> Any:
         cancel = CancelFlag()
         self.stats.calls += 1
@@ -214,16 +255,18 @@ class PluginRunner:
         try:
             finished = await _wait(fut, self.timeout)
         except asyncio.CancelledError:
-            # The request was abandoned (shutdown): tell the plugin, keep the slot.
+            # The request was abandoned (its client went away, or shutdown): tell the
+            # plugin through the cancel word, keep the slot until the call returns.
             cancel.set()
             self.backend.abandon(fut)
-            self.breaker.record_neutral()
+            self.stats.cancelled += 1
+            self.breaker.record_neutral(ticket)
             raise
         if not finished:
             cancel.set()
             self.backend.abandon(fut)
             self.stats.timed_out += 1
-            self.breaker.record_failure()
+            self.breaker.record_failure(ticket)
             log.warning(
                 "plugin_timeout",
                 plugin=self.name,
@@ -234,21 +277,24 @@ class PluginRunner:
         try:
             result = fut.result()
         except PluginError as e:
-            self._failed(e)
+            self._failed(e, ticket)
             raise
-        self._succeeded(time.perf_counter() - started)
+        except BaseException:
+            self.breaker.record_neutral(ticket)  # the host failed around the call
+            raise
+        self._succeeded(time.perf_counter() - started, ticket)
         return result
 
-    def _succeeded(self, elapsed: float) -> None:
+    def _succeeded(self, elapsed: float, ticket: int) -> None:
         self.stats.ok += 1
         self.stats.observe(elapsed)
-        self.breaker.record_success()
+        self.breaker.record_success(ticket)
 
-    def _failed(self, error: PluginError) -> None:
+    def _failed(self, error: PluginError, ticket: int) -> None:
         self.stats.failed += 1
         if isinstance(error, PluginCrashedError):
             self.stats.crashed += 1
-        self.breaker.record_failure()
+        self.breaker.record_failure(ticket)
 
     def _returned(self, fut: asyncio.Future[Any]) -> None:
         """The native call really returned: only now its slot is free again."""

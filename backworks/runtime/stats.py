@@ -50,6 +50,7 @@ class PluginStats:
         "_filled",
         "_samples",
         "calls",
+        "cancelled",
         "crashed",
         "failed",
         "histogram",
@@ -66,6 +67,7 @@ class PluginStats:
         self.timed_out = 0
         self.crashed = 0
         self.rejected = 0
+        self.cancelled = 0  # given up on because the client went away (or a shutdown)
         self.in_flight = 0
         self._samples = [0.0] * _WINDOW
         self._cursor = 0
@@ -73,10 +75,15 @@ class PluginStats:
         self.histogram = LatencyHistogram()
 
     def observe(self, seconds: float) -> None:
-        self.histogram.observe(seconds)
-        self._samples[self._cursor] = seconds
-        self._cursor = (self._cursor + 1) % _WINDOW
-        self._filled = min(self._filled + 1, _WINDOW)
+        """One successful call's latency: into the histogram and the recent samples."""
+        histogram = self.histogram
+        histogram.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        histogram.sum += seconds
+        cursor = self._cursor
+        self._samples[cursor] = seconds
+        self._cursor = cursor + 1 if cursor + 1 < _WINDOW else 0
+        if self._filled < _WINDOW:
+            self._filled += 1
 
     def percentiles_ms(self) -> dict[str, float | None]:
         recent = sorted(self._samples[: self._filled])
@@ -96,6 +103,7 @@ class PluginStats:
             "timed_out": self.timed_out,
             "crashed": self.crashed,
             "rejected": self.rejected,
+            "cancelled": self.cancelled,
             "in_flight": self.in_flight,
             "latency_ms": self.percentiles_ms(),
         }
