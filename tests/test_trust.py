@@ -12,6 +12,7 @@ import os
 import pwd
 import stat
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -29,17 +30,18 @@ needs_root = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def make_kit(build_plugin: BuildPlugin) -> BuildPlugin:
-    """`make_kit(folder, name="kit", version=0)`: the test kit as plugin `name` in `folder`."""
+class MakeKit(Protocol):
+    """The `make_kit` fixture: the test kit, as plugin "kit", compiled into `folder`."""
 
-    def build(
-        source: str = KIT,
-        name: str = "kit",
-        folder: Path | None = None,
-        extra_flags: tuple[str, ...] = (),
-    ) -> Path:
-        path = build_plugin(source, name, folder, (f'-DKIT_NAME="{name}"', *extra_flags))
+    def __call__(self, folder: Path, *, extra_flags: tuple[str, ...] = ()) -> Path: ...
+
+
+@pytest.fixture
+def make_kit(build_plugin: BuildPlugin) -> MakeKit:
+    """`make_kit(folder, extra_flags=())`: the test kit as plugin "kit" in `folder`."""
+
+    def build(folder: Path, *, extra_flags: tuple[str, ...] = ()) -> Path:
+        path = build_plugin(KIT, "kit", folder, ('-DKIT_NAME="kit"', *extra_flags))
         path.chmod(0o755)  # whatever the umask
         return path
 
@@ -62,7 +64,7 @@ def mode_of(path: Path) -> str:
 
 @needs_root
 async def test_a_library_owned_by_another_user_is_refused_naming_it_its_owner_and_the_fix(
-    serve: Serve, make_kit: BuildPlugin, tmp_path: Path
+    serve: Serve, make_kit: MakeKit, tmp_path: Path
 ) -> None:
     library = make_kit(folder=tmp_path / "libs")
     os.chown(library, OTHER_UID, -1)
@@ -78,7 +80,7 @@ async def test_a_library_owned_by_another_user_is_refused_naming_it_its_owner_an
 
 @needs_root
 async def test_a_folder_above_owned_by_another_user_is_refused(
-    serve: Serve, make_kit: BuildPlugin, tmp_path: Path
+    serve: Serve, make_kit: MakeKit, tmp_path: Path
 ) -> None:
     library = make_kit(folder=tmp_path / "theirs" / "libs")
     os.chown(tmp_path / "theirs", OTHER_UID, -1)
@@ -89,7 +91,7 @@ async def test_a_folder_above_owned_by_another_user_is_refused(
 
 
 async def test_a_group_writable_folder_is_refused_naming_the_folder_and_the_fix(
-    serve: Serve, make_kit: BuildPlugin, tmp_path: Path
+    serve: Serve, make_kit: MakeKit, tmp_path: Path
 ) -> None:
     folder = tmp_path / "libs"
     library = make_kit(folder=folder)
@@ -103,7 +105,7 @@ async def test_a_group_writable_folder_is_refused_naming_the_folder_and_the_fix(
 
 
 async def test_a_world_writable_folder_two_levels_up_is_refused_unless_allowed(
-    serve: Serve, make_kit: BuildPlugin, tmp_path: Path
+    serve: Serve, make_kit: MakeKit, tmp_path: Path
 ) -> None:
     outer = tmp_path / "outer"
     library = make_kit(folder=outer / "middle" / "libs")
@@ -119,7 +121,7 @@ async def test_a_world_writable_folder_two_levels_up_is_refused_unless_allowed(
 
 
 async def test_a_sticky_world_writable_folder_holding_our_safe_folder_is_accepted(
-    serve: Serve, make_kit: BuildPlugin, tmp_path: Path
+    serve: Serve, make_kit: MakeKit, tmp_path: Path
 ) -> None:
     """Like /tmp: others may add entries there, but not rename or remove ours."""
     shared = tmp_path / "shared"
@@ -130,7 +132,7 @@ async def test_a_sticky_world_writable_folder_holding_our_safe_folder_is_accepte
 
 
 async def test_a_sticky_folder_does_not_excuse_a_writable_folder_below_it(
-    serve: Serve, make_kit: BuildPlugin, tmp_path: Path
+    serve: Serve, make_kit: MakeKit, tmp_path: Path
 ) -> None:
     shared = tmp_path / "shared"
     library = make_kit(folder=shared / "libs")
@@ -142,7 +144,7 @@ async def test_a_sticky_folder_does_not_excuse_a_writable_folder_below_it(
 
 @needs_root
 async def test_in_a_sticky_folder_only_what_we_own_is_accepted(
-    serve: Serve, make_kit: BuildPlugin, tmp_path: Path
+    serve: Serve, make_kit: MakeKit, tmp_path: Path
 ) -> None:
     shared = tmp_path / "shared"
     library = make_kit(folder=shared / "libs")
@@ -154,7 +156,7 @@ async def test_in_a_sticky_folder_only_what_we_own_is_accepted(
 
 
 async def test_a_link_to_a_library_is_checked_where_the_library_lies(
-    serve: Serve, make_kit: BuildPlugin, tmp_path: Path
+    serve: Serve, make_kit: MakeKit, tmp_path: Path
 ) -> None:
     """The name as written is a link in a safe folder; the file it leads to is not safe."""
     outer = tmp_path / "outer"
@@ -168,7 +170,7 @@ async def test_a_link_to_a_library_is_checked_where_the_library_lies(
 
 
 async def test_a_file_swapped_after_its_check_is_not_what_is_copied(
-    make_kit: BuildPlugin, tmp_path: Path
+    make_kit: MakeKit, tmp_path: Path
 ) -> None:
     """The copy reads the descriptor that was checked, not the name again."""
     library = make_kit(folder=tmp_path / "libs")
@@ -187,7 +189,7 @@ async def test_a_file_swapped_after_its_check_is_not_what_is_copied(
 
 
 async def test_a_library_swapped_against_its_pin_is_refused_and_the_old_one_serves(
-    serve: Serve, make_kit: BuildPlugin, tmp_path: Path
+    serve: Serve, make_kit: MakeKit, tmp_path: Path
 ) -> None:
     """In a folder others may write (allowed), only the pin holds: it is checked against
     the bytes copied, so a swap between the scan or check and the load fails closed."""
@@ -219,7 +221,7 @@ async def test_a_library_swapped_against_its_pin_is_refused_and_the_old_one_serv
 
 
 def test_a_private_copy_lies_in_a_folder_chain_the_checks_accept(
-    make_kit: BuildPlugin, tmp_path: Path
+    make_kit: MakeKit, tmp_path: Path
 ) -> None:
     library = make_kit(folder=tmp_path / "libs")
     copies = LibraryCopies()
@@ -233,7 +235,7 @@ def test_a_private_copy_lies_in_a_folder_chain_the_checks_accept(
 
 
 async def test_a_worker_process_checks_the_file_it_loads_itself(
-    make_kit: BuildPlugin, tmp_path: Path
+    make_kit: MakeKit, tmp_path: Path
 ) -> None:
     """`isolation: process`: the worker re-checks the (private) copy before loading it."""
     outer = tmp_path / "outer"
