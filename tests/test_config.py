@@ -46,6 +46,7 @@ plugins:
     memory_limit_mb: 512
     cpu_limit_ms: 1000
     dispatch: auto
+    max_response_mb: 32
 hooks: [auth]
 endpoints:
   "/weather/{city}":
@@ -124,6 +125,7 @@ def test_the_full_example_parses_into_the_expected_objects(tmp_path: Path) -> No
                     workers=1,
                     memory_limit_mb=512,
                     cpu_limit_ms=1000,
+                    max_response_mb=32,
                 )
             }
         ),
@@ -489,6 +491,16 @@ def test_workers_only_apply_to_process_isolation(tmp_path: Path) -> None:
     assert (
         load(tmp_path, "plugins:\n  a: {workers: 2, isolation: process}").plugins["a"].workers == 2
     )
+
+
+def test_max_response_mb_is_a_positive_integer_a_worker_frame_can_carry(tmp_path: Path) -> None:
+    assert load(tmp_path, "plugins:\n  w: {}").plugins["w"].max_response_bytes == 64 << 20
+    assert problems(tmp_path, "plugins:\n  w: {max_response_mb: 0}") == [
+        "plugins.w.max_response_mb: must be an integer from 1 to 1000 (got 0)"
+    ]
+    assert problems(tmp_path, "plugins:\n  w: {max_response_mb: 1024}") == [
+        "plugins.w.max_response_mb: must be an integer from 1 to 1000 (got 1024)"
+    ]
 
 
 def test_a_queue_timeout_of_zero_means_do_not_wait(tmp_path: Path) -> None:

@@ -16,6 +16,11 @@ from backworks.abi.declarations import MAX_DESCRIPTOR_STRING, ffi
 from backworks.abi.values import CancelFlag, Request, Response
 from backworks.errors import PluginCallError, PluginLoadError
 
+# The default of `max_response_mb`: what one answer may hold, copied out of the plugin.
+DEFAULT_MAX_RESPONSE_BYTES = 64 << 20
+# A BW_FAIL message goes to a log line; a plugin may put anything in its body.
+MAX_FAILURE_MESSAGE = 64 << 10
+
 
 def _text(s: str) -> bytes:
     # surrogateescape gives back the exact bytes aiohttp decoded from the wire.
@@ -202,8 +207,16 @@ def _copy_str(s: Any, what: str) -> str:
     return _bytes(s.ptr, s.len, what).decode("utf-8", "replace")
 
 
-def _copy_response(c: Any) -> Response:
+def _copy_response(c: Any, limit: int) -> Response:
     """Copies a plugin-filled `bw_response` into Python memory (before `release`)."""
+    # Before anything is copied: an answer over the limit must cost no memory here.
+    _check_length(c.body_len, 1, "response body")
+    if c.body_len > limit:
+        msg = (
+            f"answered with a body of {c.body_len} bytes, more than its limit of {limit} "
+            "bytes (max_response_mb); the answer was refused"
+        )
+        raise ResponseTooLarge(msg)
     headers = []
     if c.headers_len:
         if c.headers == ffi.NULL:
@@ -230,10 +243,19 @@ def release(c: Any) -> None:
         release(data)
 
 
-def take_response(c: Any, plugin: str) -> Response:
-    """Copy out, then release exactly once, even when the copy fails."""
+class ResponseTooLarge(ValueError):
+    """A plugin's answer is larger than its plugin may answer (max_response_mb)."""
+
+
+def take_response(c: Any, plugin: str, limit: int = DEFAULT_MAX_RESPONSE_BYTES) -> Response:
+    """Copy out, then release exactly once, even when the copy fails.
+
+    An answer whose body is over `limit` bytes is refused before any of it is copied.
+    """
     try:
-        return _copy_response(c)
+        return _copy_response(c, limit)
+    except ResponseTooLarge as e:
+        raise PluginCallError(plugin, str(e)) from None
     except ValueError as e:
         raise PluginCallError(plugin, f"returned a malformed response: {e}") from e
     finally:
@@ -241,9 +263,13 @@ def take_response(c: Any, plugin: str) -> Response:
 
 
 def failure_message(c: Any) -> str:
-    """The message a plugin put in a response body next to BW_FAIL, released after."""
+    """The message a plugin put in a response body next to BW_FAIL, released after.
+
+    At most MAX_FAILURE_MESSAGE bytes of it: it is a message for a log line.
+    """
     try:
-        return _bytes(c.body, c.body_len, "error body").decode("utf-8", "replace").strip()
+        length = min(c.body_len, MAX_FAILURE_MESSAGE)
+        return _bytes(c.body, length, "error body").decode("utf-8", "replace").strip()
     except ValueError:
         return ""
     finally:

@@ -17,6 +17,7 @@ from backworks.abi.declarations import (
     ffi,
 )
 from backworks.abi.marshal import (
+    DEFAULT_MAX_RESPONSE_BYTES,
     RequestFrame,
     ResponseFrame,
     descriptor_string,
@@ -114,8 +115,18 @@ class NativeLibrary:
         self._lib = lib
         self._desc = desc
 
-    def instantiate(self, config_json: bytes, log: LogSink) -> NativeInstance:
-        """Runs the plugin's `init`; raises `PluginInitError` with the plugin's own reason."""
+    def instantiate(
+        self,
+        config_json: bytes,
+        log: LogSink,
+        *,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    ) -> NativeInstance:
+        """Runs the plugin's `init`; raises `PluginInitError` with the plugin's own reason.
+
+        `max_response_bytes`: the largest answer body the instance's calls copy out; a
+        larger one fails the call (PluginCallError) before it is copied.
+        """
         host = _HostServices(log)
         config = ffi.new("char[]", config_json)  # NUL-terminated for convenience
         state = ffi.new("void **")
@@ -126,7 +137,7 @@ class NativeLibrary:
             reason = failure_message(error) or f"init returned {rc} with no message"
             raise PluginInitError(self.info.name, reason)
         release(error)
-        return NativeInstance(self, host, state[0])
+        return NativeInstance(self, host, state[0], max_response_bytes)
 
 
 def dlopen(path: str | Path) -> tuple[str, Any]:
@@ -173,8 +184,11 @@ class NativeInstance:
     Thread-safety is the caller's job (the executor enforces ABI rules 4 and 5).
     """
 
-    def __init__(self, library: NativeLibrary, host: _HostServices, state: Any) -> None:
+    def __init__(
+        self, library: NativeLibrary, host: _HostServices, state: Any, max_response_bytes: int
+    ) -> None:
         self.library = library
+        self.max_response_bytes = max_response_bytes
         self.info = library.info
         self._desc = library._desc
         self._host = host
@@ -202,7 +216,7 @@ class NativeInstance:
         out = ResponseFrame()
         rc = self._desc.handle(self._state, frame.c_request, out.c_response)
         self._check(rc, out.c_response, "handle")
-        return take_response(out.c_response, self.info.name)
+        return take_response(out.c_response, self.info.name, self.max_response_bytes)
 
     def on_request(self, req: Request, cancel: CancelFlag) -> Response | None:
         """Runs the request hook; None lets the request go on (also when there is none)."""
@@ -213,7 +227,7 @@ class NativeInstance:
         out = ResponseFrame()
         rc = self._desc.on_request(self._state, frame.c_request, out.c_response)
         self._check(rc, out.c_response, "on_request")
-        resp = take_response(out.c_response, self.info.name)
+        resp = take_response(out.c_response, self.info.name, self.max_response_bytes)
         return resp if resp.status else None
 
     def on_response(self, req: Request, upstream: Response, cancel: CancelFlag) -> Response | None:
@@ -226,7 +240,7 @@ class NativeInstance:
         out = ResponseFrame()
         rc = self._desc.on_response(self._state, frame.c_request, up.c_response, out.c_response)
         self._check(rc, out.c_response, "on_response")
-        resp = take_response(out.c_response, self.info.name)
+        resp = take_response(out.c_response, self.info.name, self.max_response_bytes)
         return resp if resp.status else None
 
     def health(self) -> Response | None:
@@ -237,7 +251,7 @@ class NativeInstance:
         out = ResponseFrame()
         rc = self._desc.health(self._state, out.c_response)
         self._check(rc, out.c_response, "health")
-        return take_response(out.c_response, self.info.name)
+        return take_response(out.c_response, self.info.name, self.max_response_bytes)
 
     def shutdown(self) -> None:
         """Calls the plugin's `shutdown` once; later calls do nothing."""

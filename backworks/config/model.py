@@ -82,6 +82,12 @@ class PluginConfig:
     memory_limit_mb: int | None = None
     cpu_limit_ms: int | None = None
     dispatch: Dispatch = "auto"
+    # The largest answer body the plugin may give; a larger one is refused (502).
+    max_response_mb: int = 64
+
+    @property
+    def max_response_bytes(self) -> int:
+        return self.max_response_mb << 20
 
     @property
     def process_limits(self) -> ProcessLimits:

@@ -162,6 +162,8 @@ def _plugin(name: str, sec: Reader, base_dir: Path) -> PluginConfig:
             memory_limit_mb=sec.optional_integer("memory_limit_mb"),
             cpu_limit_ms=sec.optional_integer("cpu_limit_ms"),
             dispatch=sec.choice("dispatch", d.dispatch, DISPATCHES),
+            # A frame between a worker process and the host holds at most 1 GiB.
+            max_response_mb=sec.integer("max_response_mb", d.max_response_mb, high=1000),
         )
     )
 

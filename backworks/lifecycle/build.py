@@ -127,7 +127,14 @@ async def _thread_backend(spec: PluginSpec, settings: PluginConfig) -> tuple[Bac
     loop = asyncio.get_running_loop()
     try:
         instance = await asyncio.wait_for(
-            loop.run_in_executor(None, load_plugin, spec, plugin_log_sink(spec.name)),
+            loop.run_in_executor(
+                None,
+                lambda: load_plugin(
+                    spec,
+                    plugin_log_sink(spec.name),
+                    max_response_bytes=settings.max_response_bytes,
+                ),
+            ),
             settings.timeout_ms / 1000,
         )
     except TimeoutError:
@@ -170,6 +177,7 @@ async def _process_backend(spec: PluginSpec, settings: PluginConfig) -> tuple[Ba
         limits,
         concurrency_per_worker=per_worker,
         init_timeout_ms=settings.timeout_ms,
+        max_response_mb=settings.max_response_mb,
     )
     await backend.start()
     return backend, workers * per_worker

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import attrs
 
-from backworks.abi import LogSink, PluginInfo, PluginInstance, PluginLibrary, open_plugin_library
+from backworks.abi import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    LogSink,
+    PluginInfo,
+    PluginInstance,
+    PluginLibrary,
+    open_plugin_library,
+)
 from backworks.errors import PluginLoadError
 from backworks.plugins.trust import TrustedFile, open_trusted
 
@@ -75,14 +82,18 @@ def open_checked(spec: PluginSpec) -> PluginLibrary:
     return library
 
 
-def load_plugin(spec: PluginSpec, log: LogSink) -> PluginInstance:
+def load_plugin(
+    spec: PluginSpec, log: LogSink, *, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+) -> PluginInstance:
     """Loads and initialises one plugin; raises PluginLoadError or PluginInitError.
 
-    `log` receives the plugin's `host->log` lines. Blocking: `init` is plugin code and
-    may take its time. Call it off the event loop.
+    `log` receives the plugin's `host->log` lines; an answer body over
+    `max_response_bytes` fails its call. Blocking: `init` is plugin code and may take
+    its time. Call it off the event loop.
     """
     check_file(spec)
-    return open_checked(spec).instantiate(spec.config_json, log)
+    library = open_checked(spec)
+    return library.instantiate(spec.config_json, log, max_response_bytes=max_response_bytes)
 
 
 @attrs.define
