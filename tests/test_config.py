@@ -47,6 +47,8 @@ plugins:
     cpu_limit_ms: 1000
     dispatch: auto
     max_response_mb: 32
+    health_interval_ms: 10000
+    health_timeout_ms: 500
 hooks: [auth]
 endpoints:
   "/weather/{city}":
@@ -126,6 +128,8 @@ def test_the_full_example_parses_into_the_expected_objects(tmp_path: Path) -> No
                     memory_limit_mb=512,
                     cpu_limit_ms=1000,
                     max_response_mb=32,
+                    health_interval_ms=10_000,
+                    health_timeout_ms=500,
                 )
             }
         ),
@@ -589,6 +593,19 @@ def test_max_response_mb_is_a_positive_integer_a_worker_frame_can_carry(tmp_path
     ]
     assert problems(tmp_path, "plugins:\n  w: {max_response_mb: 1024}") == [
         "plugins.w.max_response_mb: must be an integer from 1 to 1000 (got 1024)"
+    ]
+
+
+def test_health_checks_run_every_30_s_by_default_and_0_turns_the_schedule_off(
+    tmp_path: Path,
+) -> None:
+    default = load(tmp_path, "plugins:\n  w: {}").plugins["w"]
+    assert (default.health_interval_ms, default.health_timeout_ms) == (30_000, 2_000)
+    off = load(tmp_path, "plugins:\n  w: {health_interval_ms: 0}").plugins["w"]
+    assert off.health_interval_ms == 0
+    assert problems(tmp_path, "plugins:\n  w: {health_interval_ms: -1, health_timeout_ms: 0}") == [
+        "plugins.w.health_interval_ms: must be a non-negative integer (got -1)",
+        "plugins.w.health_timeout_ms: must be a positive integer (got 0)",
     ]
 
 

@@ -23,7 +23,7 @@ from backworks.config import ConfigSource
 from backworks.http.state import HOST, RELOADER
 from backworks.ops.views import plugin_rows
 from tests.cbuild import EXT, compile_library
-from tests.serving import KIT, Client, Kit, Serve, error_of
+from tests.serving import KIT, Client, Kit, Serve, error_of, eventually
 from tests.test_config import alias_bomb
 from tests.test_serve import Server, get, write_config
 
@@ -62,18 +62,6 @@ def write_in_place(source: Path, target: Path, *, size: int | None = None) -> No
     with target.open("r+b" if target.exists() else "wb") as f:
         f.truncate(0)
         f.write(data if size is None else data[:size])
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        await asyncio.sleep(0.05)
-    pytest.fail(f"not within {timeout} s: {check}")
 
 
 async def build_of(client: Client, plugin: str = "kit") -> int | None:

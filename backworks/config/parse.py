@@ -177,6 +177,8 @@ def _plugin(name: str, sec: Reader, base_dir: Path) -> PluginConfig:
             dispatch=sec.choice("dispatch", d.dispatch, DISPATCHES),
             # A frame between a worker process and the host holds at most 1 GiB.
             max_response_mb=sec.integer("max_response_mb", d.max_response_mb, high=1000),
+            health_interval_ms=sec.integer("health_interval_ms", d.health_interval_ms, low=0),
+            health_timeout_ms=sec.integer("health_timeout_ms", d.health_timeout_ms),
         )
     )
 

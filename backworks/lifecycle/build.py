@@ -27,6 +27,7 @@ from backworks.config import PluginConfig
 from backworks.errors import PluginInitError, PluginLoadError
 from backworks.isolation.backend import ProcessBackend
 from backworks.isolation.probe import probe
+from backworks.lifecycle.health import HealthMonitor
 from backworks.lifecycle.versions import PluginVersion
 from backworks.plugins import discovery
 from backworks.plugins.copies import LibraryCopies, LibraryCopy
@@ -83,7 +84,10 @@ class Builder:
             dispatch=settings.dispatch,
         )
         plugin = LoadedPlugin(spec.name, PluginState.READY, str(spec.path), backend.info)
-        return PluginVersion(spec, settings, runner, plugin, copy.version)
+        health = HealthMonitor(
+            runner, interval_ms=settings.health_interval_ms, timeout_ms=settings.health_timeout_ms
+        )
+        return PluginVersion(spec, settings, runner, plugin, copy.version, health)
 
     def close(self) -> None:
         """Removes the private copies' folder; what is loaded from it stays mapped."""

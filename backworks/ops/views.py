@@ -1,7 +1,8 @@
 """What the operator's routes show: the rows of the plugins and the dashboard's state.
 
-Read from the Host (what runs), the Reloader (how each reload went) and the Traffic
-record; built on demand, on the event-loop thread, and calling no plugin code.
+Read from the Host (what runs, and the last result of each plugin's scheduled health
+checks), the Reloader (how each reload went) and the Traffic record; built on demand,
+on the event-loop thread, and calling no plugin code.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from backworks.lifecycle.routes import MountedEndpoint, PluginEndpoint, StaticEn
 
 
 def plugin_rows(host: Host, reloader: Reloader) -> list[dict[str, Any]]:
-    """One row per plugin: state, version, ABI, path, flags, error, breaker, counters."""
+    """One row per plugin: state, version, ABI, path, flags, error, breaker, counters,
+    and `health`: the last check's status, state and time (never the plugin's text)."""
     rows = []
     for name, plugin in sorted(host.plugins.items()):
         info = plugin.info
@@ -33,6 +35,8 @@ def plugin_rows(host: Host, reloader: Reloader) -> list[dict[str, Any]]:
         version = host.versions.get(name)
         if version is not None:
             row["generation"] = version.generation
+            if version.health.has_health:
+                row["health"] = version.health.public_json()
         reload = reloader.statuses.get(name)
         if reload is not None:
             row["reload"] = reload.to_json()
