@@ -6,7 +6,10 @@ file can ask for `kit` and `serve` by name without importing them.
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -93,6 +96,19 @@ def serve(
 async def error_of(resp: ClientResponse) -> dict[str, Any]:
     body = await resp.json()
     return body["error"]  # type: ignore[no-any-return]
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 20.0) -> Any:
+    """Polls `check` (a function, or a coroutine function) until it returns something true."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        await asyncio.sleep(0.05)
+    pytest.fail(f"not within {timeout} s: {check}")
 
 
 def free_port() -> int:

@@ -24,7 +24,6 @@ from backworks.abi import (
     Response,
     open_plugin_library,
 )
-from backworks.abi import legacy as abi_legacy
 from backworks.abi.legacy import LegacyLibrary
 from backworks.errors import PluginCallError, PluginCancelledError, PluginInitError, PluginLoadError
 from backworks.plugins import discovery
@@ -248,15 +247,13 @@ def test_a_static_answer_is_copied_and_never_freed(library: PluginLibrary) -> No
         assert call(instance, "/static").body == b'{"static": true}'
 
 
-def test_an_answer_over_the_limit_is_a_call_error(
-    library: PluginLibrary, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    instance, _ = start(library)
-    monkeypatch.setattr(abi_legacy, "_MAX_ANSWER", 999)
+def test_an_answer_over_the_limit_is_a_call_error(library: PluginLibrary) -> None:
+    """The limit is the plugin's max_response_mb, in bytes."""
+    small = library.instantiate(b"{}", lambda level, msg: None, max_response_bytes=999)
     with pytest.raises(PluginCallError, match="more than 999 bytes"):
-        call(instance, "/big")
-    monkeypatch.setattr(abi_legacy, "_MAX_ANSWER", 1000)
-    assert call(instance, "/big").body == b"x" * 1000
+        call(small, "/big")
+    exact = library.instantiate(b"{}", lambda level, msg: None, max_response_bytes=1000)
+    assert call(exact, "/big").body == b"x" * 1000
 
 
 def test_a_call_cancelled_before_it_starts_is_not_made(

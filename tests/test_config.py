@@ -46,6 +46,9 @@ plugins:
     memory_limit_mb: 512
     cpu_limit_ms: 1000
     dispatch: auto
+    max_response_mb: 32
+    health_interval_ms: 10000
+    health_timeout_ms: 500
 hooks: [auth]
 endpoints:
   "/weather/{city}":
@@ -124,6 +127,9 @@ def test_the_full_example_parses_into_the_expected_objects(tmp_path: Path) -> No
                     workers=1,
                     memory_limit_mb=512,
                     cpu_limit_ms=1000,
+                    max_response_mb=32,
+                    health_interval_ms=10_000,
+                    health_timeout_ms=500,
                 )
             }
         ),
@@ -435,6 +441,95 @@ def test_an_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.yaml")
 
 
+# -- bounds: size, aliases, depth -----------------------------------------------------
+
+
+def alias_bomb(levels: int) -> str:
+    """A "billion laughs": each level is nine aliases of the one below (9**levels)."""
+    lines = ["lol0: &lol0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for i in range(1, levels):
+        lines.append(f"lol{i}: &lol{i} [{', '.join([f'*lol{i - 1}'] * 9)}]")
+    return "\n".join(lines) + "\n"
+
+
+def refusal(tmp_path: Path, text: str) -> str:
+    """The one problem a refused file gives; the error names the file."""
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, text)
+    assert caught.value.source == str(tmp_path / "backworks.yaml")
+    (problem,) = caught.value.problems
+    return problem
+
+
+def test_an_alias_bomb_is_refused_while_it_is_read(tmp_path: Path) -> None:
+    assert refusal(tmp_path, alias_bomb(20)) == (
+        "line 6, column 7: holds more than 250000 values once its aliases are expanded "
+        "(an alias counts as all it stands for); a config this large is refused"
+    )
+
+
+def test_a_merge_key_bomb_is_refused_too(tmp_path: Path) -> None:
+    """`<<:` copies the merged mappings' keys into each level: the same multiplication."""
+    lines = ["m0: &m0 {a: 1, b: 2}"]
+    for i in range(1, 20):
+        lines.append(f"m{i}: &m{i} {{<<: [{', '.join([f'*m{i - 1}'] * 9)}]}}")
+    assert "holds more than 250000 values" in refusal(tmp_path, "\n".join(lines))
+
+
+def test_aliases_within_the_bounds_still_work(tmp_path: Path) -> None:
+    text = """\
+    plugins:
+      a: &shared {timeout_ms: 1234, critical: true}
+      b: *shared
+      c: {<<: *shared, timeout_ms: 99}
+    """
+    plugins = load(tmp_path, text).plugins
+    assert (plugins["b"].timeout_ms, plugins["b"].critical) == (1234, True)
+    assert (plugins["c"].timeout_ms, plugins["c"].critical) == (99, True)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "plugins:\n  a: &loop {config: {again: *loop}}\n",
+        "hooks: &loop [x, *loop]\n",
+    ],
+)
+def test_an_alias_inside_the_node_it_names_is_refused_not_a_recursion_error(
+    tmp_path: Path, text: str
+) -> None:
+    problem = refusal(tmp_path, text)
+    assert problem.endswith(
+        "the alias *loop stands for a node that contains it; a config cannot be recursive"
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "endpoints: " + "[" * 20_000 + "]" * 20_000,
+        "endpoints:\n" + "".join(" " * i + "a:\n" for i in range(1, 500)),
+    ],
+)
+def test_deep_nesting_is_refused_not_a_recursion_error(tmp_path: Path, text: str) -> None:
+    assert refusal(tmp_path, text).endswith("nested more than 64 levels deep")
+
+
+def test_nesting_deep_only_through_aliases_is_refused(tmp_path: Path) -> None:
+    deep = "[" * 40 + "x" + "]" * 40
+    text = f"a: &a {deep}\nb: {'[' * 30}*a{']' * 30}\n"
+    assert refusal(tmp_path, text).endswith(
+        "nested more than 64 levels deep once its aliases are expanded"
+    )
+
+
+def test_a_file_over_one_mib_is_refused_unread(tmp_path: Path) -> None:
+    text = "description: " + "x" * (1 << 20) + "\n"
+    assert refusal(tmp_path, text) == (
+        "the file is larger than 1048576 bytes (1 MiB), the most a config may be"
+    )
+
+
 # -- plugins --------------------------------------------------------------------------
 
 
@@ -489,6 +584,29 @@ def test_workers_only_apply_to_process_isolation(tmp_path: Path) -> None:
     assert (
         load(tmp_path, "plugins:\n  a: {workers: 2, isolation: process}").plugins["a"].workers == 2
     )
+
+
+def test_max_response_mb_is_a_positive_integer_a_worker_frame_can_carry(tmp_path: Path) -> None:
+    assert load(tmp_path, "plugins:\n  w: {}").plugins["w"].max_response_bytes == 64 << 20
+    assert problems(tmp_path, "plugins:\n  w: {max_response_mb: 0}") == [
+        "plugins.w.max_response_mb: must be an integer from 1 to 1000 (got 0)"
+    ]
+    assert problems(tmp_path, "plugins:\n  w: {max_response_mb: 1024}") == [
+        "plugins.w.max_response_mb: must be an integer from 1 to 1000 (got 1024)"
+    ]
+
+
+def test_health_checks_run_every_30_s_by_default_and_0_turns_the_schedule_off(
+    tmp_path: Path,
+) -> None:
+    default = load(tmp_path, "plugins:\n  w: {}").plugins["w"]
+    assert (default.health_interval_ms, default.health_timeout_ms) == (30_000, 2_000)
+    off = load(tmp_path, "plugins:\n  w: {health_interval_ms: 0}").plugins["w"]
+    assert off.health_interval_ms == 0
+    assert problems(tmp_path, "plugins:\n  w: {health_interval_ms: -1, health_timeout_ms: 0}") == [
+        "plugins.w.health_interval_ms: must be a non-negative integer (got -1)",
+        "plugins.w.health_timeout_ms: must be a positive integer (got 0)",
+    ]
 
 
 def test_a_queue_timeout_of_zero_means_do_not_wait(tmp_path: Path) -> None:

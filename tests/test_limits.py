@@ -57,3 +57,30 @@ async def test_cancelled_waiter_gives_its_place_back() -> None:
     gate.leave()
     assert gate.active == 0
     assert gate.try_enter()
+
+
+async def test_trying_for_the_state_alone_never_queues() -> None:
+    """What a scheduled health check does: take the state if idle, else come back later."""
+    gate = CallGate(2)
+    assert gate.try_enter()
+    assert not gate.try_enter_exclusive(), "a call is running"
+    waiter = asyncio.ensure_future(gate.enter_exclusive(timeout=5))
+    await asyncio.sleep(0)
+    gate.leave()
+    await asyncio.wait_for(waiter, 1)
+    assert not gate.try_enter_exclusive(), "another holds the state"
+    gate.leave_exclusive()
+    assert gate.try_enter()
+    assert gate.try_enter()
+    queued = asyncio.ensure_future(gate.enter(timeout=5))
+    await asyncio.sleep(0)
+    assert not gate.try_enter_exclusive(), "calls are running and one waits"
+    assert len(gate._waiters) == 1, "the failed try took no place in the queue"
+    gate.leave()
+    await asyncio.wait_for(queued, 1)
+    gate.leave()
+    gate.leave()
+    assert gate.active == 0
+    assert gate.try_enter_exclusive(), "idle: taken at once"
+    assert not gate.try_enter()
+    gate.leave_exclusive()

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -43,4 +45,41 @@ async def test_slow_calls_get_a_thread_each_up_to_the_limit() -> None:
     await asyncio.gather(*(pool.submit(slow) for _ in range(6)))
     assert peak == 4, "blocked calls must not wait behind each other"
     assert len(pool._threads) == 4
+    pool.close()
+
+
+class Big:
+    """Stands for a large answer or request: an object a weak reference can watch."""
+
+
+async def _freed(ref: weakref.ref[Big]) -> bool:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        gc.collect()
+        if ref() is None:
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+async def test_an_idle_thread_keeps_no_reference_to_its_last_answer_or_request() -> None:
+    """Threads wait for their next job for as long as there is none; what the last one
+    held (a 500 MB answer, say) must be freed when its caller drops it, not then."""
+    pool = NativePool(1, "t")
+    request = Big()
+    answer = await pool.submit(lambda r: Big(), request)
+    answer_ref, request_ref = weakref.ref(answer), weakref.ref(request)
+    del answer, request
+    assert await _freed(answer_ref), "the idle thread still holds the last answer"
+    assert await _freed(request_ref), "the idle thread still holds the last request"
+
+    def fail(r: Big) -> None:
+        raise ValueError(r)  # the error (and its traceback) holds the request
+
+    request = Big()
+    with pytest.raises(ValueError, match="Big object"):
+        await pool.submit(fail, request)
+    request_ref = weakref.ref(request)
+    del request
+    assert await _freed(request_ref), "the idle thread still holds the last failure"
     pool.close()

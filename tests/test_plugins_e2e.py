@@ -38,6 +38,9 @@ def install(library: Path, plugins_dir: Path) -> Path:
     return target
 
 
+ADMIN_TOKEN = "e2e-token"  # noqa: S105 -- a test token
+
+
 def route(handler: str, *methods: str) -> dict[str, Any]:
     return {"methods": list(methods or ["GET"]), "runtime": {"type": "plugin", "handler": handler}}
 
@@ -135,6 +138,7 @@ async def seed_weather(test_plugins: dict[str, Path], plugins_dir: Path, serve: 
     return await serve(
         {
             "plugins": {"seed-weather": {"config": {"api_key": "abc123"}}},
+            "admin": {"token": ADMIN_TOKEN},
             "endpoints": {
                 "/weather": route("seed-weather", "GET", "POST"),
                 "/weather/{day}": route("seed-weather"),
@@ -166,7 +170,12 @@ async def test_seed_weather_answers_404_for_what_it_does_not_handle(
 async def test_seed_weather_reads_its_api_key_at_initialize(seed_weather: Client) -> None:
     row = (await plugin_rows(seed_weather))["seed-weather"]
     assert row["state"] == "ready"
-    assert row["health"]["details"]["details"] == {"api_key_length": 6}
+    resp = await seed_weather.post(
+        "/_backworks/plugins/seed-weather/health",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+    )
+    report = (await resp.json())["health"]
+    assert report["details"]["details"] == {"api_key_length": 6}
 
 
 async def test_seed_weather_without_an_api_key_is_unavailable_with_its_reason(

@@ -23,7 +23,8 @@ from backworks.config import ConfigSource
 from backworks.http.state import HOST, RELOADER
 from backworks.ops.views import plugin_rows
 from tests.cbuild import EXT, compile_library
-from tests.serving import KIT, Client, Kit, Serve, error_of
+from tests.serving import KIT, Client, Kit, Serve, error_of, eventually
+from tests.test_config import alias_bomb
 from tests.test_serve import Server, get, write_config
 
 # Under `isolation: process` a reload replaces the worker processes.
@@ -61,18 +62,6 @@ def write_in_place(source: Path, target: Path, *, size: int | None = None) -> No
     with target.open("r+b" if target.exists() else "wb") as f:
         f.truncate(0)
         f.write(data if size is None else data[:size])
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        await asyncio.sleep(0.05)
-    pytest.fail(f"not within {timeout} s: {check}")
 
 
 async def build_of(client: Client, plugin: str = "kit") -> int | None:
@@ -349,6 +338,33 @@ async def test_a_bad_config_edit_is_refused_and_a_good_one_swaps_routes_without_
     needs = events(logs, "config_needs_restart")
     assert needs[0]["keys"] == ["server.port"]
     assert client.app[HOST].config.server.port != 9, "the listening port stays"
+
+
+async def test_an_alias_bomb_or_a_recursive_edit_is_refused_and_the_old_config_serves(
+    serve: Serve, tmp_path: Path, logs: Logs
+) -> None:
+    """Watched or asked for (SIGHUP's path), a hostile file is refused while it is read."""
+    client = await served_with_source(serve, tmp_path, {"endpoints": {"/a": static('"a"')}})
+    config_file = tmp_path / "backworks.yaml"
+    bomb = alias_bomb(20) + "endpoints: {}\n"
+    config_file.write_text(bomb)
+    refused = await eventually(lambda: events(logs, "config_reload_failed"))
+    assert refused[0]["source"] == str(config_file)
+    assert refused[0]["problems"] == [
+        "line 6, column 7: holds more than 250000 values once its aliases are expanded "
+        "(an alias counts as all it stands for); a config this large is refused"
+    ]
+    assert (await client.get("/a")).status == 200, "the old config keeps serving"
+
+    config_file.write_text("endpoints: &loop {/b: *loop}\n")
+    assert not await client.app[RELOADER].reload_config(trigger="signal")
+    # The watcher may report the same edit too: the signal's refusal is the one asked for.
+    (last,) = [e for e in events(logs, "config_reload_failed") if e["trigger"] == "signal"]
+    assert last["problems"] == [
+        "line 1, column 23: the alias *loop stands for a node that contains it; a config "
+        "cannot be recursive"
+    ]
+    assert (await client.get("/a")).status == 200
 
 
 async def _status_is(client: Client, path: str, status: int) -> bool:

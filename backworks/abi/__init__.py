@@ -35,7 +35,7 @@ from backworks.abi.declarations import (
     include_dir,
 )
 from backworks.abi.loader import PluginInstance, PluginLibrary, open_plugin_library
-from backworks.abi.marshal import descriptor_string
+from backworks.abi.marshal import DEFAULT_MAX_RESPONSE_BYTES, descriptor_string
 from backworks.abi.native import NativeInstance, NativeLibrary, open_library
 from backworks.abi.values import CancelFlag, LogSink, Pairs, PluginInfo, Request, Response
 
@@ -47,6 +47,7 @@ __all__ = [
     "BW_FAIL",
     "BW_OK",
     "CONSTANTS",
+    "DEFAULT_MAX_RESPONSE_BYTES",
     "ENTRY_SYMBOL",
     "FLAG_NAMES",
     "FLAG_NONBLOCKING",

@@ -38,7 +38,7 @@ import threading
 from typing import Any
 
 from backworks.abi.declarations import LOG_WARN, ffi
-from backworks.abi.marshal import descriptor_string
+from backworks.abi.marshal import DEFAULT_MAX_RESPONSE_BYTES, descriptor_string
 from backworks.abi.values import CancelFlag, LogSink, PluginInfo, Request, Response
 from backworks.errors import PluginCallError, PluginCancelledError, PluginInitError, PluginLoadError
 from backworks.names import invalid_name_reason
@@ -63,10 +63,6 @@ ffi.cdef(
     int32_t plugin_shutdown(void);
     """
 )
-
-# Answers are read with a bound, so a pointer to memory with no NUL in reach cannot
-# make the host read forever: up to 16 MiB (one longer than that is refused, not cut).
-_MAX_ANSWER = 16 << 20
 
 
 def _symbol(lib: Any, name: str) -> Any:
@@ -131,10 +127,17 @@ class LegacyLibrary:
         # The plugin's state is global to the library: one lock for all its calls.
         self.lock = threading.Lock()
 
-    def instantiate(self, config_json: bytes, log: LogSink) -> LegacyInstance:
+    def instantiate(
+        self,
+        config_json: bytes,
+        log: LogSink,
+        *,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    ) -> LegacyInstance:
         """Runs `plugin_initialize` (when exported); raises `PluginInitError` when it fails.
 
         `log` receives the adapter's own warnings: this ABI gives plugins no logger.
+        `max_response_bytes`: the longest answer taken (a longer one fails the call).
         """
         if self._initialize is not None:
             config = ffi.new("char[]", config_json or b"{}")
@@ -142,10 +145,14 @@ class LegacyLibrary:
                 rc = self._initialize(config)
             if rc != 0:
                 raise PluginInitError(self.info.name, f"plugin_initialize returned {rc}")
-        return LegacyInstance(self, log)
+        return LegacyInstance(self, log, max_response_bytes)
 
-    def process(self, endpoint: str, method: str, data: str) -> bytes | None:
-        """Calls `plugin_process_endpoint`; its answer copied, or None for "not handled"."""
+    def process(self, endpoint: str, method: str, data: str, limit: int) -> bytes | None:
+        """Calls `plugin_process_endpoint`; its answer copied, or None for "not handled".
+
+        The answer is read with a bound, so a pointer to memory with no NUL in reach
+        cannot make the host read forever: one longer than `limit` is refused, not cut.
+        """
         if self._process is None:
             return None
         args = (_c_text(endpoint), _c_text(method), _c_text(data))
@@ -154,9 +161,12 @@ class LegacyLibrary:
             # Copied before the lock is let go: the next call may overwrite the buffer.
             if answer == ffi.NULL:
                 return None
-            copied: bytes = ffi.string(answer, _MAX_ANSWER + 1)
-        if len(copied) > _MAX_ANSWER:
-            msg = f"plugin_process_endpoint returned more than {_MAX_ANSWER} bytes"
+            copied: bytes = ffi.string(answer, limit + 1)
+        if len(copied) > limit:
+            msg = (
+                f"plugin_process_endpoint returned more than {limit} bytes, its limit "
+                "(max_response_mb); the answer was refused"
+            )
             raise PluginCallError(self.info.name, msg)
         return copied
 
@@ -175,8 +185,9 @@ class LegacyInstance:
     do not exist in this ABI and answer None.
     """
 
-    def __init__(self, library: LegacyLibrary, log: LogSink) -> None:
+    def __init__(self, library: LegacyLibrary, log: LogSink, max_response_bytes: int) -> None:
         self.library = library
+        self.max_response_bytes = max_response_bytes
         self.info = library.info
         self._log = log
         self._closed = False
@@ -192,7 +203,7 @@ class LegacyInstance:
             raise PluginCancelledError(self.info.name, "handle cancelled before it started")
         endpoint = req.endpoint or req.path
         data = req.body.decode("utf-8", "replace")
-        answer = self.library.process(endpoint, req.method, data)
+        answer = self.library.process(endpoint, req.method, data, self.max_response_bytes)
         if answer is None:
             message = f"{self.info.name} does not handle {req.method} {endpoint}"
             return Response(status=404, body=json.dumps({"error": message}).encode())

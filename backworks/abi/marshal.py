@@ -19,6 +19,11 @@ from backworks.abi.declarations import MAX_DESCRIPTOR_STRING, ffi
 from backworks.abi.values import CancelFlag, Request, Response
 from backworks.errors import PluginCallError, PluginLoadError
 
+# The default of `max_response_mb`: what one answer may hold, copied out of the plugin.
+DEFAULT_MAX_RESPONSE_BYTES = 64 << 20
+# A BW_FAIL message goes to a log line; a plugin may put anything in its body.
+MAX_FAILURE_MESSAGE = 64 << 10
+
 
 def _text(s: str) -> bytes:
     # surrogateescape gives back the exact bytes aiohttp decoded from the wire.
@@ -298,6 +303,20 @@ ANSWER, HOOK, REPORT = 0, 1, 2
 _checked_types: dict[bytes, str] = {}
 
 
+class ResponseTooLarge(ValueError):
+    """A plugin's answer is larger than its plugin may answer (max_response_mb)."""
+
+
+def _check_size(body_len: int, limit: int) -> None:
+    _check_length(body_len, 1, "response body")
+    if body_len > limit:
+        msg = (
+            f"answered with a body of {body_len} bytes, more than its limit of {limit} "
+            "bytes (max_response_mb); the answer was refused"
+        )
+        raise ResponseTooLarge(msg)
+
+
 def _content_type(raw: bytes) -> str:
     checked = _checked_types.get(raw)
     if checked is not None:
@@ -323,13 +342,16 @@ def _header(h: Any) -> tuple[str, str]:
     return name.decode("ascii"), value.decode("utf-8", "replace")
 
 
-def _copy_response(c: Any, kind: int) -> Response:
+def _copy_response(c: Any, kind: int, limit: int) -> Response:
     """Copies a plugin-filled `bw_response` into Python memory (before `release`).
 
     An answer (and a hook's) must be one HTTP can carry byte for byte: a final status
-    (200-599; 0 from a hook), a media type, headers of token names and field values.
-    Anything else raises ValueError: refused here, it counts as the plugin's failure.
+    (200-599; 0 from a hook), a media type, headers of token names and field values,
+    and a body within `limit` bytes (checked before anything is copied, so an answer
+    over it costs no memory here). Anything else raises ValueError: refused here, it
+    counts as the plugin's failure.
     """
+    _check_size(c.body_len, limit)
     status = int(c.status)
     if (
         kind != REPORT
@@ -365,10 +387,17 @@ def release(c: Any) -> None:
         release(data)
 
 
-def take_response(c: Any, plugin: str, kind: int = ANSWER) -> Response:
-    """Copy out, then release exactly once, even when the copy fails or is refused."""
+def take_response(
+    c: Any, plugin: str, kind: int = ANSWER, limit: int = DEFAULT_MAX_RESPONSE_BYTES
+) -> Response:
+    """Copy out, then release exactly once, even when the copy fails or is refused.
+
+    An answer whose body is over `limit` bytes is refused before any of it is copied.
+    """
     try:
-        return _copy_response(c, kind)
+        return _copy_response(c, kind, limit)
+    except ResponseTooLarge as e:
+        raise PluginCallError(plugin, str(e)) from None
     except ValueError as e:
         raise PluginCallError(plugin, f"returned a malformed response: {e}") from e
     finally:
@@ -381,7 +410,7 @@ _RESPONSE = struct.Struct("@Ii" + "PN" * 3 + "PP")
 _check_response_layout()
 
 
-def take_answer(memory: Any, plugin: str) -> Response:
+def take_answer(memory: Any, plugin: str, limit: int) -> Response:
     """`take_response` for the scratch memory of frame_request: the same checks, faster.
 
     The struct is read in one `struct` call; the content type and the body, which the
@@ -391,16 +420,18 @@ def take_answer(memory: Any, plugin: str) -> Response:
     c = memory.c_response
     try:
         _, status, ct_at, ct_len, _, count, body_at, body_len, _, _ = fields
+        _check_size(body_len, limit)
         if count or status not in httpspec.FINAL_STATUSES:
-            return _copy_response(c, ANSWER)  # headers to check, or a refusal to word
+            return _copy_response(c, ANSWER, limit)  # headers to check, or a refusal
         if not ct_len:
             return Response(status, _bytes(c.body, body_len, "response body"))
         if ct_at + ct_len == body_at and body_len and ct_at:
-            _check_length(body_len, 1, "response body")
             both = _bytes(c.content_type.ptr, ct_len + body_len, "response")
             return Response(status, both[ct_len:], _content_type(both[:ct_len]))
         content_type = _content_type(_bytes(c.content_type.ptr, ct_len, "content_type"))
         return Response(status, _bytes(c.body, body_len, "response body"), content_type)
+    except ResponseTooLarge as e:
+        raise PluginCallError(plugin, str(e)) from None
     except ValueError as e:
         raise PluginCallError(plugin, f"returned a malformed response: {e}") from e
     finally:
@@ -409,9 +440,13 @@ def take_answer(memory: Any, plugin: str) -> Response:
 
 
 def failure_message(c: Any) -> str:
-    """The message a plugin put in a response body next to BW_FAIL, released after."""
+    """The message a plugin put in a response body next to BW_FAIL, released after.
+
+    At most MAX_FAILURE_MESSAGE bytes of it: it is a message for a log line.
+    """
     try:
-        return _bytes(c.body, c.body_len, "error body").decode("utf-8", "replace").strip()
+        length = min(c.body_len, MAX_FAILURE_MESSAGE)
+        return _bytes(c.body, length, "error body").decode("utf-8", "replace").strip()
     except ValueError:
         return ""
     finally:

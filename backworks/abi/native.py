@@ -17,6 +17,7 @@ from backworks.abi.declarations import (
     ffi,
 )
 from backworks.abi.marshal import (
+    DEFAULT_MAX_RESPONSE_BYTES,
     HOOK,
     REPORT,
     ResponseFrame,
@@ -118,8 +119,18 @@ class NativeLibrary:
         self._lib = lib
         self._desc = desc
 
-    def instantiate(self, config_json: bytes, log: LogSink) -> NativeInstance:
-        """Runs the plugin's `init`; raises `PluginInitError` with the plugin's own reason."""
+    def instantiate(
+        self,
+        config_json: bytes,
+        log: LogSink,
+        *,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    ) -> NativeInstance:
+        """Runs the plugin's `init`; raises `PluginInitError` with the plugin's own reason.
+
+        `max_response_bytes`: the largest answer body the instance's calls copy out; a
+        larger one fails the call (PluginCallError) before it is copied.
+        """
         host = _HostServices(log)
         config = ffi.new("char[]", config_json)  # NUL-terminated for convenience
         state = ffi.new("void **")
@@ -130,7 +141,7 @@ class NativeLibrary:
             reason = failure_message(error) or f"init returned {rc} with no message"
             raise PluginInitError(self.info.name, reason)
         release(error)
-        return NativeInstance(self, host, state[0])
+        return NativeInstance(self, host, state[0], max_response_bytes)
 
 
 def dlopen(path: str | Path) -> tuple[str, Any]:
@@ -177,8 +188,11 @@ class NativeInstance:
     Thread-safety is the caller's job (the executor enforces ABI rules 4 and 5).
     """
 
-    def __init__(self, library: NativeLibrary, host: _HostServices, state: Any) -> None:
+    def __init__(
+        self, library: NativeLibrary, host: _HostServices, state: Any, max_response_bytes: int
+    ) -> None:
         self.library = library
+        self.max_response_bytes = max_response_bytes
         self.info = library.info
         self._desc = library._desc
         self._host = host
@@ -209,7 +223,7 @@ class NativeInstance:
         rc = self._desc.handle(self._state, c_request, out)
         if rc != BW_OK:
             self._check(rc, out, "handle")
-        return take_answer(memory, self.info.name)
+        return take_answer(memory, self.info.name, self.max_response_bytes)
 
     def on_request(self, req: Request, cancel: CancelFlag) -> Response | None:
         """Runs the request hook; None lets the request go on (also when there is none)."""
@@ -220,7 +234,7 @@ class NativeInstance:
         out = fresh_response(memory)
         rc = self._desc.on_request(self._state, c_request, out)
         self._check(rc, out, "on_request")
-        resp = take_response(out, self.info.name, HOOK)
+        resp = take_response(out, self.info.name, HOOK, self.max_response_bytes)
         return resp if resp.status else None
 
     def on_response(self, req: Request, upstream: Response, cancel: CancelFlag) -> Response | None:
@@ -233,7 +247,7 @@ class NativeInstance:
         out = fresh_response(memory)
         rc = self._desc.on_response(self._state, c_request, up.c_response, out)
         self._check(rc, out, "on_response")
-        resp = take_response(out, self.info.name, HOOK)
+        resp = take_response(out, self.info.name, HOOK, self.max_response_bytes)
         return resp if resp.status else None
 
     def health(self) -> Response | None:
@@ -244,7 +258,7 @@ class NativeInstance:
         out = ResponseFrame()
         rc = self._desc.health(self._state, out.c_response)
         self._check(rc, out.c_response, "health")
-        return take_response(out.c_response, self.info.name, REPORT)
+        return take_response(out.c_response, self.info.name, REPORT, self.max_response_bytes)
 
     def shutdown(self) -> None:
         """Calls the plugin's `shutdown` once; later calls do nothing."""

@@ -84,6 +84,16 @@ class PluginConfig:
     memory_limit_mb: int | None = None
     cpu_limit_ms: int | None = None
     dispatch: Dispatch = "auto"
+    # The largest answer body the plugin may give; a larger one is refused (502).
+    max_response_mb: int = 64
+    # Health checks run on this schedule (0: only when an operator asks), each with
+    # its own timeout; the public routes show the last result.
+    health_interval_ms: int = 30_000
+    health_timeout_ms: int = 2_000
+
+    @property
+    def max_response_bytes(self) -> int:
+        return self.max_response_mb << 20
 
     @property
     def process_limits(self) -> ProcessLimits:

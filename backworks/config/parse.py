@@ -29,7 +29,14 @@ from backworks.config.model import (
     ServerConfig,
     StaticResponse,
 )
-from backworks.config.reader import MISSING, Reader, interpolate, load_yaml, show
+from backworks.config.reader import (
+    MAX_CONFIG_BYTES,
+    MISSING,
+    Reader,
+    interpolate,
+    load_yaml,
+    show,
+)
 from backworks.errors import ConfigError
 from backworks.names import DISPATCHES, HTTP_METHODS, ISOLATIONS, is_plugin_name
 
@@ -58,9 +65,15 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
     """Reads and parses `path`; raises ConfigError listing every problem found."""
     source = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)  # never more than the bound into memory
     except OSError as e:
         raise ConfigError(source, [f"cannot read the file: {e.strerror or e}"]) from e
+    if len(raw) > MAX_CONFIG_BYTES:
+        msg = f"the file is larger than {MAX_CONFIG_BYTES} bytes (1 MiB), the most a config may be"
+        raise ConfigError(source, [msg])
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(source, [f"not UTF-8 text (byte {e.start})"]) from e
     data, problems = load_yaml(text)
@@ -163,6 +176,10 @@ def _plugin(name: str, sec: Reader, base_dir: Path) -> PluginConfig:
             memory_limit_mb=sec.optional_integer("memory_limit_mb"),
             cpu_limit_ms=sec.optional_integer("cpu_limit_ms"),
             dispatch=sec.choice("dispatch", d.dispatch, DISPATCHES),
+            # A frame between a worker process and the host holds at most 1 GiB.
+            max_response_mb=sec.integer("max_response_mb", d.max_response_mb, high=1000),
+            health_interval_ms=sec.integer("health_interval_ms", d.health_interval_ms, low=0),
+            health_timeout_ms=sec.integer("health_timeout_ms", d.health_timeout_ms),
         )
     )
 

@@ -3,6 +3,13 @@
 Nothing here knows the Backworks schema. `Reader` wraps one mapping of the file and
 hands out typed values, recording each problem with its key path instead of raising,
 so that a bad file is reported in full at once.
+
+A config file may be written by someone other than the operator (a watched file, a
+shared folder), so reading it is bounded: at most MAX_CONFIG_BYTES of text, nested at
+most MAX_DEPTH levels deep, and at most MAX_VALUES values once every alias is counted
+as what it stands for. A "billion laughs" document (aliases of aliases, each level
+multiplying the one below) is refused while it is composed, before anything is built
+from it; an alias inside the node it names (a recursive structure) is refused too.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import yaml
+from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 _S = TypeVar("_S", bound=str)
@@ -56,14 +64,83 @@ def show(value: object) -> str:
 
 # -- YAML -------------------------------------------------------------------------
 
+# The bounds of a config file (see the module's doc). A real config is a few hundred
+# values and a few levels deep; these leave room for a thousand-endpoint one.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_DEPTH = 64
+MAX_VALUES = 250_000
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """The document is over a bound of this module, or recursive: refused, not built."""
+
+    def __init__(self, problem: str, mark: Any) -> None:
+        super().__init__(problem=problem, problem_mark=mark)
+
 
 class _Loader(yaml.SafeLoader):
     """A SafeLoader that records duplicate mapping keys, which PyYAML silently merges
-    by keeping the last (an edited copy of a plugin block would override the first)."""
+    by keeping the last (an edited copy of a plugin block would override the first),
+    and refuses a document over the bounds while composing it."""
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self.duplicates: list[str] = []
+        self._depth = 0
+        self._open: set[str] = set()  # anchors of the nodes being composed
+        # Per composed node (by id; the tree keeps them alive): how many values and how
+        # many levels it stands for with its aliases expanded. Each node is measured
+        # once, from its children's measures, so a bomb costs no more than its text.
+        self._measures: dict[int, tuple[int, int]] = {}
+
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, AliasEvent):
+            if event.anchor in self._open:
+                msg = (
+                    f"the alias *{event.anchor} stands for a node that contains it; a config "
+                    "cannot be recursive"
+                )
+                raise _Refused(msg, event.start_mark)
+            return super().compose_node(parent, index)
+        # Checked before going down: PyYAML composes recursively, and a deeper document
+        # would end in a RecursionError.
+        if self._depth >= MAX_DEPTH:
+            msg = f"nested more than {MAX_DEPTH} levels deep"
+            raise _Refused(msg, event.start_mark)
+        anchor = event.anchor
+        if anchor is not None:
+            self._open.add(anchor)
+        self._depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+            self._open.discard(anchor)
+        if node is not None:
+            self._measure(node)
+        return node
+
+    def _measure(self, node: Node) -> None:
+        if isinstance(node, MappingNode):
+            children = [part for pair in node.value for part in pair]
+        elif isinstance(node, SequenceNode):
+            children = node.value
+        else:
+            children = []
+        measures = self._measures
+        values = 1 + sum(measures[id(child)][0] for child in children)
+        depth = 1 + max((measures[id(child)][1] for child in children), default=0)
+        if values > MAX_VALUES:
+            msg = (
+                f"holds more than {MAX_VALUES} values once its aliases are expanded (an alias "
+                "counts as all it stands for); a config this large is refused"
+            )
+            raise _Refused(msg, node.start_mark)
+        if depth > MAX_DEPTH:
+            msg = f"nested more than {MAX_DEPTH} levels deep once its aliases are expanded"
+            raise _Refused(msg, node.start_mark)
+        measures[id(node)] = (values, depth)
 
     def construct_document(self, node: Node) -> Any:
         self._find_duplicates(node, "", set())
@@ -99,6 +176,10 @@ def load_yaml(text: str) -> tuple[object, list[str]]:
     loader = _Loader(text)
     try:
         return loader.get_single_data(), loader.duplicates
+    except _Refused as e:
+        mark = e.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
+        return None, [f"{where}: {e.problem}"]
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"

@@ -35,7 +35,7 @@ from typing import Any
 
 import structlog
 
-from backworks.abi import CancelFlag, PluginInfo, Request, Response
+from backworks.abi import DEFAULT_MAX_RESPONSE_BYTES, CancelFlag, PluginInfo, Request, Response
 from backworks.config import ProcessLimits
 from backworks.errors import (
     PluginCallError,
@@ -127,6 +127,7 @@ class ProcessBackend:
         *,
         concurrency_per_worker: int = 1,
         init_timeout_ms: int = 30_000,
+        max_response_mb: int = DEFAULT_MAX_RESPONSE_BYTES >> 20,
     ) -> None:
         limits = limits or ProcessLimits()
         if concurrency_per_worker < 1 or (concurrency_per_worker > 1 and not info.thread_safe):
@@ -151,6 +152,7 @@ class ProcessBackend:
                 threads=concurrency_per_worker,
                 memory_limit_mb=limits.memory_limit_mb or 0,
                 cpu_limit_ms=limits.cpu_limit_ms or 0,
+                max_response_mb=max_response_mb,
             )
         )
         self._workers = Supervisor(

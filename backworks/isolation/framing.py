@@ -26,7 +26,7 @@ from typing import Final, TypeVar
 
 import attrs
 
-from backworks.abi import Pairs, PluginInfo, Request, Response
+from backworks.abi import DEFAULT_MAX_RESPONSE_BYTES, Pairs, PluginInfo, Request, Response
 from backworks.errors import AbiMismatchError, PluginError, PluginInitError, PluginLoadError
 
 T = TypeVar("T")
@@ -67,7 +67,8 @@ _U32 = struct.Struct("<I")
 _I32 = struct.Struct("<i")
 _INFO_NUMBERS = struct.Struct("<IQB")  # abi_version, flags, has_* and legacy bits
 _READY_NUMBERS = struct.Struct("<IQ")  # pid, baseline RSS in KiB
-_INIT_NUMBERS = struct.Struct("<BIII")  # flags, threads, memory_limit_mb, cpu_limit_ms
+# flags, threads, memory_limit_mb, cpu_limit_ms, max_response_mb
+_INIT_NUMBERS = struct.Struct("<BIIII")
 _FAILED_NUMBERS = struct.Struct("<B")
 _LOG_NUMBERS = struct.Struct("<i")
 
@@ -318,6 +319,8 @@ class WorkerInit:
     memory_limit_mb: int = 0  # 0: no limit
     cpu_limit_ms: int = 0  # 0: no limit
     probe: bool = False  # only report the descriptor, run no `init`
+    # An answer body over this fails its call, in the worker, before it is copied.
+    max_response_mb: int = DEFAULT_MAX_RESPONSE_BYTES >> 20
 
 
 def encode_init(init: WorkerInit) -> bytes:
@@ -330,7 +333,11 @@ def encode_init(init: WorkerInit) -> bytes:
     flags = (_INIT_INSECURE if init.allow_insecure_permissions else 0) | (
         _INIT_PROBE if init.probe else 0
     )
-    parts.append(_INIT_NUMBERS.pack(flags, init.threads, init.memory_limit_mb, init.cpu_limit_ms))
+    parts.append(
+        _INIT_NUMBERS.pack(
+            flags, init.threads, init.memory_limit_mb, init.cpu_limit_ms, init.max_response_mb
+        )
+    )
     return _frame_of(INIT, 0, parts)
 
 
@@ -339,7 +346,7 @@ def decode_init(body: bytes) -> WorkerInit:
 
     def take(f: _Fields) -> WorkerInit:
         path, name, config, sha = f.text(), f.text(), f.blob(), f.text()
-        flags, threads, memory, cpu = f.take(_INIT_NUMBERS)
+        flags, threads, memory, cpu, max_response = f.take(_INIT_NUMBERS)
         return WorkerInit(
             path=path,
             name=name,
@@ -350,6 +357,7 @@ def decode_init(body: bytes) -> WorkerInit:
             memory_limit_mb=memory,
             cpu_limit_ms=cpu,
             probe=bool(flags & _INIT_PROBE),
+            max_response_mb=max_response,
         )
 
     return _decoding(take, body)

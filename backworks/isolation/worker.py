@@ -223,7 +223,9 @@ class Worker:
                 if init.memory_limit_mb:
                     limit_address_space(init.memory_limit_mb)
                 library = open_checked(spec)
-                self.instance = library.instantiate(init.config_json, self._log)
+                self.instance = library.instantiate(
+                    init.config_json, self._log, max_response_bytes=init.max_response_mb << 20
+                )
         except AbiMismatchError as e:
             self.channel.send(fr.encode_start_failed(fr.ERR_ABI, e.path, e.reason))
             return False

@@ -2,8 +2,10 @@
 
 `Builder.build` is the one place a runner is made, at start and on every reload:
 
-1. the library is copied to a private file of its own (plugins/copies.py): the loader
-   caches by path, and the running version's file must never be written again;
+1. the library is opened once, checked (plugins/trust.py: owners, modes, the
+   `sha256:` pin) and copied from that descriptor to a private file of its own
+   (plugins/copies.py): the loader caches by path, the running version's file must
+   never be written again, and a file swapped after its check is never loaded;
 2. on a reload, the copy is examined by discovery in a child process first, so a
    half-written or hostile file crashes a child, never the server;
 3. the copy is loaded and its `init` runs: the canary. Until it has succeeded nothing
@@ -25,10 +27,12 @@ from backworks.config import PluginConfig
 from backworks.errors import PluginInitError, PluginLoadError
 from backworks.isolation.backend import ProcessBackend
 from backworks.isolation.probe import probe
+from backworks.lifecycle.health import HealthMonitor
 from backworks.lifecycle.versions import PluginVersion
 from backworks.plugins import discovery
 from backworks.plugins.copies import LibraryCopies, LibraryCopy
-from backworks.plugins.loading import LoadedPlugin, PluginSpec, PluginState, check_file, load_plugin
+from backworks.plugins.loading import LoadedPlugin, PluginSpec, PluginState, load_plugin, open_file
+from backworks.plugins.trust import check_digest_value
 from backworks.runtime.backend import Backend, ThreadBackend
 from backworks.runtime.breaker import CircuitBreaker
 from backworks.runtime.runner import DEFAULT_POOL_SIZE, PluginRunner
@@ -80,7 +84,10 @@ class Builder:
             dispatch=settings.dispatch,
         )
         plugin = LoadedPlugin(spec.name, PluginState.READY, str(spec.path), backend.info)
-        return PluginVersion(spec, settings, runner, plugin, copy.version)
+        health = HealthMonitor(
+            runner, interval_ms=settings.health_interval_ms, timeout_ms=settings.health_timeout_ms
+        )
+        return PluginVersion(spec, settings, runner, plugin, copy.version, health)
 
     def close(self) -> None:
         """Removes the private copies' folder; what is loaded from it stays mapped."""
@@ -89,13 +96,20 @@ class Builder:
     def _private_copy(self, spec: PluginSpec) -> LibraryCopy:
         """The trust checks on the plugin folder's file, then its private copy. Blocking.
 
-        Loading checks the copy again (its digest is that of the bytes loaded).
+        One open file throughout: checked (owners, modes), copied from that same
+        descriptor, and the `sha256:` pin checked against the bytes copied, so a file
+        swapped after the check, or between the scan and now, is never the one loaded.
+        Loading checks the copy again (in its own folder, which only we can write).
         """
-        try:
-            check_file(spec)
-        except OSError as e:  # the file went away between the checks
-            raise PluginLoadError(spec.path, f"cannot be read: {e.strerror or e}") from e
-        return self._copies.copy(spec.path)
+        with open_file(spec) as source:
+            copy = self._copies.copy(source)
+        if spec.sha256:
+            try:
+                check_digest_value(spec.path, copy.sha256, spec.sha256)
+            except PluginLoadError:
+                self._copies.discard(copy)
+                raise
+        return copy
 
 
 async def _examine(private: PluginSpec, original: Path) -> None:
@@ -117,7 +131,14 @@ async def _thread_backend(spec: PluginSpec, settings: PluginConfig) -> tuple[Bac
     loop = asyncio.get_running_loop()
     try:
         instance = await asyncio.wait_for(
-            loop.run_in_executor(None, load_plugin, spec, plugin_log_sink(spec.name)),
+            loop.run_in_executor(
+                None,
+                lambda: load_plugin(
+                    spec,
+                    plugin_log_sink(spec.name),
+                    max_response_bytes=settings.max_response_bytes,
+                ),
+            ),
             settings.timeout_ms / 1000,
         )
     except TimeoutError:
@@ -160,6 +181,7 @@ async def _process_backend(spec: PluginSpec, settings: PluginConfig) -> tuple[Ba
         limits,
         concurrency_per_worker=per_worker,
         init_timeout_ms=settings.timeout_ms,
+        max_response_mb=settings.max_response_mb,
     )
     await backend.start()
     return backend, workers * per_worker

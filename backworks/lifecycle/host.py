@@ -10,7 +10,8 @@ Every version of a plugin, at start and on each reload (reloader.py decides when
 built by `build_runner` (build.py). `install` then switches: new calls go to the new
 runner (one assignment in `runners`, on the event-loop thread), calls in flight
 finish on the old one, and the old one's `shutdown` runs after the last of them, in a
-background task that `close()` awaits.
+background task that `close()` awaits. A version's scheduled health checks
+(health.py) start when it is put in service and stop before it is closed.
 
 An old version's native code stays mapped in this process. Unloading native code is
 unsafe (a library's thread-local destructors or its runtime may still run after any
@@ -102,6 +103,7 @@ class Host:
         Close the Reloader first: a reload finishing after this would go unclosed.
         """
         drain = self.config.server.shutdown_timeout_ms / 1000
+        await asyncio.gather(*(version.health.stop() for version in self.versions.values()))
         await asyncio.gather(
             *(runner.close(drain) for runner in self.runners.values()), *list(self._retiring)
         )
@@ -163,6 +165,7 @@ class Host:
         # The switch: one assignment on the event-loop thread. A request that already
         # holds the old runner finishes on it.
         self.runners[name] = version.runner
+        version.health.start()
         if old is not None:
             self.retire(old)
         settings = version.settings
@@ -192,6 +195,8 @@ class Host:
         self.versions = versions
         self.plugins = plugins
         self.runners = {name: version.runner for name, version in versions.items()}
+        for version in versions.values():
+            version.health.start()  # the new ones; a running one's goes on
         for name, version in old.items():
             if versions.get(name) is not version:
                 self.retire(version)
@@ -204,6 +209,7 @@ class Host:
         task.add_done_callback(self._retiring.discard)
 
     async def _close_version(self, old: PluginVersion, drain: float) -> None:
+        await old.health.stop()
         shut_down = await old.runner.close(drain)
         log.info(
             "plugin_version_retired",

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import attrs
 
 from backworks.config import PluginConfig
+from backworks.lifecycle.health import HealthMonitor
 from backworks.plugins.loading import LoadedPlugin, PluginSpec
 from backworks.runtime.runner import PluginRunner
 
@@ -28,6 +29,7 @@ class PluginVersion:
     runner: PluginRunner
     plugin: LoadedPlugin
     generation: int  # which private copy (library_copies) it runs from
+    health: HealthMonitor  # its scheduled health checks, started when it is installed
 
 
 @attrs.frozen

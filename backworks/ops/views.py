@@ -1,7 +1,8 @@
 """What the operator's routes show: the rows of the plugins and the dashboard's state.
 
-Read from the Host (what runs), the Reloader (how each reload went) and the Traffic
-record; built on demand, on the event-loop thread, and calling no plugin code.
+Read from the Host (what runs, and the last result of each plugin's scheduled health
+checks), the Reloader (how each reload went) and the Traffic record; built on demand,
+on the event-loop thread, and calling no plugin code.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ def plugin_rows(host: Host, reloader: Reloader, *, details: bool) -> list[dict[s
 
     With `details` (an authenticated operator) also what the plugin or the config
     says in its own words: the file, the description, why it failed to start or
-    reload. Anonymous readers get HIDDEN in their place, never the text.
+    reload. Anonymous readers get HIDDEN in their place, never the text. `health`
+    is the last scheduled check's status, state and time, never the plugin's report.
     """
     rows = []
     for name, plugin in sorted(host.plugins.items()):
@@ -41,6 +43,8 @@ def plugin_rows(host: Host, reloader: Reloader, *, details: bool) -> list[dict[s
         version = host.versions.get(name)
         if version is not None:
             row["generation"] = version.generation
+            if version.health.has_health:
+                row["health"] = version.health.public_json()
         reload = reloader.statuses.get(name)
         if reload is not None:
             row["reload"] = {**reload.to_json(), "error": _shown(reload.error, details)}

@@ -11,9 +11,12 @@ the plugin folder. Two reasons:
   inode) would change the pages of the version that is running, which crashes it.
   The running version's copy is never written again.
 
-A copy is checked while it is made: the source must be a regular file whose size and
-modification time did not change during the copy, so a library still being written
-is not taken whole. Removing the folder at close does not unmap anything: native
+A copy is made from a file already opened and checked (trust.open_trusted), read
+through that descriptor, never opened again by name: a file swapped after the check
+is not the one copied. The source must not change during the copy (size and
+modification time, read from the same descriptor), so a library still being written
+is not taken whole; the copy's SHA-256 is that of the bytes copied, which is what a
+`sha256:` pin is checked against. Removing the folder at close does not unmap anything: native
 code is never unloaded (see abi.NativeLibrary), and a mapped file outlives its name.
 """
 
@@ -23,15 +26,14 @@ import hashlib
 import itertools
 import os
 import shutil
-import stat
 import tempfile
 import threading
 from pathlib import Path
-from typing import BinaryIO
 
 import attrs
 
 from backworks.errors import PluginLoadError
+from backworks.plugins.trust import TrustedFile
 
 _CHUNK = 1 << 20
 
@@ -58,34 +60,26 @@ class LibraryCopies:
     def folder(self) -> Path | None:
         return self._folder
 
-    def copy(self, source: Path) -> LibraryCopy:
-        """Copies `source` into the private folder; raises PluginLoadError naming `source`.
+    def copy(self, source: TrustedFile) -> LibraryCopy:
+        """Copies the opened `source` into the private folder; raises PluginLoadError
+        naming `source.path`.
 
         Blocking (it reads the whole file): call it off the event loop.
         """
         folder = self._ensure_folder()
         with self._lock:
             version = next(self._versions)
-        try:
-            fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block us
-        except OSError as e:
-            raise PluginLoadError(source, f"cannot be read: {e.strerror}") from e
+        name = source.path.name
         partial = folder / f".{version}.partial"
         try:
-            with os.fdopen(fd, "rb") as src:
-                before = os.fstat(src.fileno())
-                if not stat.S_ISREG(before.st_mode):
-                    raise PluginLoadError(source, "not a regular file")
-                digest = _copy_file(src, partial)
-            after = source.stat()
-            if _identity(before) != _identity(after):
+            digest = _copy_file(source.fd, partial)
+            if _identity(source.stat) != _identity(os.fstat(source.fd)):
                 msg = "changed while it was being copied (still being written?)"
-                raise PluginLoadError(source, msg)
-            name = f"{_stem(source.name)}.v{version}-{digest[:12]}{_suffix(source.name)}"
-            final = folder / name
+                raise PluginLoadError(source.path, msg)
+            final = folder / f"{_stem(name)}.v{version}-{digest[:12]}{_suffix(name)}"
             partial.replace(final)
         except OSError as e:
-            raise PluginLoadError(source, f"cannot be copied: {e.strerror or e}") from e
+            raise PluginLoadError(source.path, f"cannot be copied: {e.strerror or e}") from e
         finally:
             partial.unlink(missing_ok=True)
         return LibraryCopy(final, version, digest)
@@ -109,14 +103,17 @@ class LibraryCopies:
             return self._folder
 
 
-def _copy_file(src: BinaryIO, target: Path) -> str:
+def _copy_file(fd: int, target: Path) -> str:
     digest = hashlib.sha256()
     # 0o700: the loader needs read and execute; nobody else needs anything.
     out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o700)
     with os.fdopen(out, "wb") as dst:
-        while chunk := src.read(_CHUNK):
+        offset = 0
+        # pread: the descriptor's position is nobody's business, it may be shared.
+        while chunk := os.pread(fd, _CHUNK, offset):
             digest.update(chunk)
             dst.write(chunk)
+            offset += len(chunk)
     return digest.hexdigest()
 
 

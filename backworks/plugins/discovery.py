@@ -9,7 +9,8 @@ settle it, and only files that pass every one are loaded, in a scanner child pro
 4. sniff: an ELF/Mach-O/PE magic number and the name of an entry symbol (ABI 1's
    `backworks_plugin_entry` or the legacy ABI's `plugin_info`) in the bytes, else
    the file is skipped as "not a Backworks plugin" and never loaded;
-5. refuse files that others may write (trust.check_permissions), unless allowed;
+5. refuse files that others may replace or write, or that lie in folders others may
+   write (trust.check_permissions, sshd's StrictModes), unless allowed;
 6. read the descriptor in a child (scanner), where a crash or hang blames that file;
 7. refuse every file of a plugin name that more than one file declares.
 

@@ -43,10 +43,19 @@ class CallGate:
 
     async def enter_exclusive(self, timeout: float) -> None:
         """Waits until no other call runs, then holds the state alone."""
-        if not self._waiters and not self._exclusive and self.active == 0:
-            self._exclusive = True
-            return
-        await self._wait(exclusive=True, timeout=timeout)
+        if not self.try_enter_exclusive():
+            await self._wait(exclusive=True, timeout=timeout)
+
+    def try_enter_exclusive(self) -> bool:
+        """Holds the state alone at once if it is idle: no call running, none waiting.
+
+        Never queues: a caller that must not delay calls (a scheduled health check)
+        tries again later instead.
+        """
+        if self._waiters or self._exclusive or self.active:
+            return False
+        self._exclusive = True
+        return True
 
     def leave(self) -> None:
         self.active -= 1

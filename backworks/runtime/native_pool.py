@@ -88,6 +88,9 @@ class NativePool:
                 outcome = (None, e)
             self._finished += 1
             done.append((fut, *outcome))
+            # Dropped before this thread waits for its next job, which may be long: an
+            # idle thread must not keep its last answer (megabytes, say) or request alive.
+            del job, fut, fn, args, outcome
             if not self._wakeup_pending:
                 self._wakeup_pending = True
                 try:

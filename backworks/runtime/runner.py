@@ -132,11 +132,22 @@ class PluginRunner:
         )
         return resp
 
-    async def health(self, timeout: float) -> Response | None:
-        """The plugin's own report; runs alone on the state (ABI rule 5)."""
+    async def health(self, timeout: float, *, wait: bool = True) -> Response | None:
+        """The plugin's own report; runs alone on the state (ABI rule 5).
+
+        `wait`: wait up to `timeout` for the state (the calls running finish first, and
+        calls that arrive later queue behind the check). Without it the state is taken
+        only if it is idle now, else PluginSaturatedError is raised at once: a check on
+        a schedule never queues in front of calls. The check itself gets `timeout`
+        either way; one that overruns it keeps the state until it really returns.
+        """
         if not self.info.has_health:
             return None
-        await self.gate.enter_exclusive(timeout)
+        if wait:
+            await self.gate.enter_exclusive(timeout)
+        elif not self.gate.try_enter_exclusive():
+            msg = "the plugin is busy: calls are running or waiting"
+            raise PluginSaturatedError(self.name, msg)
         fut = self.backend.start_health()
         fut.add_done_callback(lambda _: self.gate.leave_exclusive())
         if not await _wait(fut, timeout):
