@@ -11,16 +11,18 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import pytest
 import yaml
 from aiohttp import ClientResponse, web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpClient
+from yarl import URL
 
 from backworks.config import load_config
 from backworks.server.app import create_app
+from backworks.server.engine import LaneSite
 from tests.conftest import BuildPlugin
 
 KIT = (Path(__file__).parent / "plugins" / "testkit.c").read_text()
@@ -68,15 +70,42 @@ def isolation() -> str:
 
 
 @pytest.fixture
+def engine() -> str:
+    """The HTTP engine `serve` answers with (server.engine); a test module may parametrize it."""
+    return "lane"
+
+
+class LaneTestServer(TestServer):
+    """aiohttp's TestServer, listening with the plugin lane (server/engine.py) instead."""
+
+    async def start_server(
+        self, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any
+    ) -> None:
+        if self.runner:
+            return
+        self._loop = loop
+        self._ssl = None
+        self.runner = await self._make_runner(handler_cancellation=True, **kwargs)
+        await self.runner.setup()
+        sock = self.socket_factory(self.host, self.port or 0, socket.AF_INET)
+        self.host, self.port = sock.getsockname()[:2]
+        assert isinstance(self.runner, web.AppRunner)
+        await LaneSite(self.runner, sock=sock).start()
+        self.scheme = "http"
+        self._root = URL(f"http://{self.host}:{self.port}")
+
+
+@pytest.fixture
 def serve(
     tmp_path: Path,
     plugins_dir: Path,
     aiohttp_client: MakeClient,
     monkeypatch: pytest.MonkeyPatch,
     isolation: str,
+    engine: str,
 ) -> Serve:
     """`await serve(config, **create_app_options)`: writes the config next to ./plugins,
-    serves it, and returns a client of the server."""
+    serves it with `engine`, and returns a client of the server."""
     monkeypatch.setenv("BACKWORKS_CACHE_DIR", str(tmp_path / "cache"))
 
     async def start(config: dict[str, Any], **options: Any) -> Client:
@@ -88,7 +117,9 @@ def serve(
                 plugins.setdefault(name, {}).setdefault("isolation", isolation)
         path = tmp_path / "backworks.yaml"
         path.write_text(yaml.safe_dump(config))
-        return await aiohttp_client(create_app(load_config(path), **options))
+        app = create_app(load_config(path), **options)
+        server = LaneTestServer(app) if engine == "lane" else TestServer(app)
+        return cast(Client, await aiohttp_client(server))
 
     return start
 

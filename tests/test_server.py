@@ -20,6 +20,12 @@ def isolation(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(params=["lane", "aiohttp"])
+def engine(request: pytest.FixtureRequest) -> str:
+    """...and with both HTTP engines."""
+    return str(request.param)
+
+
 async def test_every_request_field_reaches_the_plugin(kit: Kit, serve: Serve) -> None:
     kit("kit")
     client = await serve(
