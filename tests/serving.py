@@ -22,7 +22,7 @@ from yarl import URL
 
 from backworks.config import load_config
 from backworks.server.app import create_app
-from backworks.server.engine import LaneSite
+from backworks.server.engine import LaneSite, QuietAppRunner
 from tests.conftest import BuildPlugin
 
 KIT = (Path(__file__).parent / "plugins" / "testkit.c").read_text()
@@ -75,8 +75,15 @@ def engine() -> str:
     return "lane"
 
 
-class LaneTestServer(TestServer):
-    """aiohttp's TestServer, listening with the plugin lane (server/engine.py) instead."""
+class AiohttpTestServer(TestServer):
+    """aiohttp's TestServer with the runner `serve` uses (parse errors in the envelope)."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        return QuietAppRunner(self.app, **kwargs)
+
+
+class LaneTestServer(AiohttpTestServer):
+    """The same, listening with the plugin lane (server/engine.py) instead."""
 
     async def start_server(
         self, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any
@@ -118,7 +125,7 @@ def serve(
         path = tmp_path / "backworks.yaml"
         path.write_text(yaml.safe_dump(config))
         app = create_app(load_config(path), **options)
-        server = LaneTestServer(app) if engine == "lane" else TestServer(app)
+        server = LaneTestServer(app) if engine == "lane" else AiohttpTestServer(app)
         return cast(Client, await aiohttp_client(server))
 
     return start

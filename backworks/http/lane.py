@@ -142,7 +142,8 @@ class LaneSettings:
         for lane in list(self.connections):
             if lane.deadline and now >= lane.deadline:
                 lane.timed_out()
-        interval = min(1.0, max(0.05, min(self.header_timeout, self.body_timeout) / 5))
+        shortest = min(self.header_timeout, self.body_timeout, self.keepalive_timeout)
+        interval = min(1.0, max(0.05, shortest / 5))
         self._sweeper = asyncio.get_running_loop().call_later(interval, self._tick)
 
     def close(self) -> None:
@@ -315,7 +316,11 @@ class Lane(asyncio.Protocol):
             headers.append(pair)
             if pair[0] in _SPECIAL:
                 special.setdefault(pair[0], pair[1])
-        raw_path, _, query = self._url.partition(b"?")
+        url = self._url
+        if url[:1] == b"/":
+            raw_path, _, query = url.partition(b"?")
+        else:  # absolute-form (`GET http://host/path`), as a proxy would send it
+            raw_path, query = _absolute_target(url)
         path = _path(raw_path)
         ex = self._ex = Exchange(
             parser.get_method().decode("ascii"),
@@ -349,11 +354,11 @@ class Lane(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self._reading = False
         self.deadline = 0.0
+        if self._upgrading:
+            return  # handed over whole when the parser stops at the upgrade
         ex = self._ex
         assert ex is not None
         self._ex = None
-        if self._upgrading:
-            return  # handed over whole when the parser stops at the upgrade
         body = self._body
         if body:
             ex.body = body[0] if len(body) == 1 else b"".join(body)
@@ -595,6 +600,15 @@ class _Resume:
                     waiting = coro.send(None)
                 except StopIteration as done:
                     return done.value  # type: ignore[no-any-return]
+
+
+def _absolute_target(url: bytes) -> tuple[bytes, bytes]:
+    """The path and query of an absolute-form target; `*` and the like stay as they are."""
+    try:
+        parsed = httptools.parse_url(url)
+    except httptools.HttpParserInvalidURLError:
+        return url, b""
+    return parsed.path or b"/", parsed.query or b""
 
 
 def _path(raw: bytes) -> str:

@@ -36,6 +36,7 @@ from backworks.lifecycle.reloader import Reloader
 from backworks.ops.admin import add_admin_routes
 from backworks.ops.dashboard import add_dashboard_routes
 from backworks.ops.metrics import add_metrics_route, new_registry
+from backworks.server.engine import QuietAppRunner
 
 log = structlog.get_logger("backworks.server")
 
@@ -110,7 +111,7 @@ async def _admin_listener(app: web.Application) -> AsyncIterator[None]:
     config = app[HOST].config
     host = config.dashboard.host or config.server.host
     port = config.dashboard.port
-    runner = web.AppRunner(
+    runner = QuietAppRunner(
         create_admin_app(app),
         access_log=None,
         # Admin requests are short; the dashboard's keep-alive polls must not hold

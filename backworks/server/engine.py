@@ -13,12 +13,16 @@ connections close at once, busy ones after their answer, within
 from __future__ import annotations
 
 import asyncio
+import secrets
 import socket
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import LineTooLong
 
 from backworks.config import ServerConfig
+from backworks.http.dispatch import to_web_response
+from backworks.http.reply import error_reply
 from backworks.http.state import HOST, RECORDER
 
 log = structlog.get_logger("backworks.server")
@@ -27,6 +31,57 @@ try:
     from backworks.http.lane import Lane, LaneSettings
 except ImportError:  # pragma: no cover - httptools is a dependency; a broken install
     Lane = None  # type: ignore[assignment,misc]
+
+
+class _QuietRequestHandler(web.RequestHandler):
+    """aiohttp's protocol, answering what it cannot parse with our envelope.
+
+    aiohttp's own answer to a malformed request is text that quotes the request's
+    bytes back, and its log line a plain-text traceback with raw header values; ours
+    is the JSON envelope (400) and one structured line, naming only the error's kind.
+    """
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """The envelope for a request aiohttp could not take; the connection closes."""
+        reason = type(exc).__name__ if exc is not None else None
+        if isinstance(exc, LineTooLong) or "Too many headers" in str(exc):
+            status = 431  # as the lane says it
+        log.info("bad_request" if status < 500 else "request_failed", status=status, reason=reason)
+        if request.writer.output_size > 0:  # part of an answer is out: no room for ours
+            msg = "an answer was already started; the connection is closed instead"
+            raise ConnectionError(msg)
+        answer = to_web_response(error_reply(status, secrets.token_hex(11)))
+        # The config's global headers, as on every answer: the app is the handler's owner.
+        app = getattr(getattr(self._manager, "request_handler", None), "__self__", None)
+        if isinstance(app, web.Application) and HOST in app:
+            for name, value in app[HOST].config.global_headers.items():
+                answer.headers.setdefault(name, value)
+        answer.force_close()
+        return answer
+
+
+class _QuietServer(web.Server):
+    """aiohttp's protocol factory, making `_QuietRequestHandler`s."""
+
+    def __call__(self) -> web.RequestHandler:
+        return _QuietRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class QuietAppRunner(web.AppRunner):
+    """An AppRunner whose connections answer parse errors with the envelope."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # aiohttp has no option for its protocol's class; its factory only instantiates
+        # RequestHandler, so the factory's class is swapped for one that does not.
+        server.__class__ = _QuietServer
+        return server
 
 
 def engine_of(config: ServerConfig) -> str:

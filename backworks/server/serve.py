@@ -17,7 +17,7 @@ from aiohttp.web_runner import GracefulExit
 
 from backworks.config import Config, ConfigSource
 from backworks.server.app import create_app, reload_on_sighup
-from backworks.server.engine import LaneSite, engine_of
+from backworks.server.engine import LaneSite, QuietAppRunner, engine_of
 
 log = structlog.get_logger("backworks.server")
 
@@ -51,7 +51,7 @@ async def _serve(config: Config, source: ConfigSource | None) -> None:
     app = create_app(config, admin_listener=True, source=source)
     if source is not None:
         app.cleanup_ctx.append(reload_on_sighup)
-    runner = web.AppRunner(
+    runner = QuietAppRunner(
         app,
         handle_signals=True,
         access_log=None,
