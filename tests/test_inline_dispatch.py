@@ -13,13 +13,15 @@ from structlog.testing import capture_logs
 
 from backworks.abi import Request, open_plugin_library
 from backworks.abi.hostlog import plugin_log_sink
+from backworks.http.state import HOST
 from backworks.names import Dispatch
 from backworks.runtime import runner as runner_module
 from backworks.runtime.backend import ThreadBackend
 from backworks.runtime.breaker import CircuitBreaker
 from backworks.runtime.runner import INLINE_STRIKE_WINDOW, INLINE_STRIKES, PluginRunner
+from backworks.runtime.watchdog import STALL_S
 from tests.conftest import BuildPlugin
-from tests.serving import KIT
+from tests.serving import KIT, Kit, Serve
 
 
 class MakeRunner(Protocol):
@@ -131,3 +133,40 @@ async def test_overruns_far_apart_are_forgiven(
             await runner.handle(Request("GET", "/kit/status", query="code=200"))
     assert runner.dispatch == "inline"
     await runner.close(1.0)
+
+
+async def test_a_plugin_that_blocks_while_claiming_not_to_is_demoted_during_the_call(
+    make_runner: MakeRunner,
+) -> None:
+    """The liar: BW_FLAG_NONBLOCKING, then sleeps. The watchdog sees the loop's thread
+    asleep in the call and moves the plugin to its pool before the call returns; the
+    next slow call is then timed out as the config asks."""
+    runner = make_runner()
+    with capture_logs() as logs:
+        await runner.handle(Request("GET", "/kit/sleep", query="ms=300"))
+    assert runner.dispatch == "pool"
+    [held] = [e for e in logs if e["event"] == "plugin_holds_event_loop"]
+    assert held["plugin"] == "kit"
+    [demoted] = [e for e in logs if e["event"] == "plugin_demoted_to_pool"]
+    assert "blocked" in demoted["reason"]
+    assert await thread_of_call(runner) != threading.get_native_id()
+    await runner.close(1.0)
+
+
+async def test_a_plugin_that_holds_the_loop_with_work_is_demoted_while_it_runs(
+    make_runner: MakeRunner,
+) -> None:
+    runner = make_runner()
+    with capture_logs() as logs:
+        await spin(runner, int(STALL_S * 1000) + 300)
+    assert runner.dispatch == "pool"
+    assert any(e["event"] == "plugin_holds_event_loop" for e in logs)
+    await runner.close(1.0)
+
+
+async def test_inline_calls_can_be_turned_off_for_the_whole_server(kit: Kit, serve: Serve) -> None:
+    kit("fast")
+    client = await serve(
+        {"plugins": {"fast": {"dispatch": "inline"}}, "server": {"inline_calls": False}}
+    )
+    assert client.app[HOST].runners["fast"].dispatch == "pool"

@@ -130,6 +130,8 @@ class ServerConfig:
     `engine`: `lane` (the plugin lane, http/lane.py; the default) or `aiohttp` (every
     request through aiohttp). The read timeouts bound how long a client may take to
     send a request's head and its body, and how long a kept-alive connection may idle.
+    `inline_calls: false` runs every plugin's calls off the event loop, whatever its
+    flags and `dispatch` say (the inline path is for plugins one trusts).
     """
 
     host: str = "127.0.0.1"
@@ -140,6 +142,7 @@ class ServerConfig:
     body_timeout_ms: int = 30_000
     keepalive_timeout_ms: int = 75_000
     shutdown_timeout_ms: int = 10_000
+    inline_calls: bool = True  # false: no plugin is ever called on the event loop
 
 
 @attrs.frozen

@@ -322,6 +322,7 @@ def _server(sec: Reader) -> ServerConfig:
             body_timeout_ms=sec.integer("body_timeout_ms", d.body_timeout_ms),
             keepalive_timeout_ms=sec.integer("keepalive_timeout_ms", d.keepalive_timeout_ms),
             shutdown_timeout_ms=sec.integer("shutdown_timeout_ms", d.shutdown_timeout_ms, low=0),
+            inline_calls=sec.flag("inline_calls", d.inline_calls),
         )
     )
 

@@ -51,13 +51,19 @@ class Builder:
         self._copies = LibraryCopies()
 
     async def build(
-        self, spec: PluginSpec, settings: PluginConfig, *, examine: bool = False
+        self,
+        spec: PluginSpec,
+        settings: PluginConfig,
+        *,
+        examine: bool = False,
+        inline_calls: bool = True,
     ) -> PluginVersion:
         """Makes one version of a plugin ready to serve; raises BackworksError if it cannot.
 
         `examine`: test-load the private copy in a child process before this process
         loads it (reloads: the file may be half-written, or replaced by anyone who can
-        write the plugin folder).
+        write the plugin folder). `inline_calls` False: never on the event loop
+        (`server.inline_calls`).
         """
         loop = asyncio.get_running_loop()
         copy = await loop.run_in_executor(None, self._private_copy, spec)
@@ -81,7 +87,7 @@ class Builder:
                 settings.circuit_breaker.failure_threshold,
                 settings.circuit_breaker.recovery_timeout_ms,
             ),
-            dispatch=settings.dispatch,
+            dispatch=settings.dispatch if inline_calls else "pool",
         )
         plugin = LoadedPlugin(spec.name, PluginState.READY, str(spec.path), backend.info)
         health = HealthMonitor(

@@ -152,7 +152,8 @@ class Host:
         self, spec: PluginSpec, settings: PluginConfig, *, examine: bool = False
     ) -> PluginVersion:
         """Makes one version of a plugin ready to serve (build.py); switches nothing."""
-        return await self._builder.build(spec, settings, examine=examine)
+        inline = self.config.server.inline_calls
+        return await self._builder.build(spec, settings, examine=examine, inline_calls=inline)
 
     # -- switching versions --------------------------------------------------------
 

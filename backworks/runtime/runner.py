@@ -28,6 +28,7 @@ from backworks.runtime.backend import Backend, PluginCalls
 from backworks.runtime.breaker import CircuitBreaker
 from backworks.runtime.gate import CallGate
 from backworks.runtime.stats import PluginStats
+from backworks.runtime.watchdog import inline_watchdog
 
 log = structlog.get_logger("backworks.runner")
 
@@ -57,8 +58,11 @@ class PluginRunner:
     thread hop that otherwise costs more than the native call; it is offered to
     plugins that declare BW_FLAG_NONBLOCKING (`dispatch: auto`) or whose config asks
     (`dispatch: inline`). An inline call cannot be timed out, so a plugin whose inline
-    calls keep overrunning INLINE_BUDGET_S is demoted to the pool for good, with a
-    warning: a slow inline call stalls every request of the server.
+    calls keep overrunning INLINE_BUDGET_S of CPU time is demoted to the pool for good,
+    with a warning: a slow inline call stalls every request of the server. One that
+    blocks in an inline call, or holds the loop for long, is caught while it does by the
+    inline watchdog (watchdog.py) and demoted the same way. The inline path is for
+    plugins one trusts to keep their word; `server.inline_calls: false` turns it off.
     """
 
     def __init__(
@@ -83,6 +87,7 @@ class PluginRunner:
         self.closed = False
         wants_inline = dispatch == "inline" or (dispatch == "auto" and self.info.nonblocking)
         self._inline: PluginCalls | None = backend.inline_calls() if wants_inline else None
+        self._watchdog = inline_watchdog(INLINE_BUDGET_S) if self._inline is not None else None
         # Never set: an inline call cannot be abandoned, so one flag serves them all.
         self._inline_cancel = CancelFlag()
         self._inline_calls = 0
@@ -199,6 +204,9 @@ class PluginRunner:
         measuring = self._measuring
         cpu_started = time.thread_time() if measuring else 0.0
         started = time.perf_counter()
+        watchdog = self._watchdog
+        if watchdog is not None:
+            watchdog.current = (self, started)
         try:
             result = fn(*args, self._inline_cancel)
         except PluginError as e:
@@ -208,6 +216,8 @@ class PluginRunner:
             self.breaker.record_neutral(ticket)  # the host failed around the call
             raise
         finally:
+            if watchdog is not None:
+                watchdog.current = None
             self.gate.leave()
             elapsed = time.perf_counter() - started
             self._inline_calls += 1
@@ -245,13 +255,23 @@ class PluginRunner:
                 strikes=self._strikes,
             )
             return
+        self.demote("its inline calls kept overrunning their CPU budget", elapsed)
+
+    def demote(self, reason: str, held_s: float) -> None:
+        """Moves this plugin's calls off the event loop, for good (see the class doc).
+
+        Called by the runner's own judgement and by the inline watchdog's thread: one
+        reference assignment, safe from either.
+        """
+        if self._inline is None:
+            return
         self._inline = None
         log.warning(
             "plugin_demoted_to_pool",
             plugin=self.name,
-            duration_ms=round(elapsed * 1000, 3),
+            duration_ms=round(held_s * 1000, 3),
             budget_ms=INLINE_BUDGET_S * 1000,
-            reason="an inline call overran its budget and stalled the event loop",
+            reason=reason,
         )
 
     async def _call_pooled(
