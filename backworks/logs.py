@@ -21,17 +21,57 @@ LEVELS = {
 }
 
 
+# Where a credential travels in HTTP: never written to a log line, whoever logs it.
+SENSITIVE = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "token"}
+)
+REDACTED = "[redacted]"
+
+
+def redact(_: object, __: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
+    """A structlog processor: a sensitive key's value, or a sensitive header in a list or
+    mapping of headers, is replaced by REDACTED before anything renders the event."""
+    for key, value in event.items():
+        if key.lower().replace("_", "-") in SENSITIVE:
+            event[key] = REDACTED
+        elif key in ("headers", "header") and value:
+            event[key] = _redacted_headers(value)
+    return event
+
+
+def _redacted_headers(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: REDACTED if str(k).lower() in SENSITIVE else v for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [
+            (pair[0], REDACTED)
+            if isinstance(pair, list | tuple)
+            and len(pair) == 2
+            and str(pair[0]).lower() in SENSITIVE
+            else pair
+            for pair in value
+        ]
+    return value
+
+
 def configure_logging(level: str = "info", fmt: Format = "auto") -> None:
-    """Sets up structlog for the process; `auto` means console on a TTY, JSON otherwise."""
+    """Sets up structlog for the process; `auto` means console on a TTY, JSON otherwise.
+
+    Tracebacks are rendered plainly (no local variables: they may hold request
+    headers), and sensitive keys are redacted (`redact`).
+    """
     console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
         if console
         else structlog.processors.JSONRenderer()
     )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            redact,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

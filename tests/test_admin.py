@@ -8,7 +8,7 @@ import pytest
 from backworks.ops.auth import NOT_CONFIGURED
 from tests.serving import Kit, Serve, error_of, free_port
 
-TOKEN = "s3cret-t0ken"  # noqa: S105 -- the test's own admin token
+TOKEN = "s3cret-t0ken"
 OPEN_AFTER_ONE = {"kit": {"circuit_breaker": {"failure_threshold": 1}}}
 
 

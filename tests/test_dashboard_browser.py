@@ -31,7 +31,7 @@ ARGS = [
     "--disable-sync",
 ]
 SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "dashboard.png"
-TOKEN = "let-me-in"  # noqa: S105 -- the test's own admin token
+TOKEN = "let-me-in"
 
 
 @pytest.fixture

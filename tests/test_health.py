@@ -94,7 +94,7 @@ BW_DEFINE_PLUGIN(.name = "hk", .version = "1.0.0", .description = "health kit",
                  .shutdown = hk_shutdown)
 """
 
-TOKEN = "health-token"  # noqa: S105 -- a test token
+TOKEN = "health-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 LONG = 600_000  # an interval no test outlives: the first check, at start, is the only one
 

@@ -38,7 +38,7 @@ def install(library: Path, plugins_dir: Path) -> Path:
     return target
 
 
-ADMIN_TOKEN = "e2e-token"  # noqa: S105 -- a test token
+ADMIN_TOKEN = "e2e-token"
 
 
 def route(handler: str, *methods: str) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from tests.test_serve import Server, get, write_config
 
 # Under `isolation: process` a reload replaces the worker processes.
 both_isolations = pytest.mark.parametrize("isolation", ["in-process", "process"])
-TOKEN = "reload-token"  # noqa: S105 -- a test token
+TOKEN = "reload-token"
 Logs = list[MutableMapping[str, Any]]
 
 

@@ -197,7 +197,7 @@ async def test_a_library_swapped_against_its_pin_is_refused_and_the_old_one_serv
     library = make_kit(folder=folder)
     pin = hashlib.sha256(library.read_bytes()).hexdigest()
     folder.chmod(0o777)
-    token = "trust-token"  # noqa: S105 -- a test token
+    token = "trust-token"
     client = await serve(
         {
             "plugins": {

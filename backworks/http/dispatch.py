@@ -12,6 +12,7 @@ is answered through one catch-all handler (`dispatch`) that reads the body and c
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import structlog
@@ -138,7 +139,14 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     match = route(host, ex)
     request[ROUTE] = ex.route or UNMATCHED
     if not isinstance(match, Response) and not isinstance(match.route.target, StaticEndpoint):
-        ex.body = await request.read()  # raises 413 past server.max_body_bytes
+        try:
+            async with asyncio.timeout(host.config.server.body_timeout_ms / 1000):
+                ex.body = await request.read()  # raises 413 past server.max_body_bytes
+        except TimeoutError:
+            log.info("request_timeout", request_id=rid, engine="aiohttp")
+            late = to_web_response(error_reply(408, rid))
+            late.force_close()  # the rest of the body is not worth waiting for
+            return late
     answer = answer_now(host, ex, match) or await serve(host, ex, match)
     if ex.plugin is not None:
         request[PLUGIN] = ex.plugin

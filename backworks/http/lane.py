@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable, Coroutine
 from email.utils import formatdate
 from typing import Any, cast
 
@@ -191,7 +191,7 @@ class Lane(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._queue: deque[_Queued] = deque()
-        self._task: asyncio.Task[None] | None = None  # the answer that is waiting
+        self._task: _Waiting | None = None  # the answer that is waiting
         self._closing = False  # no request after the queued ones will be read
         self._broken = False  # the parser has failed: nothing more is read
         self._paused = False
@@ -218,10 +218,14 @@ class Lane(asyncio.Protocol):
         self.settings.connections.discard(self)
         self._transport = None
         self.deadline = 0.0
+        ex = self._ex
+        if self._reading and ex is not None:  # gone in the middle of sending its request
+            ex.route = ex.route or UNMATCHED
+            self._record(_Queued(ex, None, False, False, self._started), CLIENT_GONE)
         task = self._task
-        if task is not None and not task.done():
-            # The client went away while its answer was being made: cancelling the
-            # task sets the plugin call's cancel word (the runner's cancellation path).
+        if task is not None:
+            # The client went away while its answer was being made: cancelling it sets
+            # the plugin call's cancel word (the runner's cancellation path).
             task.cancel()
         for queued in self._queue:
             if queued.match is not RELAY:
@@ -406,7 +410,7 @@ class Lane(asyncio.Protocol):
                 log.exception("request_failed", request_id=queued.ex.request_id, engine="lane")
                 self._write(queued, error_reply(500, queued.ex.request_id))
                 continue
-            self._task = asyncio.ensure_future(self._finish(coro, waiting, queued))
+            self._task = _Waiting(self, coro, waiting, queued)
             return
         if self._paused and len(self._queue) < MAX_QUEUED and not self._broken:
             self._resume()
@@ -416,20 +420,14 @@ class Lane(asyncio.Protocol):
             else:
                 self._idle()
 
-    async def _finish(
-        self, coro: Coroutine[Any, Any, Response], waiting: Any, queued: _Queued
-    ) -> None:
-        try:
-            answer = await _Resume(coro, waiting)
-        except asyncio.CancelledError:
-            self._record(queued, CLIENT_GONE)
-            raise
-        except Exception:
-            log.exception("request_failed", request_id=queued.ex.request_id, engine="lane")
-            answer = error_reply(500, queued.ex.request_id)
+    def _finished(self, queued: _Queued, answer: Response | None) -> None:
+        """The answer `_Waiting` waited for (None: nobody to give it to any more)."""
         self._task = None
         if self._queue and self._queue[0] is queued:
             self._queue.popleft()
+        if answer is None:
+            self._record(queued, CLIENT_GONE)
+            return
         self._write(queued, answer)
         self._next()
 
@@ -567,39 +565,63 @@ class Lane(asyncio.Protocol):
             self._transport.resume_reading()
 
 
-class _Resume:
-    """Awaits the rest of a coroutine that was started by hand and is now suspended.
+class _Waiting:
+    """An answer whose making waits: its coroutine, resumed when what it awaits is done.
 
-    The lane runs each answer's coroutine at once, in the parser's callback (most
-    finish right there, without a task). One that suspends is handed to a task
-    through this: the future it waits on is passed up, and the coroutine resumed
-    when it is done; a cancellation of the task is thrown into the coroutine.
+    The lane runs each answer's coroutine at once, in the parser's callback, and most
+    finish right there. One that suspends (a pooled call, a worker process, a hook)
+    is driven from here by done-callbacks, as a task would be, without a task's cost
+    per request. Nothing on the engine-neutral request path needs a current task.
     """
 
-    __slots__ = ("coro", "waiting")
+    __slots__ = ("coro", "lane", "queued", "waiting")
 
-    def __init__(self, coro: Coroutine[Any, Any, Response], waiting: Any) -> None:
+    def __init__(
+        self, lane: Lane, coro: Coroutine[Any, Any, Response], waiting: Any, queued: _Queued
+    ) -> None:
+        self.lane = lane
         self.coro = coro
-        self.waiting = waiting
+        self.queued = queued
+        self.waiting: Any = None
+        self._wait_for(waiting)
 
-    def __await__(self) -> Generator[Any, None, Response]:
-        coro, waiting = self.coro, self.waiting
-        while True:
-            try:
-                yield waiting
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as e:  # handed on to the coroutine, as a task would
-                try:
-                    waiting = coro.throw(e)
-                except StopIteration as done:
-                    return done.value  # type: ignore[no-any-return]
-            else:
-                try:
-                    waiting = coro.send(None)
-                except StopIteration as done:
-                    return done.value  # type: ignore[no-any-return]
+    def _wait_for(self, waiting: Any) -> None:
+        self.waiting = waiting
+        if waiting is None:  # a bare `yield` (asyncio.sleep(0)): the next loop turn
+            asyncio.get_running_loop().call_soon(self._step, None)
+        else:
+            waiting.add_done_callback(self._step)
+
+    def _step(self, _: object) -> None:
+        try:
+            waiting = self.coro.send(None)
+        except StopIteration as done:
+            self.lane._finished(self.queued, done.value)
+            return
+        except asyncio.CancelledError:  # what it waited for was cancelled under it
+            self.lane._finished(self.queued, None)
+            return
+        except Exception:
+            ex = self.queued.ex
+            log.exception("request_failed", request_id=ex.request_id, engine="lane")
+            self.lane._finished(self.queued, error_reply(500, ex.request_id))
+            return
+        self._wait_for(waiting)
+
+    def cancel(self) -> None:
+        """The client went away: the coroutine is cancelled where it waits."""
+        waiting = self.waiting
+        if waiting is not None:
+            waiting.remove_done_callback(self._step)
+        try:
+            self.coro.throw(asyncio.CancelledError())
+        except (asyncio.CancelledError, StopIteration):
+            pass
+        except Exception:
+            log.exception("request_failed", request_id=self.queued.ex.request_id, engine="lane")
+        else:  # it went on waiting after all (it caught the cancellation): let it finish
+            self.coro.close()
+        self.lane._finished(self.queued, None)
 
 
 def _absolute_target(url: bytes) -> tuple[bytes, bytes]:

@@ -13,6 +13,9 @@
  *   .../version         {"plugin": <name>, "build": KIT_VERSION} (0 unless -DKIT_VERSION=n)
  *   .../thread          {"tid": <the kernel id of the thread the call runs on>}
  *   .../spin?ms=N       burns N ms of the calling thread's CPU time
+ *   .../bad?what=W      an answer HTTP cannot carry: W = nul-type (a NUL in the content
+ *                       type), ctl-header (a control character in a header value),
+ *                       bad-name (a space in a header name), interim (status 101)
  *
  * Hooks: on_request answers 401 when the request has `x-deny`, fails with `x-hook-fail`,
  * sleeps with `x-hook-sleep`; on_response adds `x-hooked-by-<name>` to the upstream answer
@@ -181,6 +184,23 @@ static int32_t kit_handle(void *state, const bw_request *req, bw_response *resp)
         volatile unsigned long x = 0;
         while (cpu_seconds() - start < limit) x++;
         return bw_respond_json(resp, 200, "{\"spun\": true}");
+    }
+    if (ends_with(path, "/bad")) {
+        char what[32];
+        bw_header h[1];
+        bw_query_get(req, "what", what, sizeof what);
+        h[0].name = bw_str_from("x-fine");
+        h[0].value = bw_str_from("fine");
+        if (strcmp(what, "nul-type") == 0) {
+            static const char ctype[] = "text/plain\0\r\nX-Injected: 1";
+            bw_str ct = { ctype, sizeof ctype - 1 };
+            int32_t rc = bw_respond_json(resp, 200, "{}");
+            resp->content_type = ct;
+            return rc;
+        }
+        if (strcmp(what, "ctl-header") == 0) h[0].value = bw_str_from("a\rb");
+        if (strcmp(what, "bad-name") == 0) h[0].name = bw_str_from("x bad");
+        return bw_respond(resp, strcmp(what, "interim") == 0 ? 101 : 200, NULL, h, 1, "{}", 2);
     }
     if (ends_with(path, "/version"))
         return bw_respond_json(resp, 200,
