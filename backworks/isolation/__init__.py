@@ -2,6 +2,7 @@
 
 - backend.py: `ProcessBackend`, the runner's Backend: routes calls to workers, sends
   calls lost in a crash again, answers poison requests;
+- calls.py: a call as the host holds it, and what becomes of calls lost in a crash;
 - supervisor.py: the worker slots: spawn, ready, death, backoff, recycling, stop;
 - probe.py: a library's descriptor, read in a worker;
 - process.py: one worker process as the host holds it (channel, running table,

@@ -52,7 +52,6 @@ from backworks.config import ProcessLimits
 from backworks.errors import (
     PluginCallError,
     PluginCancelledError,
-    PluginCrashedError,
     PluginError,
     PluginLoadError,
     PluginTimeoutError,
@@ -60,6 +59,7 @@ from backworks.errors import (
     reason_of,
 )
 from backworks.isolation import framing as fr
+from backworks.isolation.calls import IDEMPOTENT, Call, Group, sort_out_lost, worst_health
 from backworks.isolation.process import SUPPORTED
 from backworks.isolation.supervisor import READY, Slot, Supervisor
 from backworks.plugins.loading import PluginSpec
@@ -68,84 +68,6 @@ from backworks.runtime.backend import PluginCalls
 log = structlog.get_logger("backworks.isolation")
 
 CANCEL_GRACE = 0.1  # a cancelled call may still return by itself within this
-# Methods whose request may be sent again after a crash without asking the plugin.
-IDEMPOTENT = frozenset({"GET", "HEAD"})
-POISON_STRIKES = 2  # worker deaths a call was running at that make it the culprit
-
-
-class _Group:
-    """One call made on every worker's state (health, shutdown), answered as one."""
-
-    __slots__ = ("combine", "error", "future", "left", "results")
-
-    def __init__(
-        self,
-        future: asyncio.Future[Any],
-        parts: int,
-        combine: Callable[[list[Response]], Response | None],
-    ) -> None:
-        self.future = future
-        self.left = parts
-        self.combine = combine
-        self.results: list[Response] = []
-        self.error: BaseException | None = None
-
-    def part_done(self, result: Response | None, error: BaseException | None) -> None:
-        self.left -= 1
-        if error is not None:
-            self.error = self.error or error
-        elif result is not None:
-            self.results.append(result)
-        if self.left == 0 and not self.future.done():
-            if self.error is not None:
-                self.future.set_exception(self.error)
-            else:
-                self.future.set_result(self.combine(self.results))
-
-
-class _Call:
-    __slots__ = (
-        "abandoned",
-        "call_id",
-        "cpu_used_ms",
-        "frame",
-        "future",
-        "group",
-        "request_id",
-        "retryable",
-        "slot",
-        "strikes",
-    )
-
-    def __init__(
-        self,
-        call_id: int,
-        frame: bytes,
-        future: asyncio.Future[Any] | None,
-        group: _Group | None = None,
-        *,
-        request_id: str = "",
-        retryable: bool = False,
-    ) -> None:
-        self.call_id = call_id
-        self.frame = frame  # kept until answered: a lost call may be sent again
-        self.future = future
-        self.group = group
-        self.request_id = request_id
-        self.retryable = retryable  # safe to run twice (idempotent or retry_on_crash)
-        self.slot: Slot | None = None
-        self.abandoned = False
-        self.cpu_used_ms: int | None = None
-        self.strikes = 0  # worker deaths this call was running at
-
-
-def _worst_health(reports: list[Response]) -> Response | None:
-    """The least healthy report of all workers: 503 (or anything odd) > 429 > 200."""
-
-    def severity(r: Response) -> int:
-        return 0 if r.status == 200 else 1 if r.status == 429 else 2
-
-    return max(reports, key=severity, default=None)
 
 
 class ProcessBackend:
@@ -195,12 +117,12 @@ class ProcessBackend:
             events=self,
         )
         # The calls each worker holds now (ready, draining or stopping workers).
-        self._running: dict[Slot, dict[int, _Call]] = {}
+        self._running: dict[Slot, dict[int, Call]] = {}
         # Workers running a suspect: it runs alone, so no other call goes there.
         self._alone: set[Slot] = set()
         self._turn = 0  # the position the search for a free worker starts at
-        self._queue: collections.deque[_Call] = collections.deque()
-        self._by_future: dict[asyncio.Future[Any], _Call] = {}
+        self._queue: collections.deque[Call] = collections.deque()
+        self._by_future: dict[asyncio.Future[Any], Call] = {}
         # Replaced workers still to exit: a plugin shutdown waits for their `shutdown`.
         self._retiring: dict[Slot, asyncio.Future[None]] = {}
         self._last_id = 0
@@ -262,7 +184,7 @@ class ProcessBackend:
 
     def start_health(self) -> asyncio.Future[Response | None]:
         """Asks every ready worker's state; answers with the least healthy report."""
-        return self._on_every_state(fr.HEALTH, _worst_health)
+        return self._on_every_state(fr.HEALTH, worst_health)
 
     def start_shutdown(self) -> asyncio.Future[None]:
         """Runs the plugin's `shutdown` in every ready worker; the workers then exit.
@@ -392,41 +314,15 @@ class ProcessBackend:
             retired.set_result(None)
         if not calls:
             return 0
-        if stop_reason is None:  # a death the host did not cause: marks the calls it ran
-            for call in calls:
-                if call.call_id in started:
-                    call.strikes += 1
-        # Culprits first, so the one failure this death counts for is theirs.
-        calls.sort(key=lambda c: c.strikes < POISON_STRIKES)
-        text = exit_text if stop_reason is None else f"{exit_text}: stopped because {stop_reason}"
-        counted = stop_reason is None  # the host's own reason was counted already
-        give_up = self._workers.closing or self._workers.failure is not None
-        again: list[_Call] = []
-        for call in calls:
-            if call.abandoned:  # nobody waits for it: the runner answered a timeout
-                error: PluginError = PluginTimeoutError(
-                    self.name, f"the call ignored cancellation and was stopped: {exit_text}"
-                )
-            elif call.group is not None or call.cpu_used_ms is not None:
-                error = PluginCrashedError(self.name, text, counted=False)
-            elif call.strikes >= POISON_STRIKES:
-                log.error(
-                    "plugin_poison_request",
-                    plugin=self.name,
-                    request_id=call.request_id,
-                    worker_deaths=call.strikes,
-                    exit=exit_text,
-                    reason="the request was running at each death; it is not tried again",
-                )
-                msg = f"{text}; this request crashed a worker {call.strikes} times"
-                error = PluginCrashedError(self.name, msg, counted=counted)
-                counted = False
-            elif not give_up and (call.retryable or call.call_id not in started):
-                again.append(call)
-                continue
-            else:
-                error = PluginCrashedError(self.name, text, counted=counted)
-                counted = False
+        answered, again = sort_out_lost(
+            calls,
+            plugin=self.name,
+            exit_text=exit_text,
+            stop_reason=stop_reason,
+            started=started,
+            give_up=self._workers.closing or self._workers.failure is not None,
+        )
+        for call, error in answered:
             self._finish(call, None, error)
         if again:
             self._retry(again, exit_text)
@@ -454,10 +350,10 @@ class ProcessBackend:
             fut.set_exception(self._unavailable())
             return fut
         if req is None:
-            call = _Call(call_id, frame, fut)
+            call = Call(call_id, frame, fut)
         else:
             retryable = self.limits.retry_on_crash or req.method in IDEMPOTENT
-            call = _Call(call_id, frame, fut, request_id=req.request_id, retryable=retryable)
+            call = Call(call_id, frame, fut, request_id=req.request_id, retryable=retryable)
         self._by_future[fut] = call
         if not self._queue:
             slot = self._free_slot()
@@ -498,7 +394,7 @@ class ProcessBackend:
             self._turn = best.index + 1
         return best
 
-    def _send(self, slot: Slot, call: _Call) -> None:
+    def _send(self, slot: Slot, call: Call) -> None:
         assert slot.proc is not None
         self._running[slot][call.call_id] = call
         call.slot = slot
@@ -516,7 +412,7 @@ class ProcessBackend:
             if suspect:
                 self._alone.add(slot)
 
-    def _retry(self, calls: Iterable[_Call], exit_text: str) -> None:
+    def _retry(self, calls: Iterable[Call], exit_text: str) -> None:
         """Sends calls lost with a worker again, ahead of the waiting ones.
 
         Innocent calls go first; suspects after them, each to wait for an idle worker.
@@ -554,15 +450,15 @@ class ProcessBackend:
             else:
                 fut.set_exception(self._unavailable())
             return fut
-        group = _Group(fut, len(targets), combine)
+        group = Group(fut, len(targets), combine)
         for slot in targets:
             if kind == fr.SHUTDOWN:
                 workers.mark_stopping(slot)
             call_id = self._new_id()
-            self._send(slot, _Call(call_id, fr.frame(kind, call_id), None, group))
+            self._send(slot, Call(call_id, fr.frame(kind, call_id), None, group))
         return fut
 
-    def _finish(self, call: _Call, result: Any, error: BaseException | None) -> None:
+    def _finish(self, call: Call, result: Any, error: BaseException | None) -> None:
         if call.cpu_used_ms is not None:
             msg = (
                 f"the call used {call.cpu_used_ms} ms of CPU time, more than its "
@@ -595,12 +491,12 @@ class ProcessBackend:
             return PluginCallError(self.name, message)
         return PluginCallError(self.name, f"the worker failed around the call: {message}")
 
-    def _expect_return(self, slot: Slot, call: _Call) -> None:
+    def _expect_return(self, slot: Slot, call: Call) -> None:
         """Stops the worker unless `call` returns within CANCEL_GRACE."""
         assert self._loop is not None
         self._loop.call_later(CANCEL_GRACE, self._check_returned, slot, slot.proc, call)
 
-    def _check_returned(self, slot: Slot, proc: object, call: _Call) -> None:
+    def _check_returned(self, slot: Slot, proc: object, call: Call) -> None:
         if slot.proc is not proc or proc is None or call.call_id not in self._running.get(slot, {}):
             return
         why = (
