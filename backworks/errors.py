@@ -74,7 +74,17 @@ class PluginUnavailableError(PluginError):
 
 
 class PluginCrashedError(PluginError):
-    """The process running the plugin died during a call."""
+    """The process running the plugin died during a call.
+
+    One worker death may fail several calls; it counts once against the circuit
+    breaker. `counted` is True for the one call that stands for the death, False for
+    the others lost with it (and for calls lost when the host stopped a worker on
+    purpose: the reason was counted already, or was not the plugin's fault).
+    """
+
+    def __init__(self, plugin: str, message: str, *, counted: bool = True) -> None:
+        super().__init__(plugin, message)
+        self.counted = counted
 
 
 class StartupError(BackworksError):

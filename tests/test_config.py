@@ -17,6 +17,7 @@ from backworks.config import (
     EndpointConfig,
     LoggingConfig,
     PluginConfig,
+    ProcessLimits,
     ServerConfig,
     StaticResponse,
     default_config,
@@ -37,6 +38,7 @@ plugins:
     allow_insecure_permissions: false
     config: {api_key: "${WEATHER_KEY}", units: metric}
     timeout_ms: 2000
+    start_timeout_ms: 15000
     max_concurrency: 8
     queue_timeout_ms: 1000
     critical: false
@@ -45,6 +47,8 @@ plugins:
     workers: 1
     memory_limit_mb: 512
     cpu_limit_ms: 1000
+    max_calls_per_worker: 10000
+    retry_on_crash: true
     dispatch: auto
     max_response_mb: 32
     health_interval_ms: 10000
@@ -121,6 +125,7 @@ def test_the_full_example_parses_into_the_expected_objects(tmp_path: Path) -> No
                     sha256="abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789",
                     config_json=b'{"api_key": "k-123", "units": "metric"}',
                     timeout_ms=2000,
+                    start_timeout_ms=15_000,
                     max_concurrency=8,
                     circuit_breaker=CircuitBreakerConfig(5, 30_000),
                     isolation="process",
@@ -130,6 +135,8 @@ def test_the_full_example_parses_into_the_expected_objects(tmp_path: Path) -> No
                     max_response_mb=32,
                     health_interval_ms=10_000,
                     health_timeout_ms=500,
+                    max_calls_per_worker=10_000,
+                    retry_on_crash=True,
                 )
             }
         ),
@@ -608,6 +615,37 @@ def test_health_checks_run_every_30_s_by_default_and_0_turns_the_schedule_off(
         "plugins.w.health_interval_ms: must be a non-negative integer (got -1)",
         "plugins.w.health_timeout_ms: must be a positive integer (got 0)",
     ]
+
+
+def test_worker_renewal_and_crash_retries_only_apply_to_process_isolation(
+    tmp_path: Path,
+) -> None:
+    assert problems(
+        tmp_path, "plugins:\n  a: {max_calls_per_worker: 5, retry_on_crash: false}"
+    ) == [
+        "plugins.a.max_calls_per_worker: only applies with isolation: process",
+        "plugins.a.retry_on_crash: only applies with isolation: process",
+    ]
+    text = "plugins:\n  a: {isolation: process, max_calls_per_worker: 5, retry_on_crash: true}"
+    limits = load(tmp_path, text).plugins["a"].process_limits
+    assert (limits.max_calls_per_worker, limits.retry_on_crash) == (5, True)
+
+
+def test_start_timeout_is_a_budget_of_its_own(tmp_path: Path) -> None:
+    plugin = load(tmp_path, "plugins:\n  a: {timeout_ms: 200}").plugins["a"]
+    assert (plugin.timeout_ms, plugin.start_timeout_ms) == (200, 10_000)
+    assert problems(
+        tmp_path,
+        "plugins:\n  a: {start_timeout_ms: 0, max_calls_per_worker: -1, isolation: process}",
+    ) == [
+        "plugins.a.max_calls_per_worker: must be a positive integer or null (got -1)",
+        "plugins.a.start_timeout_ms: must be a positive integer (got 0)",
+    ]
+
+
+def test_process_limits_are_valid_by_construction() -> None:
+    with pytest.raises(ValueError, match="max_calls_per_worker"):
+        ProcessLimits(max_calls_per_worker=0)
 
 
 def test_a_queue_timeout_of_zero_means_do_not_wait(tmp_path: Path) -> None:

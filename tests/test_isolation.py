@@ -4,8 +4,10 @@ through a real PluginRunner. A segfault, a hang or a memory blowup costs one cal
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -70,11 +72,18 @@ class Make(Protocol):
         max_concurrency: int | None = None,
         timeout_ms: int = 3000,
         failure_threshold: int = 100,
+        max_calls_per_worker: int | None = None,
+        retry_on_crash: bool = False,
     ) -> PluginRunner: ...
 
 
 def get(path: str, **fields: Any) -> Request:
     return Request("GET", path, **fields)
+
+
+def post(path: str, **fields: Any) -> Request:
+    """A request that is not idempotent: lost with a worker, it is not sent again."""
+    return Request("POST", path, **fields)
 
 
 def pid_of(body: bytes) -> int:
@@ -104,6 +113,23 @@ def reaped(pid: int) -> bool:
     except ChildProcessError:
         return True
     return False
+
+
+def started_calls(runner: PluginRunner) -> frozenset[int]:
+    """The calls the first worker's threads are running, from its running table."""
+    proc = backend_of(runner)._workers.slots[0].proc
+    return proc.started_calls() if proc is not None else frozenset()
+
+
+def stopped(pid: int) -> bool:
+    """The process is stopped (SIGSTOP): it runs nothing, reads nothing."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def settled(runner: PluginRunner) -> bool:
+    """No recycle under way: no successor starting, no replaced worker left."""
+    snap = runner.backend.snapshot()
+    return not snap["retiring_workers"] and not any(w["recycling"] for w in snap["workers"])
 
 
 @pytest.fixture(autouse=True)
@@ -152,6 +178,8 @@ async def make(lib: Lib) -> AsyncIterator[Make]:
         max_concurrency: int | None = None,
         timeout_ms: int = 3000,
         failure_threshold: int = 100,
+        max_calls_per_worker: int | None = None,
+        retry_on_crash: bool = False,
     ) -> PluginRunner:
         spec = PluginSpec(
             name=name,
@@ -162,7 +190,9 @@ async def make(lib: Lib) -> AsyncIterator[Make]:
         backend = ProcessBackend(
             info,
             spec,
-            ProcessLimits(workers, memory_limit_mb, cpu_limit_ms),
+            ProcessLimits(
+                workers, memory_limit_mb, cpu_limit_ms, max_calls_per_worker, retry_on_crash
+            ),
             concurrency_per_worker=per_worker,
         )
         await backend.start()
@@ -271,12 +301,17 @@ async def test_logs_from_the_worker_reach_structlog_with_its_pid(make: Make) -> 
 
 async def test_several_workers_share_the_calls_and_all_answer_health(make: Make) -> None:
     runner = await make(workers=2)
-    started = time.monotonic()
-    answers = await asyncio.gather(*(runner.handle(get("/wait", query="ms=200")) for _ in range(2)))
-    assert time.monotonic() - started < 0.38, "two workers should run two calls at once"
-    assert all(a.status == 200 for a in answers)
+    busy = asyncio.ensure_future(runner.handle(get("/wait", query="ms=30000")))
+    await until(lambda: runner.stats.in_flight == 1)
+    # One worker is inside the long call: the other answers meanwhile.
+    assert (await runner.handle(get("/pid"))).status == 200
+    assert not busy.done(), "two workers run two calls at once"
+    busy.cancel()  # the runner cancels it in the plugin, which returns at once
+    with pytest.raises(asyncio.CancelledError):
+        await busy
+    await until(lambda: runner.stats.in_flight == 0, timeout=30)
     pids = {pid_of((await runner.handle(get("/pid"))).body) for _ in range(4)}
-    assert pids <= set(worker_pids(runner))
+    assert pids == set(worker_pids(runner))
     report = await runner.health(timeout=2.0)
     assert report is not None
     assert pid_of(report.body) in worker_pids(runner)
@@ -284,7 +319,7 @@ async def test_several_workers_share_the_calls_and_all_answer_health(make: Make)
 
 async def test_a_thread_safe_plugin_runs_calls_concurrently_in_one_worker(make: Make) -> None:
     runner = await make("testkit", name="kit", thread_safe=True, per_worker=4)
-    await asyncio.gather(*(runner.handle(get("/overlap", query="ms=100")) for _ in range(4)))
+    await asyncio.gather(*(runner.handle(get("/overlap", query="ms=1000")) for _ in range(4)))
     assert json.loads((await runner.handle(get("/max-overlap"))).body) == {"max_overlap": 4}
 
 
@@ -307,13 +342,14 @@ async def test_several_calls_per_worker_need_a_thread_safe_plugin(lib: Lib) -> N
         ("/exit", "exited with status 7"),
     ],
 )
-async def test_a_crash_costs_one_call_and_the_worker_is_respawned(
+async def test_a_crash_fails_the_call_it_ran_and_the_worker_is_respawned(
     make: Make, path: str, died: str
 ) -> None:
+    """A POST may have done its work before the crash: it is answered, not sent again."""
     runner = await make()
     first = pid_of((await runner.handle(get("/pid"))).body)
     with pytest.raises(PluginCrashedError, match=f"worker {first} {died}"):
-        await runner.handle(get(path, query="code=7"))
+        await runner.handle(post(path, query="code=7"))
     assert runner.stats.crashed == 1
     assert runner.breaker.consecutive_failures == 1
     second = pid_of((await runner.handle(get("/pid"))).body)  # waits for the respawn
@@ -328,7 +364,7 @@ async def test_a_crash_costs_one_call_and_the_worker_is_respawned(
 
 async def test_calls_queued_behind_a_crash_go_to_the_next_worker(make: Make) -> None:
     runner = await make(max_concurrency=4)  # one worker, one call at a time: 3 wait here
-    crash = asyncio.ensure_future(runner.handle(get("/segv")))
+    crash = asyncio.ensure_future(runner.handle(post("/segv")))
     queued = [asyncio.ensure_future(runner.handle(get("/pid"))) for _ in range(3)]
     with pytest.raises(PluginCrashedError):
         await crash
@@ -342,18 +378,114 @@ async def test_respawns_back_off_and_a_crash_loop_opens_the_breaker(make: Make) 
     with capture_logs() as logs:
         for _ in range(2):
             with pytest.raises(PluginCrashedError):
-                await runner.handle(get("/segv"))
+                await runner.handle(post("/segv"))
         await runner.handle(get("/pid"))  # an answer resets the backoff
         with pytest.raises(PluginCrashedError):
-            await runner.handle(get("/segv"))
+            await runner.handle(post("/segv"))
         for _ in range(2):
             with pytest.raises(PluginCrashedError):
-                await runner.handle(get("/segv"))
+                await runner.handle(post("/segv"))
     delays = [e["restart_in_ms"] for e in logs if e["event"] == "plugin_worker_crashed"]
     assert delays == [100, 200, 100, 200, 400]
     with pytest.raises(CircuitOpenError, match="3 consecutive failures"):
         await runner.handle(get("/pid"))
     assert runner.snapshot()["circuit"] == "open"
+
+
+async def test_a_get_that_crashes_twice_is_answered_as_a_poison_request(make: Make) -> None:
+    """Sent once more after the first death, it is the culprit after the second."""
+    runner = await make(failure_threshold=2)
+    with (
+        capture_logs() as logs,
+        pytest.raises(PluginCrashedError, match="crashed a worker 2 times"),
+    ):
+        await runner.handle(get("/segv", request_id="req-poison"))
+    poison = [e for e in logs if e["event"] == "plugin_poison_request"]
+    assert [(e["request_id"], e["worker_deaths"]) for e in poison] == [("req-poison", 2)]
+    assert [e["event"] for e in logs].count("plugin_worker_crashed") == 2, "no third try"
+    # Two deaths for one request: one failed answer, one failure on the breaker.
+    assert (runner.stats.crashed, runner.breaker.consecutive_failures) == (1, 1)
+    assert runner.snapshot()["circuit"] == "closed"
+    assert (await runner.handle(get("/pid"))).status == 200
+
+
+async def test_retry_on_crash_sends_any_method_again(make: Make) -> None:
+    runner = await make(retry_on_crash=True)
+    with pytest.raises(PluginCrashedError, match="crashed a worker 2 times"):
+        await runner.handle(post("/segv"))
+    assert runner.backend.snapshot()["workers"][0]["crashes"] == 2
+
+
+async def test_a_call_its_worker_never_began_is_sent_again_whatever_its_method(
+    make: Make,
+) -> None:
+    runner = await make()
+    [pid] = worker_pids(runner)
+    os.kill(pid, signal.SIGSTOP)  # our unreaped child: the PID is still its own
+    await until(lambda: stopped(pid))
+    call = asyncio.ensure_future(runner.handle(post("/pid")))
+    await until(lambda: runner.stats.in_flight == 1)  # sent; the worker cannot read it
+    os.kill(pid, signal.SIGKILL)
+    answer = await call
+    assert pid_of(answer.body) not in (pid, 0), "answered by the respawned worker"
+    assert runner.stats.failed == 0
+
+
+async def test_one_worker_death_counts_once_on_the_breaker(make: Make) -> None:
+    runner = await make(thread_safe=True, per_worker=4, failure_threshold=2)
+    calls = [
+        asyncio.ensure_future(runner.handle(post("/wait", query="ms=60000"))) for _ in range(4)
+    ]
+    await until(lambda: len(started_calls(runner)) == 4)
+    [pid] = worker_pids(runner)
+    os.kill(pid, signal.SIGKILL)  # the OOM killer, say: four calls lost, one death
+    for call in calls:
+        with pytest.raises(PluginCrashedError, match="died with SIGKILL"):
+            await call
+    assert runner.stats.crashed == 4
+    assert runner.breaker.consecutive_failures == 1
+    assert runner.snapshot()["circuit"] == "closed"
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_a_worker_stopped_for_a_deaf_call_spares_its_neighbours(
+    make: Make, method: str
+) -> None:
+    """The deaf call was counted as a timeout; its neighbours are not its culprits."""
+    runner = await make(thread_safe=True, per_worker=2, failure_threshold=1, timeout_ms=60_000)
+    deaf = asyncio.ensure_future(runner.handle(get("/hang")))
+    neighbour = asyncio.ensure_future(runner.handle(Request(method, "/wait", query="ms=1000")))
+    await until(lambda: len(started_calls(runner)) == 2)
+    deaf.cancel()  # the host gives up on it; it ignores the cancel word: its worker is stopped
+    with pytest.raises(asyncio.CancelledError):
+        await deaf
+    if method == "GET":
+        assert (await neighbour).status == 200, "sent again to the replacement"
+    else:  # it may have done its work already: answered, but not against the breaker
+        with pytest.raises(PluginCrashedError, match="stopped because a call ignored"):
+            await neighbour
+    assert runner.breaker.consecutive_failures == 0
+    assert runner.snapshot()["circuit"] == "closed"
+    [worker] = runner.backend.snapshot()["workers"]
+    assert (worker["restarts"], worker["crashes"]) == (1, 0)
+
+
+async def test_suspects_run_alone_so_only_the_culprit_is_lost_twice(make: Make) -> None:
+    """Four GETs running at a death are sent again one at a time; one is the culprit."""
+    runner = await make(thread_safe=True, per_worker=4, failure_threshold=2)
+    with capture_logs() as logs:
+        neighbours = [
+            asyncio.ensure_future(runner.handle(get("/wait", query="ms=300"))) for _ in range(3)
+        ]
+        await until(lambda: len(started_calls(runner)) == 3)
+        with pytest.raises(PluginCrashedError, match="crashed a worker 2 times"):
+            await runner.handle(get("/segv"))
+        answers = await asyncio.gather(*neighbours)
+    assert [a.status for a in answers] == [200, 200, 200]
+    retried = [e for e in logs if e["event"] == "plugin_calls_retried"]
+    assert (retried[0]["calls"], retried[0]["suspects"]) == (4, 4)
+    assert runner.stats.failed == 1
+    assert runner.backend.snapshot()["workers"][0]["crashes"] == 2
 
 
 async def test_init_failing_in_the_worker_raises_the_plugins_message(make: Make) -> None:
@@ -365,18 +497,19 @@ async def test_workers_dying_before_ready_fail_the_start(make: Make) -> None:
     started = time.monotonic()
     with pytest.raises(PluginInitError, match=r"died 3 times in a row .*SIGSEGV"):
         await make(config={"init": "segv"})
-    assert time.monotonic() - started < 3, "retried with a short backoff, then gave up"
+    # 0.1 + 0.2 s of backoff and three starts: far less than a start budget (10 s).
+    assert time.monotonic() - started < 8, "retried with a short backoff, then gave up"
 
 
-async def test_an_init_that_hangs_fails_the_start_after_its_timeout(
+async def test_an_init_that_hangs_fails_the_start_after_its_start_timeout(
     lib: Lib,
 ) -> None:
     spec = PluginSpec(name="crashy", path=lib(), config_json=b'{"init": "hang"}')
-    backend = ProcessBackend(await probe(spec), spec, init_timeout_ms=300)
+    backend = ProcessBackend(await probe(spec), spec, start_timeout_ms=1000)
     started = time.monotonic()
-    with pytest.raises(PluginInitError, match="init did not finish within 300 ms"):
+    with pytest.raises(PluginInitError, match="did not start within start_timeout_ms of 1000 ms"):
         await backend.start()
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 8, "the init (60 s) was not waited for"
     assert [w["state"] for w in backend.snapshot()["workers"]] == ["failed"]
 
 
@@ -387,15 +520,15 @@ async def test_a_plugin_that_cannot_restart_is_failed_and_calls_fail_fast(
     runner = await make(config={"segv_init_if": str(trap)})
     trap.touch()  # from now on every new worker dies in init
     with pytest.raises(PluginCrashedError):
-        await runner.handle(get("/segv"))
+        await runner.handle(post("/segv"))
     backend = backend_of(runner)
-    await until(lambda: backend.snapshot()["worker_failure"] is not None)
+    await until(lambda: backend.snapshot()["worker_failure"] is not None, timeout=30)
     assert "died 3 times in a row" in backend.snapshot()["worker_failure"]
     started = time.monotonic()
     with pytest.raises(PluginUnavailableError, match="plugin failed: its worker died 3 times"):
         await runner.handle(get("/pid"))
     # Fast: no spawn attempt, no backoff wait (those take a second or more here).
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 1.0
     [worker] = backend.snapshot()["workers"]
     assert worker["state"] == "failed"
     assert worker["pid"] is None
@@ -406,16 +539,14 @@ async def test_a_plugin_that_cannot_restart_is_failed_and_calls_fail_fast(
 
 
 async def test_a_call_ignoring_cancellation_is_killed_with_its_worker(make: Make) -> None:
-    # 2 s, not less: the second call's budget must cover the cancel grace, SIGTERM and a
-    # new worker's start (an interpreter and the cffi binding), which on a busy shared
-    # machine took more than 300 ms in one run of three.
-    runner = await make(timeout_ms=2000, max_concurrency=2)
+    runner = await make(timeout_ms=1000, max_concurrency=2)
     first = pid_of((await runner.handle(get("/pid"))).body)
     with pytest.raises(PluginTimeoutError):
         await runner.handle(get("/hang"))
-    # The worker is still busy with /hang: this call waits in the host for the
-    # replacement (cancel grace, then SIGTERM), within its own budget, or it would
-    # raise PluginTimeoutError here.
+    # The worker is still busy with /hang (for 60 s): cancel grace, then SIGTERM, and
+    # a replacement is spawned.
+    await until(lambda: runner.backend.snapshot()["workers"][0]["restarts"] == 1, timeout=30)
+    await until(lambda: runner.backend.snapshot()["workers"][0]["state"] == "ready", timeout=30)
     second = pid_of((await runner.handle(get("/pid"))).body)
     assert second != first
     assert reaped(first)
@@ -430,20 +561,43 @@ async def test_a_call_that_honours_cancellation_keeps_its_worker(make: Make) -> 
     runner = await make(timeout_ms=200)
     first = pid_of((await runner.handle(get("/pid"))).body)
     with pytest.raises(PluginTimeoutError):
-        await runner.handle(get("/wait", query="ms=5000"))
-    await until(lambda: runner.stats.in_flight == 0, timeout=1.0)
+        await runner.handle(get("/wait", query="ms=60000"))
+    await until(lambda: runner.stats.in_flight == 0, timeout=30)
     assert pid_of((await runner.handle(get("/pid"))).body) == first
     assert runner.backend.snapshot()["workers"][0]["restarts"] == 0
 
 
+def small_host_call(lib: Lib, memory_limit_mb: int, path: str) -> dict[str, Any]:
+    """One POST to `path` through a ProcessBackend in a fresh small host process."""
+    call = (str(memory_limit_mb), path)
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.isolation_host", str(lib()), "crashy", "1", *call],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return json.loads(out.stdout.splitlines()[-1])  # type: ignore[no-any-return]
+
+
 @pytest.mark.parametrize(("then", "died"), [("segv", "SIGSEGV"), ("abort", "SIGABRT")])
-async def test_exceeding_memory_limit_is_a_crash_with_a_clear_reason(
-    make: Make, then: str, died: str
+def test_exceeding_memory_limit_is_a_crash_with_a_clear_reason(
+    lib: Lib, then: str, died: str
 ) -> None:
+    """The worker's own peak (the kernel's, above what it inherited) names the cause."""
+    answer = small_host_call(lib, 64, f"/hog?then={then}")
+    assert re.search(f"{died} .*ran out of its memory_limit_mb of 64", answer["error"]), answer
+
+
+async def test_a_crash_is_not_blamed_on_memory_the_host_used(make: Make) -> None:
+    """A worker inherits the host's peak RSS in the kernel's accounting: not its own."""
+    peak = b"\x01" * (256 << 20)  # the host's resident memory peaks above the limit
+    del peak
     runner = await make(memory_limit_mb=64)
-    with pytest.raises(PluginCrashedError, match=f"{died} .*ran out of its memory_limit_mb of 64"):
-        await runner.handle(get("/hog", query=f"then={then}"))
-    assert (await runner.handle(get("/pid"))).status == 200
+    with pytest.raises(PluginCrashedError, match="died with SIGSEGV") as crashed:
+        await runner.handle(post("/segv"))
+    assert "memory" not in str(crashed.value)
 
 
 async def test_a_plugin_that_handles_a_failed_allocation_keeps_its_worker(make: Make) -> None:
@@ -455,12 +609,11 @@ async def test_a_plugin_that_handles_a_failed_allocation_keeps_its_worker(make: 
 
 
 async def test_cpu_limit_stops_a_spinning_call(make: Make) -> None:
-    runner = await make(cpu_limit_ms=100, timeout_ms=5000)
+    runner = await make(cpu_limit_ms=100, timeout_ms=60_000)
     first = pid_of((await runner.handle(get("/pid"))).body)
-    started = time.monotonic()
-    with pytest.raises(PluginTimeoutError, match=r"used 1\d\d ms of CPU time.*cpu_limit_ms of 100"):
+    # Stopped by its CPU time, not by the 60 s timeout: /spin never returns by itself.
+    with pytest.raises(PluginTimeoutError, match=r"used \d+ ms of CPU time.*cpu_limit_ms of 100"):
         await runner.handle(get("/spin"))
-    assert time.monotonic() - started < 1.0
     second = pid_of((await runner.handle(get("/pid"))).body)
     assert second != first, "a call ignoring cancellation takes its worker along"
 
@@ -470,6 +623,69 @@ async def test_cpu_limit_stops_a_spinning_call(make: Make) -> None:
     assert (await runner.handle(get("/wait", query="ms=300"))).status == 200
     assert (await runner.handle(get("/spin", query="ms=20"))).status == 200
     assert pid_of((await runner.handle(get("/pid"))).body) == second
+
+
+# ---------------------------------------------------------------------------
+# Recycling and balance
+
+
+async def test_workers_are_recycled_after_max_calls_with_a_handover(
+    make: Make, tmp_path: Path
+) -> None:
+    marker = tmp_path / "marker"
+    runner = await make(max_calls_per_worker=3, config={"marker": str(marker)})
+    pids = []
+    for rounds in range(1, 4):
+        # POST: a call lost to a recycle would not be sent again, it would fail.
+        pids += [pid_of((await runner.handle(post("/pid"))).body) for _ in range(3)]
+        await until(lambda: settled(runner), timeout=30)
+        assert runner.backend.snapshot()["workers"][0]["recycles"] == rounds
+    pids.append(pid_of((await runner.handle(post("/pid"))).body))
+    workers = list(dict.fromkeys(pids))
+    assert len(workers) == 4
+    assert pids == [p for p in workers[:3] for _ in range(3)] + [workers[3]]
+    retired = workers[:3]
+    assert all(reaped(pid) for pid in retired)
+    shutdowns = marker.read_text().splitlines()
+    assert shutdowns == [f"shutdown {pid}" for pid in retired], "each state shut down, in turn"
+    assert runner.stats.failed == 0
+
+
+async def test_no_call_fails_because_of_a_recycle_under_concurrent_traffic(make: Make) -> None:
+    runner = await make(workers=2, max_calls_per_worker=10, max_concurrency=4)
+
+    async def client() -> list[int]:
+        return [(await runner.handle(post("/wait", query="ms=5"))).status for _ in range(50)]
+
+    statuses = [
+        s for answers in await asyncio.gather(*(client() for _ in range(4))) for s in answers
+    ]
+    assert statuses == [200] * 200
+    await until(lambda: settled(runner), timeout=30)
+    assert sum(w["recycles"] for w in runner.backend.snapshot()["workers"]) >= 2
+    assert runner.stats.failed == 0
+
+
+async def test_a_leaking_worker_is_recycled_before_it_reaches_its_memory_limit(
+    make: Make,
+) -> None:
+    runner = await make(memory_limit_mb=64)
+    pids = []
+    for _ in range(40):  # 160 MB in all: far over the limit of any one worker
+        pids.append(pid_of((await runner.handle(post("/leak", query="mb=4"))).body))
+        await until(lambda: settled(runner), timeout=30)
+    assert len(set(pids)) >= 3
+    [worker] = runner.backend.snapshot()["workers"]
+    assert worker["crashes"] == 0
+    assert worker["recycles"] == len(set(pids)) - 1
+    assert runner.stats.failed == 0
+
+
+async def test_sequential_calls_are_spread_over_the_workers(make: Make) -> None:
+    runner = await make(workers=3)
+    pids = [pid_of((await runner.handle(get("/pid"))).body) for _ in range(9)]
+    assert sorted(collections.Counter(pids).values()) == [3, 3, 3]
+    assert set(pids) == set(worker_pids(runner))
 
 
 def test_a_cancel_that_overtakes_its_call_still_cancels_it() -> None:
@@ -525,11 +741,11 @@ async def test_close_kills_a_worker_stuck_in_a_call(make: Make) -> None:
     runner = await make(timeout_ms=10_000)
     [pid] = worker_pids(runner)
     stuck = asyncio.ensure_future(runner.handle(get("/hang")))
-    await asyncio.sleep(0.05)
+    await until(lambda: runner.stats.in_flight == 1)
     started = time.monotonic()
     assert not await runner.close(drain_timeout=0.1)
     assert reaped(pid)
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 5, "not the 60 s of the hung call"
     with pytest.raises(PluginCrashedError, match="stopped because the plugin was closed"):
         await stuck
 

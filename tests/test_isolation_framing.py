@@ -39,6 +39,12 @@ def test_a_request_and_its_upstream_survive_the_trip() -> None:
     assert fr.decode_request(body) == Request("GET", "/")
 
 
+def test_a_call_sent_again_keeps_its_request_under_a_new_id() -> None:
+    kind, call_id, body = one(fr.with_call_id(fr.encode_call(fr.HANDLE, 7, REQUEST), 0xFFFFFFFF))
+    assert (kind, call_id) == (fr.HANDLE, 0xFFFFFFFF)
+    assert fr.decode_request(body) == REQUEST
+
+
 def test_responses_failures_logs_and_cpu_reports_survive_the_trip() -> None:
     assert fr.decode_response(one(fr.encode_response(3, RESPONSE))[2]) == RESPONSE
     negative = Response(status=-1)

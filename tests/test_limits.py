@@ -16,7 +16,7 @@ async def test_admits_up_to_the_limit_then_queues() -> None:
     await asyncio.sleep(0)
     assert not waiter.done()
     gate.leave()
-    await asyncio.wait_for(waiter, 1)
+    await asyncio.wait_for(waiter, 10)
     assert gate.active == 2
 
 
@@ -37,12 +37,12 @@ async def test_exclusive_waits_for_shared_calls_and_blocks_new_ones() -> None:
     assert not exclusive.done()
     assert not gate.try_enter(), "a queued exclusive caller is not overtaken"
     gate.leave()
-    await asyncio.wait_for(exclusive, 1)
+    await asyncio.wait_for(exclusive, 10)
     shared = asyncio.ensure_future(gate.enter(timeout=5))
     await asyncio.sleep(0)
     assert not shared.done()
     gate.leave_exclusive()
-    await asyncio.wait_for(shared, 1)
+    await asyncio.wait_for(shared, 10)
     assert gate.active == 1
 
 

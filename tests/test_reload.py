@@ -174,14 +174,20 @@ async def test_a_library_written_in_steps_is_loaded_once_when_the_writing_stops(
     client = await serve(watched(plugins={"kit": {"config": {"marker": str(marker)}}}))
     data = kit_version(1).read_bytes()
     step = len(data) // 8 + 1
-    with library.open("r+b") as f:
-        f.truncate(0)
-        for start in range(0, len(data), step):
-            f.write(data[start : start + step])
-            f.flush()
-            await asyncio.sleep(0.06)
+
+    def write_in_steps() -> None:
+        # On a thread of its own: a busy event loop (the watcher's) must not stretch
+        # the pauses past the settle time (0.2 s).
+        with library.open("r+b") as f:
+            f.truncate(0)
+            for start in range(0, len(data), step):
+                f.write(data[start : start + step])
+                f.flush()
+                time.sleep(0.02)
+
+    await asyncio.to_thread(write_in_steps)
     await eventually(lambda: _is_build(client, 1))
-    await asyncio.sleep(0.5)  # time for a second, unwanted reload to show
+    await asyncio.sleep(1.0)  # time for a second, unwanted reload to show
     assert [e["generation"] for e in events(logs, "plugin_reloaded")] == [2]
     assert not events(logs, "plugin_reload_failed")
     assert marker.read_text().splitlines().count("init kit v1") == 1

@@ -64,7 +64,7 @@ class Server:
             stderr=subprocess.PIPE,
         )
 
-    def wait_ready(self, timeout: float = 20) -> None:
+    def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -92,6 +92,14 @@ def served(tmp_path: Path) -> Iterator[list[Server]]:
             server.proc.communicate()
 
 
+def in_flight(server: Server, plugin: str) -> int:
+    """The calls the server's plugin is running now, from /metrics (no health call)."""
+    _, body = get(f"{server.url}/metrics")
+    gauge = f'backworks_plugin_in_flight{{plugin="{plugin}"}} '
+    line = next(line for line in body.decode().splitlines() if line.startswith(gauge))
+    return int(float(line.removeprefix(gauge)))
+
+
 def write_config(folder: Path, config: dict[str, Any]) -> Path:
     path = folder / "backworks.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -115,13 +123,16 @@ def test_sigterm_lets_the_call_in_flight_finish_then_shuts_plugins_down_once(
     server.wait_ready()
     answers: list[tuple[int, bytes]] = []
     call = threading.Thread(
-        target=lambda: answers.append(get(f"{server.url}/plugins/kit/sleep?ms=1000"))
+        target=lambda: answers.append(get(f"{server.url}/plugins/kit/sleep?ms=5000", timeout=60))
     )
     call.start()
-    time.sleep(0.3)  # the call is inside the plugin now
+    deadline = time.monotonic() + 30
+    while not in_flight(server, "kit"):  # the call is inside the plugin now
+        assert time.monotonic() < deadline, "the call never reached the plugin"
+        time.sleep(0.02)
     code, logs = server.stop()
     call.join()
-    assert answers == [(200, b'{"slept": true}')]
+    assert answers == [(200, b'{"slept": true}')], "the sleep (5 s) outlasted the wait for it"
     assert code == 0
     assert marker.read_text() == "kit\n", "shutdown ran exactly once"
     events = [e["event"] if e["event"] != "request" else e["path"] for e in logs]
@@ -241,15 +252,16 @@ def test_workers_serve_one_port_and_a_dead_worker_is_replaced(
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while len(children_of(proc.pid)) < 2 or not _answers(port):
             assert time.monotonic() < deadline, "workers did not come up"
             time.sleep(0.1)
         first = children_of(proc.pid)
         victim = min(first)
         os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 60
         while victim in children_of(proc.pid) or len(children_of(proc.pid)) < 2:
-            assert time.monotonic() < deadline + 10, "the dead worker was not replaced"
+            assert time.monotonic() < deadline, "the dead worker was not replaced"
             time.sleep(0.1)
         assert _answers(port)
         survivors = children_of(proc.pid)

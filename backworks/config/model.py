@@ -50,7 +50,12 @@ _optional_positive = attrs.validators.optional(_positive)
 
 @attrs.frozen
 class ProcessLimits:
-    """What `isolation: process` gives a plugin: its workers and their limits.
+    """What `isolation: process` gives a plugin: its workers, their limits and renewal.
+
+    `max_calls_per_worker`: a worker is replaced (gracefully) after answering that
+    many calls; None: never. `retry_on_crash`: calls lost with a crashed worker are
+    retried even when they are not GET/HEAD (the plugin says its calls are safe to
+    repeat).
 
     Valid by construction (the validators raise ValueError), so the isolation layer
     never checks them again; the config parser reports bad values with key paths.
@@ -59,6 +64,8 @@ class ProcessLimits:
     workers: int = attrs.field(default=1, validator=_positive)
     memory_limit_mb: int | None = attrs.field(default=None, validator=_optional_positive)
     cpu_limit_ms: int | None = attrs.field(default=None, validator=_optional_positive)
+    max_calls_per_worker: int | None = attrs.field(default=None, validator=_optional_positive)
+    retry_on_crash: bool = False
 
 
 @attrs.frozen
@@ -75,6 +82,9 @@ class PluginConfig:
     # credentials, so it stays out of reprs (and so out of logs).
     config_json: bytes = attrs.field(default=b"{}", repr=False)
     timeout_ms: int = 10_000
+    # Loading and `init` (in a worker: spawn, descriptor and init) have their own
+    # budget: a busy machine may need far longer to start a plugin than to call it.
+    start_timeout_ms: int = 10_000
     max_concurrency: int | None = None
     queue_timeout_ms: int = 1_000
     critical: bool = False
@@ -83,6 +93,8 @@ class PluginConfig:
     workers: int | None = None
     memory_limit_mb: int | None = None
     cpu_limit_ms: int | None = None
+    max_calls_per_worker: int | None = None
+    retry_on_crash: bool = False
     dispatch: Dispatch = "auto"
     # The largest answer body the plugin may give; a larger one is refused (502).
     max_response_mb: int = 64
@@ -98,7 +110,13 @@ class PluginConfig:
     @property
     def process_limits(self) -> ProcessLimits:
         """The `isolation: process` settings as one value (`workers` None means 1)."""
-        return ProcessLimits(self.workers or 1, self.memory_limit_mb, self.cpu_limit_ms)
+        return ProcessLimits(
+            self.workers or 1,
+            self.memory_limit_mb,
+            self.cpu_limit_ms,
+            self.max_calls_per_worker,
+            self.retry_on_crash,
+        )
 
 
 @attrs.frozen

@@ -154,8 +154,16 @@ def _plugin(name: str, sec: Reader, base_dir: Path) -> PluginConfig:
     d = PluginConfig(name)
     isolation = sec.choice("isolation", d.isolation, ISOLATIONS)
     workers = sec.optional_integer("workers")
-    if workers is not None and isolation != "process":
-        sec.problem("workers", "only applies with isolation: process")
+    max_calls = sec.optional_integer("max_calls_per_worker")
+    retry_on_crash = sec.flag("retry_on_crash", d.retry_on_crash)
+    if isolation != "process":
+        for key, given in (
+            ("workers", workers is not None),
+            ("max_calls_per_worker", max_calls is not None),
+            ("retry_on_crash", sec.has("retry_on_crash")),
+        ):
+            if given:
+                sec.problem(key, "only applies with isolation: process")
     return sec.done(
         PluginConfig(
             name=name,
@@ -167,6 +175,7 @@ def _plugin(name: str, sec: Reader, base_dir: Path) -> PluginConfig:
             ),
             config_json=_plugin_json(sec),
             timeout_ms=sec.integer("timeout_ms", d.timeout_ms),
+            start_timeout_ms=sec.integer("start_timeout_ms", d.start_timeout_ms),
             max_concurrency=sec.optional_integer("max_concurrency"),
             queue_timeout_ms=sec.integer("queue_timeout_ms", d.queue_timeout_ms, low=0),
             critical=sec.flag("critical", d.critical),
@@ -175,6 +184,8 @@ def _plugin(name: str, sec: Reader, base_dir: Path) -> PluginConfig:
             workers=workers,
             memory_limit_mb=sec.optional_integer("memory_limit_mb"),
             cpu_limit_ms=sec.optional_integer("cpu_limit_ms"),
+            max_calls_per_worker=max_calls,
+            retry_on_crash=retry_on_crash,
             dispatch=sec.choice("dispatch", d.dispatch, DISPATCHES),
             # A frame between a worker process and the host holds at most 1 GiB.
             max_response_mb=sec.integer("max_response_mb", d.max_response_mb, high=1000),

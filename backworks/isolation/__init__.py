@@ -1,9 +1,12 @@
 """Process isolation: a plugin's calls run in worker processes (`isolation: process`).
 
-- backend.py: `ProcessBackend`, the runner's Backend: routes calls to workers;
-- supervisor.py: the worker slots: spawn, ready, death, backoff, stop;
+- backend.py: `ProcessBackend`, the runner's Backend: routes calls to workers, sends
+  calls lost in a crash again, answers poison requests;
+- calls.py: a call as the host holds it, and what becomes of calls lost in a crash;
+- supervisor.py: the worker slots: spawn, ready, death, backoff, recycling, stop;
 - probe.py: a library's descriptor, read in a worker;
-- process.py: one worker process as the host holds it (channel, signals, reaping);
+- process.py: one worker process as the host holds it (channel, running table,
+  memory, signals, reaping);
 - framing.py: the wire codec between host and worker;
 - worker.py: the worker's own main (`python -m backworks.isolation.worker`).
 

@@ -1,27 +1,39 @@
-"""ProcessBackend: a plugin's calls run in worker processes, so a crash costs the calls on it.
+"""ProcessBackend: a plugin's calls run in worker processes, so a crash costs one answer.
 
 It implements `runtime.backend.Backend` for `isolation: process`. The workers
 themselves are the Supervisor's (supervisor.py); this module routes calls to them.
 Each worker takes `concurrency_per_worker` calls at once (1 unless the plugin is
 BW_FLAG_THREAD_SAFE: ABI rule 4 holds per process). Calls beyond that wait here, in
-the host, until a ready worker has room; the one with the fewest calls gets it.
+the host, until a ready worker has room: the one with the fewest calls gets the
+next, ties taken in turn, so even sequential traffic is spread over the workers.
 
 What happens when things go wrong:
 
-- A worker that dies (any signal, `exit`, `abort`) fails the calls it held with
-  PluginCrashedError naming how it died; the runner answers 502 and counts a failure
-  on the breaker. Calls still waiting here never reached it: they go to the next
-  ready worker.
+- A worker that dies (any signal, `exit`, `abort`) takes the calls it held. Each of
+  them is sent again, once, to another (or the respawned) worker when that is safe:
+  the call had not started (the worker's running table says so; see process.py), or
+  it is idempotent (GET or HEAD, or any method with `retry_on_crash`). A call that
+  was running when its worker died is a suspect: sent again, it runs alone on its
+  worker, so if that worker dies too the call is the culprit. A culprit (a call
+  running at two worker deaths) is a poison request: it is answered with
+  PluginCrashedError (502) without a third try, and logged with its request id.
+  Other calls that cannot be retried fail with PluginCrashedError naming how the
+  worker died. A death counts once on the breaker: of the calls it fails, only the
+  first has `counted` set.
+- A worker the host stops on purpose (a call ignoring cancellation, or overrunning
+  its `cpu_limit_ms`) costs its innocent neighbours nothing either: they are retried
+  by the same rules, without a mark against them, and never counted.
 - A plugin that cannot start (see supervisor.py) fails the calls waiting here, and
   every later one, with PluginUnavailableError and the reason.
 - A call the host gives up on (`abandon`, after the runner set its cancel flag) is
   cancelled in the worker; if it has not returned after CANCEL_GRACE the worker is
   stopped and replaced. Its future completes only when the worker is gone, so the
-  concurrency slot frees exactly when the work has really stopped. Other calls
-  running on that worker die with it.
+  concurrency slot frees exactly when the work has really stopped.
 - `cpu_limit_ms` overruns are caught in the worker (see worker.CpuWatchdog) and
   treated like an abandoned call; the call fails with PluginTimeoutError. Only the
   calling thread's CPU time counts; threads the plugin starts itself are not charged.
+- A recycled worker (supervisor.py) takes no new calls once its successor is ready;
+  when it holds none it is retired: `shutdown`, then exit.
 
 Everything here runs on the event-loop thread; no locks.
 """
@@ -30,7 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
@@ -40,7 +52,6 @@ from backworks.config import ProcessLimits
 from backworks.errors import (
     PluginCallError,
     PluginCancelledError,
-    PluginCrashedError,
     PluginError,
     PluginLoadError,
     PluginTimeoutError,
@@ -48,72 +59,15 @@ from backworks.errors import (
     reason_of,
 )
 from backworks.isolation import framing as fr
+from backworks.isolation.calls import IDEMPOTENT, Call, Group, sort_out_lost, worst_health
 from backworks.isolation.process import SUPPORTED
-from backworks.isolation.supervisor import Slot, Supervisor
+from backworks.isolation.supervisor import READY, Slot, Supervisor
 from backworks.plugins.loading import PluginSpec
 from backworks.runtime.backend import PluginCalls
 
 log = structlog.get_logger("backworks.isolation")
 
 CANCEL_GRACE = 0.1  # a cancelled call may still return by itself within this
-
-
-class _Group:
-    """One call made on every worker's state (health, shutdown), answered as one."""
-
-    __slots__ = ("combine", "error", "future", "left", "results")
-
-    def __init__(
-        self,
-        future: asyncio.Future[Any],
-        parts: int,
-        combine: Callable[[list[Response]], Response | None],
-    ) -> None:
-        self.future = future
-        self.left = parts
-        self.combine = combine
-        self.results: list[Response] = []
-        self.error: BaseException | None = None
-
-    def part_done(self, result: Response | None, error: BaseException | None) -> None:
-        self.left -= 1
-        if error is not None:
-            self.error = self.error or error
-        elif result is not None:
-            self.results.append(result)
-        if self.left == 0 and not self.future.done():
-            if self.error is not None:
-                self.future.set_exception(self.error)
-            else:
-                self.future.set_result(self.combine(self.results))
-
-
-class _Call:
-    __slots__ = ("abandoned", "call_id", "cpu_used_ms", "frame", "future", "group", "slot")
-
-    def __init__(
-        self,
-        call_id: int,
-        frame: bytes,
-        future: asyncio.Future[Any] | None,
-        group: _Group | None = None,
-    ) -> None:
-        self.call_id = call_id
-        self.frame = frame
-        self.future = future
-        self.group = group
-        self.slot: Slot | None = None
-        self.abandoned = False
-        self.cpu_used_ms: int | None = None
-
-
-def _worst_health(reports: list[Response]) -> Response | None:
-    """The least healthy report of all workers: 503 (or anything odd) > 429 > 200."""
-
-    def severity(r: Response) -> int:
-        return 0 if r.status == 200 else 1 if r.status == 429 else 2
-
-    return max(reports, key=severity, default=None)
 
 
 class ProcessBackend:
@@ -126,7 +80,7 @@ class ProcessBackend:
         limits: ProcessLimits | None = None,
         *,
         concurrency_per_worker: int = 1,
-        init_timeout_ms: int = 30_000,
+        start_timeout_ms: int = 10_000,
         max_response_mb: int = DEFAULT_MAX_RESPONSE_BYTES >> 20,
     ) -> None:
         limits = limits or ProcessLimits()
@@ -160,13 +114,19 @@ class ProcessBackend:
             str(spec.path),
             init_frame,
             limits,
-            init_timeout=init_timeout_ms / 1000,
+            start_timeout=start_timeout_ms / 1000,
+            threads=concurrency_per_worker,
             events=self,
         )
-        # The calls each worker holds now, by slot index.
-        self._running: list[dict[int, _Call]] = [{} for _ in self._workers.slots]
-        self._queue: collections.deque[_Call] = collections.deque()
-        self._by_future: dict[asyncio.Future[Any], _Call] = {}
+        # The calls each worker holds now (ready, draining or stopping workers).
+        self._running: dict[Slot, dict[int, Call]] = {}
+        # Workers running a suspect: it runs alone, so no other call goes there.
+        self._alone: set[Slot] = set()
+        self._turn = 0  # the position the search for a free worker starts at
+        self._queue: collections.deque[Call] = collections.deque()
+        self._by_future: dict[asyncio.Future[Any], Call] = {}
+        # Replaced workers still to exit: a plugin shutdown waits for their `shutdown`.
+        self._retiring: dict[Slot, asyncio.Future[None]] = {}
         self._last_id = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._settled: asyncio.Future[None] | None = None
@@ -212,27 +172,35 @@ class ProcessBackend:
 
     def start_handle(self, req: Request, cancel: CancelFlag) -> asyncio.Future[Response]:
         call_id = self._new_id()
-        return self._submit(call_id, fr.encode_call(fr.HANDLE, call_id, req))
+        return self._submit(call_id, fr.encode_call(fr.HANDLE, call_id, req), req)
 
     def start_on_request(self, req: Request, cancel: CancelFlag) -> asyncio.Future[Response | None]:
         call_id = self._new_id()
-        return self._submit(call_id, fr.encode_call(fr.ON_REQUEST, call_id, req))
+        return self._submit(call_id, fr.encode_call(fr.ON_REQUEST, call_id, req), req)
 
     def start_on_response(
         self, req: Request, upstream: Response, cancel: CancelFlag
     ) -> asyncio.Future[Response | None]:
         call_id = self._new_id()
-        return self._submit(call_id, fr.encode_call(fr.ON_RESPONSE, call_id, req, upstream))
+        return self._submit(call_id, fr.encode_call(fr.ON_RESPONSE, call_id, req, upstream), req)
 
     def start_health(self) -> asyncio.Future[Response | None]:
         """Asks every ready worker's state; answers with the least healthy report."""
-        return self._on_every_state(fr.HEALTH, _worst_health)
+        return self._on_every_state(fr.HEALTH, worst_health)
 
     def start_shutdown(self) -> asyncio.Future[None]:
-        """Runs the plugin's `shutdown` in every ready worker; the workers then exit."""
+        """Runs the plugin's `shutdown` in every ready worker; the workers then exit.
+
+        Completes when replaced workers still draining have exited too (they run
+        their own `shutdown` once they hold no calls).
+        """
         self._workers.begin_shutdown()
         self._fail_queued(PluginUnavailableError(self.name, "the plugin is shutting down"))
-        return self._on_every_state(fr.SHUTDOWN, lambda _: None)
+        states: asyncio.Future[None] = self._on_every_state(fr.SHUTDOWN, lambda _: None)
+        retiring = [fut for fut in self._retiring.values() if not fut.done()]
+        if not retiring:
+            return states
+        return asyncio.ensure_future(_after(retiring, states))
 
     def abandon(self, call: asyncio.Future[Any]) -> None:
         """Cancels the call in its worker; stops the worker if the call keeps running."""
@@ -264,30 +232,53 @@ class ProcessBackend:
                     "state": slot.state,
                     "restarts": slot.restarts,
                     "crashes": slot.crashes,
-                    "in_flight": len(self._running[slot.index]),
+                    "recycles": slot.recycles,
+                    "recycling": slot.successor is not None,
+                    "calls": slot.answered,
+                    "in_flight": len(self._running.get(slot, ())),
                     "last_exit": slot.last_exit,
                 }
                 for slot in self._workers.slots
             ],
+            "retiring_workers": [
+                {
+                    "pid": slot.proc.pid if slot.proc is not None else None,
+                    "state": slot.state,
+                    "in_flight": len(self._running.get(slot, ())),
+                }
+                for slot in self._workers.retiring
+            ],
             "memory_limit_mb": self.limits.memory_limit_mb,
             "cpu_limit_ms": self.limits.cpu_limit_ms,
+            "max_calls_per_worker": self.limits.max_calls_per_worker,
+            "retry_on_crash": self.limits.retry_on_crash,
             "worker_failure": reason_of(failure) if failure is not None else None,
         }
 
     # -- the SlotEvents protocol of supervisor.py --------------------------------
 
     def worker_ready(self, slot: Slot) -> None:
+        self._running.setdefault(slot, {})
         self._dispatch()
         settled = self._settled
         if settled is not None and not settled.done() and self._workers.all_ready():
             settled.set_result(None)
 
+    def worker_draining(self, slot: Slot) -> None:
+        assert self._loop is not None
+        self._retiring[slot] = self._loop.create_future()
+        if not self._running.get(slot):
+            self._workers.retire(slot)
+
     def worker_frame(self, slot: Slot, kind: int, call_id: int, body: bytes) -> None:
-        running = self._running[slot.index]
+        running = self._running.get(slot)
+        if running is None:
+            return
         if fr.RESPONSE <= kind <= fr.FAILED:
             call = running.pop(call_id, None)
-            if call is None:
+            if call is None:  # e.g. the SHUTDOWN of a retired worker (call id 0)
                 return
+            self._alone.discard(slot)
             if kind == fr.RESPONSE:
                 self._finish(call, fr.decode_response(body), None)
             elif kind == fr.NONE:
@@ -295,6 +286,8 @@ class ProcessBackend:
             else:
                 self._finish(call, None, self._call_error(*fr.decode_failure(body)))
             self._workers.answered(slot)
+            if not running and slot.retired:
+                self._workers.retire(slot)
             if self._queue:
                 self._dispatch()
         elif kind == fr.CPU_EXCEEDED:
@@ -313,18 +306,28 @@ class ProcessBackend:
             msg = f"unexpected frame kind {kind} from worker"
             raise fr.ProtocolError(msg)
 
-    def worker_lost(self, slot: Slot, exit_text: str, stop_reason: str | None) -> int:
-        calls, self._running[slot.index] = self._running[slot.index], {}
-        for call in calls.values():
-            if call.abandoned:
-                error: PluginError = PluginTimeoutError(
-                    self.name, f"the call ignored cancellation and was stopped: {exit_text}"
-                )
-            elif stop_reason is not None:
-                error = PluginCrashedError(self.name, f"{exit_text}: stopped because {stop_reason}")
-            else:
-                error = PluginCrashedError(self.name, exit_text)
+    def worker_lost(
+        self, slot: Slot, exit_text: str, stop_reason: str | None, started: frozenset[int]
+    ) -> int:
+        calls = list(self._running.pop(slot, {}).values())
+        self._alone.discard(slot)
+        retired = self._retiring.pop(slot, None)
+        if retired is not None and not retired.done():
+            retired.set_result(None)
+        if not calls:
+            return 0
+        answered, again = sort_out_lost(
+            calls,
+            plugin=self.name,
+            exit_text=exit_text,
+            stop_reason=stop_reason,
+            started=started,
+            give_up=self._workers.closing or self._workers.failure is not None,
+        )
+        for call, error in answered:
             self._finish(call, None, error)
+        if again:
+            self._retry(again, exit_text)
         return len(calls)
 
     def plugin_failed(self, error: fr.StartError) -> None:
@@ -340,7 +343,7 @@ class ProcessBackend:
         self._last_id = self._last_id % 0xFFFFFFFF + 1
         return self._last_id
 
-    def _submit(self, call_id: int, frame: bytes) -> asyncio.Future[Any]:
+    def _submit(self, call_id: int, frame: bytes, req: Request | None) -> asyncio.Future[Any]:
         if self._loop is None:
             msg = f"plugin {self.name!r}: ProcessBackend.start() was not called"
             raise RuntimeError(msg)
@@ -348,7 +351,11 @@ class ProcessBackend:
         if self._workers.failure is not None or self._workers.closing:
             fut.set_exception(self._unavailable())
             return fut
-        call = _Call(call_id, frame, fut)
+        if req is None:
+            call = Call(call_id, frame, fut)
+        else:
+            retryable = self.limits.retry_on_crash or req.method in IDEMPOTENT
+            call = Call(call_id, frame, fut, request_id=req.request_id, retryable=retryable)
         self._by_future[fut] = call
         if not self._queue:
             slot = self._free_slot()
@@ -364,29 +371,69 @@ class ProcessBackend:
             return PluginUnavailableError(self.name, f"plugin failed: {reason_of(failure)}")
         return PluginUnavailableError(self.name, "the plugin is shutting down")
 
-    def _free_slot(self) -> Slot | None:
-        """The ready worker with the fewest calls in flight, if any has room."""
-        best, fewest = None, self.concurrency_per_worker
-        for slot in self._workers.ready_slots():
-            held = len(self._running[slot.index])
+    def _free_slot(self, *, idle: bool = False) -> Slot | None:
+        """The ready worker with the fewest calls in flight, if any has room.
+
+        Ties go in turn, starting after the worker chosen last. `idle`: only a worker
+        holding no call at all (for a suspect, which runs alone).
+        """
+        slots = self._workers.slots
+        count = len(slots)
+        best, fewest = None, 1 if idle else self.concurrency_per_worker
+        running, alone, turn = self._running, self._alone, self._turn
+        for i in range(count):
+            slot = slots[(turn + i) % count]
+            calls = running.get(slot)
+            # No entry: the worker is gone (its slot is READY until its death is handled).
+            if calls is None or slot.state != READY or slot in alone:
+                continue
+            held = len(calls)
             if held < fewest:
                 best, fewest = slot, held
+                if not held:
+                    break
+        if best is not None:
+            self._turn = best.index + 1
         return best
 
-    def _send(self, slot: Slot, call: _Call) -> None:
+    def _send(self, slot: Slot, call: Call) -> None:
         assert slot.proc is not None
-        self._running[slot.index][call.call_id] = call
+        self._running[slot][call.call_id] = call
         call.slot = slot
-        frame, call.frame = call.frame, b""
-        slot.proc.send(frame)
+        slot.proc.send(call.frame)
 
     def _dispatch(self) -> None:
+        """Sends waiting calls to free workers, in order; a suspect waits for an idle one."""
         queue = self._queue
         while queue:
-            slot = self._free_slot()
+            suspect = queue[0].strikes > 0
+            slot = self._free_slot(idle=suspect)
             if slot is None:
                 return
             self._send(slot, queue.popleft())
+            if suspect:
+                self._alone.add(slot)
+
+    def _retry(self, calls: Iterable[Call], exit_text: str) -> None:
+        """Sends calls lost with a worker again, ahead of the waiting ones.
+
+        Innocent calls go first; suspects after them, each to wait for an idle worker.
+        Each gets a new id: ids only increase within a worker (worker.Worker.cancel).
+        """
+        ordered = sorted(calls, key=lambda c: c.strikes)
+        for call in ordered:
+            call.slot = None
+            call.call_id = self._new_id()
+            call.frame = fr.with_call_id(call.frame, call.call_id)
+        self._queue.extendleft(reversed(ordered))
+        log.info(
+            "plugin_calls_retried",
+            plugin=self.name,
+            calls=len(ordered),
+            suspects=sum(1 for c in ordered if c.strikes),
+            exit=exit_text,
+        )
+        self._dispatch()
 
     def _on_every_state(
         self, kind: int, combine: Callable[[list[Response]], Response | None]
@@ -396,7 +443,7 @@ class ProcessBackend:
         targets = workers.ready_slots()
         if not targets and kind == fr.HEALTH and workers.failure is None and not workers.closing:
             call_id = self._new_id()  # no worker ready yet: the first one answers
-            return self._submit(call_id, fr.frame(kind, call_id))
+            return self._submit(call_id, fr.frame(kind, call_id), None)
         assert self._loop is not None
         fut = self._loop.create_future()
         if not targets:
@@ -405,21 +452,22 @@ class ProcessBackend:
             else:
                 fut.set_exception(self._unavailable())
             return fut
-        group = _Group(fut, len(targets), combine)
+        group = Group(fut, len(targets), combine)
         for slot in targets:
             if kind == fr.SHUTDOWN:
                 workers.mark_stopping(slot)
             call_id = self._new_id()
-            self._send(slot, _Call(call_id, fr.frame(kind, call_id), None, group))
+            self._send(slot, Call(call_id, fr.frame(kind, call_id), None, group))
         return fut
 
-    def _finish(self, call: _Call, result: Any, error: BaseException | None) -> None:
+    def _finish(self, call: Call, result: Any, error: BaseException | None) -> None:
         if call.cpu_used_ms is not None:
             msg = (
                 f"the call used {call.cpu_used_ms} ms of CPU time, more than its "
                 f"cpu_limit_ms of {self.limits.cpu_limit_ms}"
             )
             result, error = None, PluginTimeoutError(self.name, msg)
+        call.frame = b""
         if call.group is not None:
             call.group.part_done(result, error)
             return
@@ -445,13 +493,13 @@ class ProcessBackend:
             return PluginCallError(self.name, message)
         return PluginCallError(self.name, f"the worker failed around the call: {message}")
 
-    def _expect_return(self, slot: Slot, call: _Call) -> None:
+    def _expect_return(self, slot: Slot, call: Call) -> None:
         """Stops the worker unless `call` returns within CANCEL_GRACE."""
         assert self._loop is not None
         self._loop.call_later(CANCEL_GRACE, self._check_returned, slot, slot.proc, call)
 
-    def _check_returned(self, slot: Slot, proc: object, call: _Call) -> None:
-        if slot.proc is not proc or proc is None or call.call_id not in self._running[slot.index]:
+    def _check_returned(self, slot: Slot, proc: object, call: Call) -> None:
+        if slot.proc is not proc or proc is None or call.call_id not in self._running.get(slot, {}):
             return
         why = (
             "a call overran its cpu_limit_ms"
@@ -459,3 +507,9 @@ class ProcessBackend:
             else "a call ignored cancellation"
         )
         self._workers.stop(slot, why)
+
+
+async def _after(retiring: list[asyncio.Future[None]], states: asyncio.Future[None]) -> None:
+    """Waits for replaced workers to exit, then for the shutdown of the others."""
+    await asyncio.wait(retiring)
+    await states

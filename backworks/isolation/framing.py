@@ -72,6 +72,10 @@ _INIT_NUMBERS = struct.Struct("<BIIII")
 _FAILED_NUMBERS = struct.Struct("<B")
 _LOG_NUMBERS = struct.Struct("<i")
 
+# The running table a worker shares with the host (see process.py): one entry per
+# call thread, the id of the call it runs, 0 when idle.
+TABLE_ENTRY: Final = struct.Struct("<I")
+
 _INIT_INSECURE = 1
 _INIT_PROBE = 2
 
@@ -119,6 +123,12 @@ class FrameReader:
 def frame(kind: int, call_id: int, body: bytes = b"") -> bytes:
     """One frame: the header (length, kind, call id), then `body`."""
     return HEADER.pack(len(body), kind, call_id) + body
+
+
+def with_call_id(data: bytes, call_id: int) -> bytes:
+    """The frame `data` under another call id (a call sent again, to another worker)."""
+    length, kind, _ = HEADER.unpack_from(data)
+    return HEADER.pack(length, kind, call_id) + data[HEADER.size :]
 
 
 def _frame_of(kind: int, call_id: int, parts: list[bytes]) -> bytes:

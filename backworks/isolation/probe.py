@@ -17,13 +17,15 @@ from backworks.isolation.process import WorkerProcess
 from backworks.plugins.loading import PluginSpec
 
 
-async def probe(spec: PluginSpec, *, timeout: float = 30.0) -> PluginInfo:
+async def probe(spec: PluginSpec, *, start_timeout_ms: int = 10_000) -> PluginInfo:
     """Reads a library's descriptor in a worker process, never loading it in the host.
 
     Makes the same file checks as loading for use (permissions, pinned digest, the
-    name the config expects) but runs no `init`. Raises PluginLoadError or
-    AbiMismatchError naming the fault.
+    name the config expects) but runs no `init`. Starting the worker and reading the
+    descriptor must finish within `start_timeout_ms` (the plugin's start budget).
+    Raises PluginLoadError or AbiMismatchError naming the fault.
     """
+    timeout = start_timeout_ms / 1000
     loop = asyncio.get_running_loop()
     result: asyncio.Future[PluginInfo] = loop.create_future()
     exited: asyncio.Future[None] = loop.create_future()
@@ -54,7 +56,10 @@ async def probe(spec: PluginSpec, *, timeout: float = 30.0) -> PluginInfo:
     try:
         return await asyncio.wait_for(asyncio.shield(result), timeout)
     except TimeoutError:
-        msg = f"reading the descriptor did not finish within {timeout * 1000:.0f} ms"
+        msg = (
+            "a worker did not read the library's descriptor within start_timeout_ms of "
+            f"{start_timeout_ms} ms"
+        )
         raise PluginLoadError(spec.path, msg) from None
     finally:
         proc.close_channel()  # EOF: a worker still there leaves

@@ -13,24 +13,36 @@ The rules this module keeps, each against a way worker processes go wrong:
   PID stays reserved by the zombie until the loop thread reaps it.
 - Whatever the worker wrote before it died is drained from the channel before its
   exit is reported, so an answer sent just before a crash still counts.
+- Which calls had started when a worker died is read from its running table: a
+  small shared memory file (memfd) where each of the worker's call threads writes
+  the id of the call it runs, and clears it once the answer is sent. It survives the
+  worker, so a call the worker never began can be told from one it was running.
+- Memory is the worker's own: its RSS read from /proc/<pid>/statm while it lives
+  (the PID cannot be reused before we reap it). The peak the kernel reports at
+  reaping (`ru_maxrss`) starts at the host's own peak, inherited through fork and
+  exec; `rss_floor_kb` records that inheritance so a caller can tell a worker's own
+  peak from the host's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import mmap
 import os
+import resource
 import select
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 
 import structlog
 
-from backworks.isolation.framing import FrameReader, ProtocolError
+from backworks.isolation.framing import TABLE_ENTRY, FrameReader, ProtocolError
 from backworks.spawn import python_child
 
 log = structlog.get_logger("backworks.isolation")
@@ -43,6 +55,23 @@ _READ_SIZE = 256 * 1024
 _EOF_KILL_DELAY = 1.0
 _HAVE_PIDFD = hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")
 SUPPORTED = _HAVE_PIDFD or hasattr(os, "waitid")
+_PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024 if hasattr(os, "sysconf") else 4
+
+
+def _running_table(entries: int) -> tuple[int, mmap.mmap]:
+    """A shared memory file for `entries` call ids, and our mapping of it."""
+    size = TABLE_ENTRY.size * max(entries, 1)
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("backworks-calls")
+    else:  # pragma: no cover - systems without memfd: an unlinked temporary file
+        with tempfile.TemporaryFile() as f:
+            fd = os.dup(f.fileno())
+    try:
+        os.ftruncate(fd, size)
+        return fd, mmap.mmap(fd, size)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class WorkerProcess:
@@ -56,11 +85,19 @@ class WorkerProcess:
         control: socket.socket,
         on_frame: FrameHandler,
         on_exit: Callable[[WorkerProcess], None],
+        table: mmap.mmap | None = None,
     ) -> None:
         self.pid = popen.pid
         self.status: int | None = None  # the raw wait status, once reaped
-        self.maxrss_kb = 0  # peak resident set, from the kernel's accounting at reaping
+        # Peak resident set from the kernel's accounting at reaping; it includes the
+        # host's own peak, inherited at exec: see rss_floor_kb.
+        self.maxrss_kb = 0
+        # The host's peak RSS just after the spawn, an upper bound of what the worker
+        # inherited: a maxrss_kb above it is the worker's own peak.
+        self.rss_floor_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         self.signals_sent: list[int] = []
+        self._table = table
+        self._statm = -1
         self._loop = loop
         self._popen = popen
         self._sock: socket.socket | None = sock
@@ -90,16 +127,19 @@ class WorkerProcess:
         on_exit: Callable[[WorkerProcess], None],
         *,
         env: dict[str, str] | None = None,
+        threads: int = 1,
     ) -> WorkerProcess:
-        """Starts `python -P -m backworks.isolation.worker` with its two channels.
+        """Starts `python -P -m backworks.isolation.worker` with its channels and table.
 
         The calls channel carries calls and answers; the control channel carries
-        cancellations, so they reach a worker whose main thread is inside a call.
+        cancellations, so they reach a worker whose main thread is inside a call. The
+        running table has an entry for each of the worker's `threads` call threads.
         """
         loop = asyncio.get_running_loop()  # also proves we are on the loop thread
+        table_fd, table = _running_table(threads)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         control, their_control = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        fds = (theirs.fileno(), their_control.fileno())
+        fds = (theirs.fileno(), their_control.fileno(), table_fd)
         argv, child_env = python_child(WORKER_MODULE, *map(str, fds), str(os.getpid()), env=env)
         try:
             popen = subprocess.Popen(
@@ -111,17 +151,20 @@ class WorkerProcess:
         except BaseException:
             ours.close()
             control.close()
+            table.close()
             raise
         finally:
             theirs.close()
             their_control.close()
+            os.close(table_fd)  # our mapping stays, and so does the worker's
         ours.setblocking(False)
         control.setblocking(False)
         try:
-            return cls(loop, popen, ours, control, on_frame, on_exit)
+            return cls(loop, popen, ours, control, on_frame, on_exit, table)
         except BaseException:  # pidfd_open failed: do not leave the child behind
             ours.close()
             control.close()
+            table.close()
             popen.kill()
             popen.wait()
             raise
@@ -146,6 +189,28 @@ class WorkerProcess:
             core = " (core dumped)" if os.WCOREDUMP(status) else ""
             return f"worker {self.pid} died with {name}{core}"
         return f"worker {self.pid} exited with status {os.waitstatus_to_exitcode(status)}"
+
+    def started_calls(self) -> frozenset[int]:
+        """The calls the worker's threads were running (or last ran, once it is gone)."""
+        table = self._table
+        if table is None:
+            return frozenset()
+        return frozenset(call_id for (call_id,) in TABLE_ENTRY.iter_unpack(table) if call_id)
+
+    def rss_kb(self) -> int:
+        """The worker's resident memory now, in KiB; 0 once it is gone or unknown.
+
+        Cheap (one pread of /proc/<pid>/statm on a descriptor kept open): it is read
+        after calls. Only while the worker is not reaped, so the PID is still its own.
+        """
+        if self.status is not None:
+            return 0
+        try:
+            if self._statm < 0:
+                self._statm = os.open(f"/proc/{self.pid}/statm", os.O_RDONLY | os.O_CLOEXEC)
+            return int(os.pread(self._statm, 128, 0).split()[1]) * _PAGE_KB
+        except (OSError, ValueError, IndexError):
+            return 0
 
     @property
     def killed_by_host(self) -> bool:
@@ -316,9 +381,17 @@ class WorkerProcess:
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
+        if self._statm >= 0:
+            os.close(self._statm)
+            self._statm = -1
         self._drain()
         self.close_channel()
-        self._on_exit(self)
+        try:
+            self._on_exit(self)
+        finally:
+            if self._table is not None:
+                self._table.close()
+                self._table = None
 
     def wait_blocking(self, timeout: float) -> bool:
         """Waits up to `timeout` s for the exit and handles it now; for closing only."""

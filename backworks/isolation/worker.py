@@ -1,7 +1,8 @@
 """A worker process: loads one plugin with backworks.abi and serves the host's calls.
 
-The host starts it as `python -m backworks.isolation.worker CALLS CONTROL HOST_PID`,
-two file descriptors of socketpairs and the host's pid:
+The host starts it as `python -m backworks.isolation.worker CALLS CONTROL TABLE
+HOST_PID`: two file descriptors of socketpairs, one of a shared memory file, and the
+host's pid:
 
 - CALLS carries the INIT frame, then one frame per call each way (and the plugin's
   log lines). The main thread reads it. A plugin that takes one call at a time (not
@@ -13,6 +14,9 @@ two file descriptors of socketpairs and the host's pid:
   or done with us: exit at once, even in the middle of a hung call, and without
   `shutdown` (an orderly stop sends SHUTDOWN first). With PR_SET_PDEATHSIG the
   kernel also kills us when the host dies, even by SIGKILL.
+- TABLE is the running table (see process.py): call thread i writes the id of the
+  call it runs at entry i before the plugin sees it, and 0 once the answer is sent.
+  The host reads it when we die, to know which calls had started.
 
 Limits: `memory_limit_mb` is RLIMIT_AS, set before the library is loaded;
 `cpu_limit_ms` is a watchdog thread reading each running call's thread CPU clock.
@@ -23,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import faulthandler
+import mmap
 import os
 import queue
 import resource
@@ -186,10 +191,14 @@ def spec_of(init: fr.WorkerInit) -> PluginSpec:
 class Worker:
     """One plugin state in this process: loads it, runs the host's calls, reports back."""
 
-    def __init__(self, channel: Channel, init: fr.WorkerInit) -> None:
+    def __init__(
+        self, channel: Channel, init: fr.WorkerInit, table: mmap.mmap | bytearray | None = None
+    ) -> None:
         self.channel = channel
         self.init = init
         self.instance: PluginInstance | None = None
+        # Entry i belongs to call thread i (the main thread is 0 when it runs calls).
+        self._table = table if table is not None else bytearray(fr.TABLE_ENTRY.size)
         self._pool: queue.SimpleQueue[tuple[int, int, bytes, CancelFlag]] | None = None
         self._watchdog: CpuWatchdog | None = None
         # Cancel words of the calls in flight. A CANCEL may overtake its call (they
@@ -217,7 +226,10 @@ class Worker:
                     self._pool = queue.SimpleQueue()
                     for i in range(init.threads):
                         threading.Thread(
-                            target=self._serve_pool, name=f"plugin-call-{i}", daemon=True
+                            target=self._serve_pool,
+                            args=(self._entry(i),),
+                            name=f"plugin-call-{i}",
+                            daemon=True,
                         ).start()
                 baseline_rss = _proc_status_kb("VmRSS")
                 if init.memory_limit_mb:
@@ -250,24 +262,32 @@ class Worker:
     def serve(self, frames: Iterator[tuple[int, int, bytes]]) -> None:
         """Runs (or hands to the pool) every call frame until EOF."""
         pool, execute, register = self._pool, self._execute, self.register
+        entry = self._entry(0)
         for kind, call_id, body in frames:
             if kind not in fr.CALL_KINDS:
                 print(f"backworks worker: unexpected frame kind {kind}", file=sys.stderr)
                 os._exit(EXIT_PROTOCOL)
             cancel = register(call_id)
             if pool is None:
-                execute(kind, call_id, body, cancel)
+                execute(kind, call_id, body, cancel, entry)
             else:
                 pool.put((kind, call_id, body, cancel))
 
-    def _serve_pool(self) -> None:
+    def _entry(self, index: int) -> int:
+        """The offset of call thread `index`'s entry in the running table."""
+        return min(index, len(self._table) // fr.TABLE_ENTRY.size - 1) * fr.TABLE_ENTRY.size
+
+    def _serve_pool(self, entry: int) -> None:
         assert self._pool is not None
         pool, execute = self._pool, self._execute
         while True:
-            execute(*pool.get())
+            execute(*pool.get(), entry)
 
-    def _execute(self, kind: int, call_id: int, body: bytes, cancel: CancelFlag) -> None:
-        watchdog = self._watchdog
+    def _execute(
+        self, kind: int, call_id: int, body: bytes, cancel: CancelFlag, entry: int
+    ) -> None:
+        table, watchdog = self._table, self._watchdog
+        fr.TABLE_ENTRY.pack_into(table, entry, call_id)  # started: the host must know
         if watchdog is not None:
             watchdog.begin(call_id, cancel)
         try:
@@ -278,6 +298,9 @@ class Worker:
             with self._lock:
                 del self._cancels[call_id]
         self.channel.send(answer)
+        # Cleared only once the answer is on its way: a call that ran is never taken
+        # for one that did not, whatever moment we die at.
+        fr.TABLE_ENTRY.pack_into(table, entry, 0)
         if kind == fr.SHUTDOWN:
             os._exit(0)
 
@@ -354,12 +377,15 @@ class Worker:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m backworks.isolation.worker CALLS CONTROL HOST_PID`: the worker's life."""
-    if len(argv) != 4:
-        print("usage: python -m backworks.isolation.worker CALLS CONTROL HOST_PID", file=sys.stderr)
+    """`python -m backworks.isolation.worker CALLS CONTROL TABLE HOST_PID`: the worker's life."""
+    if len(argv) != 5:
+        usage = "usage: python -m backworks.isolation.worker CALLS CONTROL TABLE HOST_PID"
+        print(usage, file=sys.stderr)
         return 2
-    calls_fd, control_fd, host_pid = (int(a) for a in argv[1:])
+    calls_fd, control_fd, table_fd, host_pid = (int(a) for a in argv[1:])
     die_with_host(host_pid)
+    table = mmap.mmap(table_fd, 0)
+    os.close(table_fd)
     # Ctrl-C in a terminal reaches the whole process group; the host decides when
     # its workers stop (after draining), not the keyboard.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -373,7 +399,7 @@ def main(argv: list[str]) -> int:
     if kind != fr.INIT:
         print(f"backworks worker: expected INIT, got frame kind {kind}", file=sys.stderr)
         return EXIT_PROTOCOL
-    worker = Worker(channel, fr.decode_init(body))
+    worker = Worker(channel, fr.decode_init(body), table)
     threading.Thread(
         target=worker.watch_control,
         args=(socket.socket(fileno=control_fd),),

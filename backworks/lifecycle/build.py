@@ -133,7 +133,11 @@ async def _examine(private: PluginSpec, original: Path) -> None:
 
 
 async def _thread_backend(spec: PluginSpec, settings: PluginConfig) -> tuple[Backend, int]:
-    """`isolation: in-process`: the library is loaded here and `init` runs here."""
+    """`isolation: in-process`: the library is loaded here and `init` runs here.
+
+    Loading and `init` have the plugin's start budget (`start_timeout_ms`), not its
+    per-call `timeout_ms`: a busy machine may take far longer to start a plugin.
+    """
     loop = asyncio.get_running_loop()
     try:
         instance = await asyncio.wait_for(
@@ -145,10 +149,10 @@ async def _thread_backend(spec: PluginSpec, settings: PluginConfig) -> tuple[Bac
                     max_response_bytes=settings.max_response_bytes,
                 ),
             ),
-            settings.timeout_ms / 1000,
+            settings.start_timeout_ms / 1000,
         )
     except TimeoutError:
-        msg = f"init did not return within {settings.timeout_ms} ms"
+        msg = f"did not start within start_timeout_ms of {settings.start_timeout_ms} ms"
         raise PluginInitError(spec.name, msg) from None
     threads = settings.max_concurrency or (DEFAULT_POOL_SIZE if instance.info.thread_safe else 1)
     # Never two calls on one state without BW_FLAG_THREAD_SAFE (ABI rule 4).
@@ -164,10 +168,14 @@ async def _thread_backend(spec: PluginSpec, settings: PluginConfig) -> tuple[Bac
 
 
 async def _process_backend(spec: PluginSpec, settings: PluginConfig) -> tuple[Backend, int]:
-    """`isolation: process`: the library is only ever loaded in worker processes."""
+    """`isolation: process`: the library is only ever loaded in worker processes.
+
+    The probe and each worker's start have the plugin's start budget
+    (`start_timeout_ms`), not its per-call `timeout_ms`.
+    """
     limits = settings.process_limits
     workers = limits.workers
-    info = await probe(spec, timeout=settings.timeout_ms / 1000)
+    info = await probe(spec, start_timeout_ms=settings.start_timeout_ms)
     # max_concurrency is the plugin's total; each worker takes its share.
     # Without BW_FLAG_THREAD_SAFE a worker runs one call at a time (ABI rule 4).
     per_worker = 1
@@ -186,7 +194,7 @@ async def _process_backend(spec: PluginSpec, settings: PluginConfig) -> tuple[Ba
         spec,
         limits,
         concurrency_per_worker=per_worker,
-        init_timeout_ms=settings.timeout_ms,
+        start_timeout_ms=settings.start_timeout_ms,
         max_response_mb=settings.max_response_mb,
     )
     await backend.start()

@@ -325,6 +325,11 @@ class PluginRunner:
         self.stats.failed += 1
         if isinstance(error, PluginCrashedError):
             self.stats.crashed += 1
+            if not error.counted:
+                # Lost with a worker whose death another call already counted: one
+                # crash is one failure, however many calls it held.
+                self.breaker.record_neutral(ticket)
+                return
         self.breaker.record_failure(ticket)
 
     def _returned(self, fut: asyncio.Future[Any]) -> None:

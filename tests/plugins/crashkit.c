@@ -12,6 +12,7 @@
  *   .../hog?then=X       mallocs and touches 1 MiB blocks until malloc fails (at most
  *                        max_mb, default 2048), then X: segv (default), abort, or fail
  *                        (frees everything and returns BW_FAIL "out of memory")
+ *   .../leak?mb=N        mallocs and touches N MiB (default 1) and never frees them
  *   .../log              logs "hello from <pid>" at info level
  *   anything else        200 {}
  *
@@ -69,6 +70,8 @@ static void config_string(const char *config, const char *key, char *out, size_t
     memcpy(out, at, n);
     out[n] = 0;
 }
+
+static void *volatile leaked;
 
 static void crash(void) {
     volatile int *volatile nowhere = NULL;
@@ -157,6 +160,15 @@ static int32_t ck_handle(void *state, const bw_request *req, bw_response *resp) 
         return BW_CANCELLED;
     }
     if (ends_with(path, "/hog")) return hog(req, resp);
+    if (ends_with(path, "/leak")) {
+        long mb = query_long(req, "mb", 1);
+        char *block = (char *)malloc((size_t)mb << 20);
+        if (!block) return bw_fail(resp, "out of memory");
+        memset(block, 0x5a, (size_t)mb << 20); /* resident, and never freed */
+        leaked = block;                         /* so the compiler keeps it */
+        snprintf(json, sizeof json, "{\"pid\": %ld}", (long)getpid());
+        return bw_respond_json(resp, 200, json);
+    }
     if (ends_with(path, "/log")) {
         bw_log_info(st->host, "hello from %ld", (long)getpid());
         return bw_respond_json(resp, 200, "{\"logged\": true}");

@@ -20,6 +20,7 @@
  * Hooks: on_request answers 401 when the request has `x-deny`, fails with `x-hook-fail`,
  * sleeps with `x-hook-sleep`; on_response adds `x-hooked-by-<name>` to the upstream answer
  * (keeping upstream's own headers).
+ * init sleeps for the config's "init_ms" milliseconds first, if set (a slow start).
  * shutdown appends "<name>\n" to the file named by the config's "marker" key. Built with
  * -DKIT_VERSION=n (the reload tests), init also appends "init <name> v<n>\n" there and
  * shutdown appends "<name> v<n>\n", so each version's init and shutdown can be counted.
@@ -77,7 +78,9 @@ static int32_t kit_init(const bw_host *host, const char *config, size_t len, voi
                         bw_response *error) {
     kit_state *st = (kit_state *)calloc(1, sizeof *st);
     const char *m = strstr(config, "\"marker\": \"");
+    const char *slow = strstr(config, "\"init_ms\": ");
     (void)len;
+    if (slow) sleep_ms(atol(slow + strlen("\"init_ms\": ")));
     if (strstr(config, "\"fail_init\": true")) return bw_fail(error, "kit refuses to start: fail_init is set");
     if (!st) return bw_fail(error, "out of memory");
     if (m) {
