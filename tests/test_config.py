@@ -370,7 +370,7 @@ def test_an_unknown_key_is_a_problem_with_a_did_you_mean_hint(tmp_path: Path) ->
     assert problems(tmp_path, text) == [
         "plugins.weather.timeout: unknown key (did you mean 'timeout_ms'?)",
         "server.colour: unknown key (expected one of 'host', 'port', 'max_body_bytes', "
-        "'shutdown_timeout_ms')",
+        "'shutdown_timeout_ms', 'drain_delay_ms')",
         "endpoint: unknown key (did you mean 'endpoints'?)",
     ]
 

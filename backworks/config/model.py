@@ -113,12 +113,18 @@ class EndpointConfig:
 
 @attrs.frozen
 class ServerConfig:
-    """`server`: where to listen, the body limit, and how long a shutdown may drain."""
+    """`server`: where to listen, the body limit, and how a shutdown drains.
+
+    `drain_delay_ms`: after SIGTERM the server keeps serving this long while its health
+    route answers 503, so a load balancer routes around it before it stops accepting;
+    then calls in flight get up to `shutdown_timeout_ms`.
+    """
 
     host: str = "127.0.0.1"
     port: int = 3000
     max_body_bytes: int = 1_048_576
     shutdown_timeout_ms: int = 10_000
+    drain_delay_ms: int = 0
 
 
 @attrs.frozen

@@ -300,6 +300,7 @@ def _server(sec: Reader) -> ServerConfig:
             port=sec.integer("port", d.port, low=0, high=65535),
             max_body_bytes=sec.integer("max_body_bytes", d.max_body_bytes),
             shutdown_timeout_ms=sec.integer("shutdown_timeout_ms", d.shutdown_timeout_ms, low=0),
+            drain_delay_ms=sec.integer("drain_delay_ms", d.drain_delay_ms, low=0),
         )
     )
 

@@ -17,6 +17,7 @@ from backworks.http.keys import REQUEST_ID
 from backworks.http.state import HOST, RELOADER
 from backworks.lifecycle.host import Host
 from backworks.ops.auth import requires_admin_token
+from backworks.ops.cluster import cluster_of, json_body
 from backworks.ops.views import plugin_rows
 
 HEALTH_TIMEOUT_S = 2.0
@@ -54,12 +55,19 @@ async def reset(request: web.Request) -> web.Response:
     """Closes a plugin's circuit breaker now, instead of after its recovery timeout.
 
     For an operator who fixed what made the plugin fail: the next call goes through.
+    Under `--workers N` every worker closes its breaker (`workers` says how each went).
     """
     name = request.match_info["name"]
-    runner = request.app[HOST].runners.get(name)
+    here = reset_here(request.app, name, request[REQUEST_ID])
+    return await _everywhere(request, here, f"/plugins/{name}/reset")
+
+
+def reset_here(app: web.Application, name: str, rid: str) -> web.Response:
+    """`reset` in this process only."""
+    runner = app[HOST].runners.get(name)
     if runner is None:
         msg = f"no running plugin is named {name!r}"
-        return envelope(404, "not_found", msg, request[REQUEST_ID], plugin=name)
+        return envelope(404, "not_found", msg, rid, plugin=name)
     was = runner.breaker.state.value
     # A success is exactly "close and forget the failures"; a probe still running
     # records its own outcome later, as it would have anyway.
@@ -74,16 +82,23 @@ async def reload(request: web.Request) -> web.Response:
     Calls in flight finish on the old version, whose `shutdown` runs after the last of
     them. If the new file cannot be loaded or its `init` fails, nothing switches: 502
     `reload_failed` with the reason, and the old version keeps serving. The plugin's
-    admin row shows the last reload (`reload`: when, ok, error).
+    admin row shows the last reload (`reload`: when, ok, error). Under `--workers N`
+    every worker reloads; the answer's `workers` says how each went, and its status is
+    the worst of theirs.
 
     An in-process plugin's old code stays mapped in the server until it restarts:
     unloading native code is unsafe, so each reload adds the new version's code.
     """
     name = request.match_info["name"]
-    host = request.app[HOST]
-    rid = request[REQUEST_ID]
+    here = await reload_here(request.app, name, request[REQUEST_ID])
+    return await _everywhere(request, here, f"/plugins/{name}/reload")
+
+
+async def reload_here(app: web.Application, name: str, rid: str) -> web.Response:
+    """`reload` in this process only."""
+    host = app[HOST]
     try:
-        status = await request.app[RELOADER].reload_plugin(name, trigger="admin")
+        status = await app[RELOADER].reload_plugin(name, trigger="admin")
     except NotReloadable as e:
         code, http = ("not_reloadable", 409) if e.known else ("not_found", 404)
         return envelope(http, code, str(e), rid, plugin=name)
@@ -94,6 +109,26 @@ async def reload(request: web.Request) -> web.Response:
     info = host.plugins[name].info
     body = {"plugin": name, "version": info.version if info else None, "reload": status.to_json()}
     return web.json_response(body)
+
+
+async def _everywhere(request: web.Request, here: web.Response, path: str) -> web.Response:
+    """`here`, and under `--workers N` the same action asked of every sibling worker."""
+    cluster = cluster_of(request.app)
+    if cluster is None:
+        return here
+    answers = await cluster.ask_peers("POST", path)
+    body = json_body(here)
+    workers = [{"pid": cluster.pid, "status": here.status, "answer": body}]
+    status = here.status
+    for peer in answers:
+        workers.append({"pid": peer.pid, "status": peer.status or 504, "answer": peer.body})
+        status = max(status, peer.status or 504)
+    merged = {**body, "workers": workers} if isinstance(body, dict) else {"workers": workers}
+    return web.json_response(merged, status=status, headers=_kept_headers(here))
+
+
+def _kept_headers(response: web.Response) -> dict[str, str]:
+    return {k: v for k, v in response.headers.items() if k.lower() == "www-authenticate"}
 
 
 async def _report(host: Host, name: str) -> dict[str, Any] | None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import structlog
-from aiohttp import web
 
 from backworks.config import Config, ConfigSource
-from backworks.server.app import create_app, reload_on_sighup
+from backworks.server.running import Listen, run_server
 
 log = structlog.get_logger("backworks.server")
 
@@ -18,23 +17,13 @@ def serve(config: Config, source: ConfigSource | None = None) -> None:
 
     With `source`, SIGHUP reloads the config from it.
     """
-    server = config.server
-
-    def announce(_: str) -> None:
-        log.info("server_listening", url=f"http://{server.host}:{server.port}")
-
-    app = create_app(config, admin_listener=True, source=source)
-    if source is not None:
-        app.cleanup_ctx.append(reload_on_sighup)
-    web.run_app(
-        app,
-        host=server.host,
-        port=server.port,
-        shutdown_timeout=server.shutdown_timeout_ms / 1000,
-        access_log=None,
-        print=announce,
-        loop=new_event_loop(),
-    )
+    listen = Listen(config.server.host, config.server.port)
+    loop = new_event_loop()
+    try:
+        loop.run_until_complete(run_server(config, listen, source=source))
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

@@ -1,0 +1,119 @@
+"""What one server process builds and runs: the app on its sockets until told to stop.
+
+`run_server` is the whole life of a serving process, the single-process `backworks
+serve` and each `--workers` process alike (server/worker.py hands it the sockets
+gunicorn's arbiter opened): build the app, load the plugins, accept, and on SIGTERM or
+SIGINT stop in this order, so that a load balancer loses no request:
+
+1. the health route answers 503 (`draining`) while the server still serves, for
+   `server.drain_delay_ms`: a balancer that probes it routes new requests elsewhere;
+   a second signal cuts the delay short;
+2. the server stops accepting, and the requests in flight get up to
+   `server.shutdown_timeout_ms`;
+3. each plugin drains and its `shutdown` runs once (the app's cleanup context).
+
+The HTTP engine is confined to this function: another engine replaces its body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+from collections.abc import Callable, Sequence
+
+import attrs
+import structlog
+from aiohttp import web
+
+from backworks.config import Config, ConfigSource
+from backworks.http.state import HOST
+from backworks.ops.cluster import Cluster
+from backworks.server.app import create_app, reload_on_sighup
+
+log = structlog.get_logger("backworks.server")
+
+HEARTBEAT_S = 1.0
+
+
+@attrs.frozen
+class Listen:
+    """Where a process accepts: its own host and port, or sockets a parent opened."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    sockets: Sequence[socket.socket] = ()
+
+
+async def run_server(
+    config: Config,
+    listen: Listen,
+    *,
+    source: ConfigSource | None = None,
+    cluster: Cluster | None = None,
+    heartbeat: Callable[[], bool] | None = None,
+) -> None:
+    """Serves `config` until SIGTERM/SIGINT (or `heartbeat` returns False), then drains.
+
+    `source`: reload the config from it on SIGHUP and when the file changes (a single
+    process; workers leave that to the arbiter). `cluster`: this process is one worker
+    of several. `heartbeat` is called every HEARTBEAT_S while serving (the worker tells
+    its arbiter it lives). Raises StartupError, OSError when the start fails.
+    """
+    if cluster is not None:
+        app = create_app(config, cluster=cluster)
+    else:
+        app = create_app(config, admin_listener=True, source=source)
+        if source is not None:
+            app.cleanup_ctx.append(reload_on_sighup)
+    server = config.server
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=server.shutdown_timeout_ms / 1000,
+    )
+    await runner.setup()  # loads the plugins: a critical one that fails raises here
+    try:
+        if listen.sockets:
+            for sock in listen.sockets:
+                await web.SockSite(runner, sock).start()
+        else:
+            await web.TCPSite(runner, listen.host, listen.port).start()
+        log.info("server_listening", url=f"http://{listen.host}:{listen.port}")
+        if cluster is not None:
+            cluster.mark_ready()
+        signals = await _wait_for_stop(heartbeat)
+        app[HOST].draining = True  # the health route answers 503 from now on
+        delay = server.drain_delay_ms / 1000
+        if delay:
+            log.info("server_draining", delay_ms=server.drain_delay_ms)
+            await _wait_or_signal(signals, delay)
+    finally:
+        await runner.cleanup()  # stops accepting, drains requests, then the plugins
+
+
+async def _wait_for_stop(heartbeat: Callable[[], bool] | None) -> asyncio.Queue[int]:
+    """Returns once SIGTERM/SIGINT/SIGQUIT came (or the heartbeat said stop); later
+    signals land in the returned queue."""
+    loop = asyncio.get_running_loop()
+    signals: asyncio.Queue[int] = asyncio.Queue()
+    for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        loop.add_signal_handler(stop, signals.put_nowait, int(stop))
+    while True:
+        if heartbeat is not None and not heartbeat():
+            return signals
+        try:
+            sig = await asyncio.wait_for(signals.get(), HEARTBEAT_S)
+        except TimeoutError:
+            continue
+        log.info("server_stopping", signal=signal.Signals(sig).name)
+        return signals
+
+
+async def _wait_or_signal(signals: asyncio.Queue[int], delay: float) -> None:
+    try:
+        await asyncio.wait_for(signals.get(), delay)
+    except TimeoutError:
+        return
+    log.info("server_drain_delay_cut", reason="a second signal")
