@@ -110,10 +110,14 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]  # an untyped base class
         return new
 
     def run(self) -> None:
+        master = os.getpid()
         try:
             _RollingArbiter(self).run()
         finally:
-            shutil.rmtree(self.directory, ignore_errors=True)
+            # A worker leaves through here too (gunicorn forks inside run): only the
+            # master removes the directory its workers share.
+            if os.getpid() == master:
+                shutil.rmtree(self.directory, ignore_errors=True)
 
 
 class _RollingArbiter(Arbiter):  # type: ignore[misc]  # an untyped base class
@@ -159,6 +163,9 @@ class _RollingArbiter(Arbiter):  # type: ignore[misc]  # an untyped base class
         if new is None:
             return
         before = app.config
+        if new == before and trigger == "watch":
+            log.info("config_unchanged", trigger=trigger)
+            return
         app.config = new  # what every worker forked from now on serves
         old = sorted(self.WORKERS, key=lambda pid: self.WORKERS[pid].age)
         log.info("workers_rolling", trigger=trigger, workers=len(old))
