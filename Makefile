@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	-scripts/install-browser
+	-scripts/install-nginx
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP) lint-rust
