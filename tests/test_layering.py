@@ -21,6 +21,7 @@ LAYERS = {
     "names": 1,
     "logs": 1,
     "spawn": 1,
+    "tracing": 2,  # a leaf beside abi and config: it needs only the error classes
     "abi": 2,
     "config": 2,
     "plugins": 3,

@@ -12,13 +12,14 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from backworks import tracing
 from backworks.errors import PluginCallError, PluginCancelledError, PluginCrashedError, PluginError
 from backworks.http.envelope import (
     http_exception_response,
     internal_error_response,
     plugin_error_response,
 )
-from backworks.http.keys import PLUGIN, REQUEST_ID
+from backworks.http.keys import PLUGIN, REQUEST_ID, ROUTE
 from backworks.http.traffic import Traffic
 
 # An incoming X-Request-Id is kept only when it is short and plain, so that log lines
@@ -27,6 +28,10 @@ _GOOD_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 access_log = structlog.get_logger("backworks.access")
 log = structlog.get_logger("backworks.server")
+
+
+def _trace(request: web.Request) -> tuple[str, str, Mapping[str, str]]:
+    return request.method, request.path, request.headers
 
 
 def request_middleware(
@@ -49,6 +54,7 @@ def request_middleware(
         incoming = request.headers.get("X-Request-Id", "")
         rid = incoming if _GOOD_REQUEST_ID.fullmatch(incoming) else f"{prefix}{next(counter):010x}"
         request[REQUEST_ID] = rid
+        span = None if tracing.TRACER is None else tracing.request_started(*_trace(request))
         try:
             response = await handler(request)
         except web.HTTPException as e:
@@ -75,6 +81,8 @@ def request_middleware(
         )
         if traffic is not None:
             traffic.record(request, response.status, elapsed, rid)
+        if span is not None:
+            tracing.request_finished(span, response.status, rid, request.get(ROUTE))
         return response
 
     return middleware

@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from backworks import tracing
 from backworks.abi import CancelFlag, Request, Response
 from backworks.errors import (
     CircuitOpenError,
@@ -90,21 +91,41 @@ class PluginRunner:
 
     # -- the calls ---------------------------------------------------------------
 
+    # -- tracing: with OpenTelemetry on (backworks/tracing.py), each call is a child span
+    # of the request's. Only this wrapper knows; the untraced calls below are untouched.
+
     async def handle(self, req: Request) -> Response:
+        if tracing.TRACER is not None:
+            return await tracing.plugin_call(self, "handle", req, self._handle)
+        return await self._handle(req)
+
+    async def on_request(self, req: Request) -> Response | None:
+        if tracing.TRACER is not None:
+            return await tracing.plugin_call(self, "on_request", req, self._on_request)
+        return await self._on_request(req)
+
+    async def on_response(self, req: Request, upstream: Response) -> Response | None:
+        if tracing.TRACER is not None:
+            return await tracing.plugin_call(self, "on_response", req, self._on_response, upstream)
+        return await self._on_response(req, upstream)
+
+    # -- the calls, untraced ------------------------------------------------------
+
+    async def _handle(self, req: Request) -> Response:
         inline = self._inline
         resp: Response = await self._call(
             self.backend.start_handle, inline.handle if inline else None, req
         )
         return resp
 
-    async def on_request(self, req: Request) -> Response | None:
+    async def _on_request(self, req: Request) -> Response | None:
         inline = self._inline
         resp: Response | None = await self._call(
             self.backend.start_on_request, inline.on_request if inline else None, req
         )
         return resp
 
-    async def on_response(self, req: Request, upstream: Response) -> Response | None:
+    async def _on_response(self, req: Request, upstream: Response) -> Response | None:
         inline = self._inline
         resp: Response | None = await self._call(
             self.backend.start_on_response, inline.on_response if inline else None, req, upstream

@@ -26,6 +26,7 @@ import attrs
 import structlog
 from aiohttp import web
 
+from backworks import tracing
 from backworks.config import Config, ConfigSource
 from backworks.http.state import HOST
 from backworks.ops.cluster import Cluster
@@ -60,6 +61,7 @@ async def run_server(
     of several. `heartbeat` is called every HEARTBEAT_S while serving (the worker tells
     its arbiter it lives). Raises StartupError, OSError when the start fails.
     """
+    tracing.activate()  # on only with the otel extra configured; per process (after a fork)
     if cluster is not None:
         app = create_app(config, cluster=cluster)
     else:
