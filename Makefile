@@ -26,8 +26,9 @@ lint: $(STAMP) lint-rust
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# `make run PORT=8080` serves on another port than the example's 3000.
 run: $(STAMP) hello-plugin weather-plugin
-	$(BIN)/backworks serve --config examples/backworks.yaml
+	$(BIN)/backworks serve --config examples/backworks.yaml $(if $(PORT),--port $(PORT))
 
 # Benchmarks live here, never in timed tests: these machines are shared and noisy.
 bench: $(STAMP)
