@@ -21,7 +21,7 @@ import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 import attrs
 import structlog
@@ -34,8 +34,6 @@ from backworks.errors import (
 )
 
 log = structlog.get_logger("backworks.tracing")
-
-T = TypeVar("T")
 
 TRACER: Any = None  # an opentelemetry Tracer while tracing is on
 _api: Any = None  # the opentelemetry modules, imported by `activate`
@@ -143,9 +141,18 @@ def request_finished(
 
 
 async def plugin_call(
-    runner: Any, hook: str, req: Any, call: Callable[..., Awaitable[T]], *args: Any
-) -> T:
-    """Runs `call(req, *args)` in a child span; the plugin gets the span's `traceparent`."""
+    runner: Any,
+    hook: str,
+    call: Callable[..., Awaitable[Any]],
+    start: Any,
+    fast: Any,
+    req: Any,
+    *rest: Any,
+) -> Any:
+    """Runs the runner's `call(start, fast, req, *rest)` in a child span of the request's.
+
+    The plugin gets the span's `traceparent` in `req`'s headers.
+    """
     api = _api
     info = runner.info
     with TRACER.start_as_current_span(
@@ -162,7 +169,7 @@ async def plugin_call(
         started = time.perf_counter()
         outcome = "ok"
         try:
-            return await call(req, *args)
+            return await call(start, fast, req, *rest)
         except BaseException as e:
             outcome = _outcome(e)
             span.set_status(api.trace.Status(api.trace.StatusCode.ERROR, outcome))

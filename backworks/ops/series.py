@@ -63,7 +63,10 @@ class Series:
         for gone in self._last.keys() - self.host.runners.keys():
             del self._last[gone]
         if self.ring and self.ring[-1][0] >= second:
-            return  # a late timer in the same second: that second is already stored
+            # Two samples in one second (a late timer, then a prompt one): one point.
+            last_second, stored = self.ring[-1]
+            self.ring[-1] = (last_second, merge([[(0, stored)], [(0, points)]])[0])
+            return
         self.ring.append((second, points))
 
     def since(self, second: int) -> list[tuple[int, dict[str, Point]]]:

@@ -91,45 +91,40 @@ class PluginRunner:
 
     # -- the calls ---------------------------------------------------------------
 
-    # -- tracing: with OpenTelemetry on (backworks/tracing.py), each call is a child span
-    # of the request's. Only this wrapper knows; the untraced calls below are untouched.
+    # Tracing (backworks/tracing.py): with OpenTelemetry on, the same `_call` runs inside
+    # a span; without it, the one check below is all it costs.
 
     async def handle(self, req: Request) -> Response:
+        inline = self._inline
+        start, fast = self.backend.start_handle, inline.handle if inline else None
         if tracing.TRACER is not None:
-            return await tracing.plugin_call(self, "handle", req, self._handle)
-        return await self._handle(req)
+            traced: Response = await tracing.plugin_call(
+                self, "handle", self._call, start, fast, req
+            )
+            return traced
+        resp: Response = await self._call(start, fast, req)
+        return resp
 
     async def on_request(self, req: Request) -> Response | None:
+        inline = self._inline
+        start, fast = self.backend.start_on_request, inline.on_request if inline else None
         if tracing.TRACER is not None:
-            return await tracing.plugin_call(self, "on_request", req, self._on_request)
-        return await self._on_request(req)
+            hooked: Response | None = await tracing.plugin_call(
+                self, "on_request", self._call, start, fast, req
+            )
+            return hooked
+        resp: Response | None = await self._call(start, fast, req)
+        return resp
 
     async def on_response(self, req: Request, upstream: Response) -> Response | None:
+        inline = self._inline
+        start, fast = self.backend.start_on_response, inline.on_response if inline else None
         if tracing.TRACER is not None:
-            return await tracing.plugin_call(self, "on_response", req, self._on_response, upstream)
-        return await self._on_response(req, upstream)
-
-    # -- the calls, untraced ------------------------------------------------------
-
-    async def _handle(self, req: Request) -> Response:
-        inline = self._inline
-        resp: Response = await self._call(
-            self.backend.start_handle, inline.handle if inline else None, req
-        )
-        return resp
-
-    async def _on_request(self, req: Request) -> Response | None:
-        inline = self._inline
-        resp: Response | None = await self._call(
-            self.backend.start_on_request, inline.on_request if inline else None, req
-        )
-        return resp
-
-    async def _on_response(self, req: Request, upstream: Response) -> Response | None:
-        inline = self._inline
-        resp: Response | None = await self._call(
-            self.backend.start_on_response, inline.on_response if inline else None, req, upstream
-        )
+            replaced: Response | None = await tracing.plugin_call(
+                self, "on_response", self._call, start, fast, req, upstream
+            )
+            return replaced
+        resp: Response | None = await self._call(start, fast, req, upstream)
         return resp
 
     async def health(self, timeout: float) -> Response | None:
