@@ -170,6 +170,13 @@ def test_one_scrape_on_any_worker_reports_the_whole_service(
     assert sample(text, "backworks_plugin_circuit_state", plugin="kit", state="closed") == 2
     assert sample(text, "backworks_plugin_info", plugin="kit", version="0.1.1", abi="1.0") == 1
 
+    # The charts' points are summed over the workers too.
+    def charted() -> int:
+        body = json.loads(get(f"{service.url}/_backworks/api/series")[1])
+        return int(sum(body["plugins"].get("kit", {"rate": []})["rate"]))
+
+    eventually(lambda: charted() == sent, what=f"the charts counting {sent} calls")
+
     # A worker that dies: its live gauges go, its counts stay in the service's totals.
     victim = min(pids)
     os.kill(victim, signal.SIGKILL)

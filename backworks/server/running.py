@@ -2,12 +2,12 @@
 
 `run_server` is the whole life of a serving process, the single-process `backworks
 serve` and each `--workers` process alike (server/worker.py hands it the sockets
-gunicorn's arbiter opened): build the app, load the plugins, accept, and on SIGTERM or
-SIGINT stop in this order, so that a load balancer loses no request:
+gunicorn's arbiter opened): build the app, load the plugins, accept, and on SIGTERM
+stop in this order, so that a load balancer loses no request:
 
 1. the health route answers 503 (`draining`) while the server still serves, for
    `server.drain_delay_ms`: a balancer that probes it routes new requests elsewhere;
-   a second signal cuts the delay short;
+   a second signal cuts the delay short, and SIGINT or SIGQUIT skip it;
 2. the server stops accepting, and the requests in flight get up to
    `server.shutdown_timeout_ms`;
 3. each plugin drains and its `shutdown` runs once (the app's cleanup context).
@@ -35,6 +35,7 @@ from backworks.server.app import create_app, reload_on_sighup
 log = structlog.get_logger("backworks.server")
 
 HEARTBEAT_S = 1.0
+ACCEPTED_GRACE_S = 0.25
 
 
 @attrs.frozen
@@ -85,32 +86,42 @@ async def run_server(
         log.info("server_listening", url=f"http://{listen.host}:{listen.port}")
         if cluster is not None:
             cluster.mark_ready()
-        signals = await _wait_for_stop(heartbeat)
+        signals, stop = await _wait_for_stop(heartbeat)
         app[HOST].draining = True  # the health route answers 503 from now on
-        delay = server.drain_delay_ms / 1000
+        # SIGTERM is a balancer's or a supervisor's stop: route around us first. SIGINT
+        # (Ctrl-C) and SIGQUIT (gunicorn's quick stop) skip the delay.
+        delay = server.drain_delay_ms / 1000 if stop == signal.SIGTERM else 0
         if delay:
-            log.info("server_draining", delay_ms=server.drain_delay_ms)
+            log.info("server_drain_delay", delay_ms=server.drain_delay_ms)
             await _wait_or_signal(signals, delay)
     finally:
-        await runner.cleanup()  # stops accepting, drains requests, then the plugins
+        # Stop accepting first. A connection accepted just before has its request on
+        # the way: it gets ACCEPTED_GRACE_S to arrive, or aiohttp's shutdown would close
+        # the connection as idle, and its client would see it dropped unanswered.
+        for site in list(runner.sites):
+            await site.stop()
+        await asyncio.sleep(ACCEPTED_GRACE_S)
+        await runner.cleanup()  # drains requests, closes idle connections, then the plugins
 
 
-async def _wait_for_stop(heartbeat: Callable[[], bool] | None) -> asyncio.Queue[int]:
-    """Returns once SIGTERM/SIGINT/SIGQUIT came (or the heartbeat said stop); later
-    signals land in the returned queue."""
+async def _wait_for_stop(
+    heartbeat: Callable[[], bool] | None,
+) -> tuple[asyncio.Queue[int], int | None]:
+    """Returns once SIGTERM/SIGINT/SIGQUIT came (which one; None when the heartbeat said
+    stop); later signals land in the returned queue."""
     loop = asyncio.get_running_loop()
     signals: asyncio.Queue[int] = asyncio.Queue()
     for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
         loop.add_signal_handler(stop, signals.put_nowait, int(stop))
     while True:
         if heartbeat is not None and not heartbeat():
-            return signals
+            return signals, None
         try:
             sig = await asyncio.wait_for(signals.get(), HEARTBEAT_S)
         except TimeoutError:
             continue
         log.info("server_stopping", signal=signal.Signals(sig).name)
-        return signals
+        return signals, sig
 
 
 async def _wait_or_signal(signals: asyncio.Queue[int], delay: float) -> None:
