@@ -234,6 +234,12 @@ def test_admin_reload_and_reset_reach_every_worker(
     }
     assert versions == {("0.1.2", 2)}
 
+    def info(version: str) -> float:
+        text = get(f"{service.url}/metrics")[1].decode()
+        return sample(text, "backworks_plugin_info", plugin="kit", version=version, abi="1.0")
+
+    eventually(lambda: (info("0.1.1"), info("0.1.2")) == (0, 1), what="only 0.1.2 loaded")
+
     assert admin_post(service, "/_backworks/plugins/kit/reload", token="wrong")[0] == 401  # noqa: S106
     assert service.stop() == 0
 

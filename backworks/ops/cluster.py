@@ -68,6 +68,7 @@ class Cluster:
     directory: Path
     pid: int = attrs.field(factory=os.getpid)
     _files: dict[str, MmapedDict] = attrs.field(factory=dict, init=False)
+    _gauge_keys: dict[str, set[str]] = attrs.field(factory=dict, init=False)
 
     def socket_of(self, pid: int) -> Path:
         return self.directory / f"peer-{pid}.sock"
@@ -121,7 +122,12 @@ class Cluster:
         return registry
 
     def write_metrics(self, families: Iterable[Metric]) -> None:
-        """Writes this worker's current values into its multiprocess metric files."""
+        """Writes this worker's current values into its multiprocess metric files.
+
+        A gauge series this worker no longer reports (a plugin's old version, a plugin
+        gone) is written as 0: the files keep every key they ever held.
+        """
+        written: dict[str, set[str]] = {}
         for family in families:
             if family.type == "counter":
                 kind, samples = "counter", [s for s in family.samples if s.name.endswith("_total")]
@@ -132,10 +138,17 @@ class Cluster:
             else:
                 continue
             store = self._file(kind)
+            keys = written.setdefault(kind, set())
             for sample in samples:
                 names, values = list(sample.labels), list(sample.labels.values())
                 key = mmap_key(family.name, sample.name, names, values, family.documentation)
                 store.write_value(key, float(sample.value), 0.0)
+                keys.add(key)
+        for kind, keys in written.items():
+            if kind.startswith("gauge_"):
+                for stale in self._gauge_keys.get(kind, set()) - keys:
+                    self._files[kind].write_value(stale, 0.0, 0.0)
+                self._gauge_keys[kind] = self._gauge_keys.get(kind, set()) | keys
 
     def _file(self, kind: str) -> MmapedDict:
         store = self._files.get(kind)
