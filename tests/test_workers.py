@@ -224,6 +224,11 @@ def test_admin_reload_and_reset_reach_every_worker(
     assert {w["answer"]["circuit"] for w in reset[1]["workers"]} == {"closed"}
     assert {w["plugins"][0]["circuit"] for w in service.state()["workers"]} == {"closed"}
 
+    def info(version: str) -> float:
+        text = get(f"{service.url}/metrics")[1].decode()
+        return sample(text, "backworks_plugin_info", plugin="kit", version=version, abi="1.0")
+
+    eventually(lambda: info("0.1.1") == 1, what="the first build in the metrics")
     install(kit_build(build_cache, tmp_path, 2), plugins)
     status, body = admin_post(service, "/_backworks/plugins/kit/reload")
     assert status == 200, body
@@ -233,10 +238,6 @@ def test_admin_reload_and_reset_reach_every_worker(
         for w in service.state()["workers"]
     }
     assert versions == {("0.1.2", 2)}
-
-    def info(version: str) -> float:
-        text = get(f"{service.url}/metrics")[1].decode()
-        return sample(text, "backworks_plugin_info", plugin="kit", version=version, abi="1.0")
 
     eventually(lambda: (info("0.1.1"), info("0.1.2")) == (0, 1), what="only 0.1.2 loaded")
 
