@@ -144,6 +144,12 @@ async def test_dashboard_shows_plugins_and_follows_requests(
         assert await kinds.evaluate_all("s => s.map(e => e.dataset.chart)") == [
             "rate", "latency", "errors", "breaker",
         ]  # fmt: skip
+    # Two seconds or more make a line (a fast test may have served all in its first).
+    await page.wait_for_function(
+        """() => Number(document.querySelector('#charts .chart-row[data-plugin="weather"]')
+                         .dataset.points) >= 2""",
+        timeout=10_000,
+    )
     weather_rate = page.locator('svg[data-chart="rate"][data-plugin="weather"] path')
     assert "L" in (await weather_rate.get_attribute("d") or ""), "a line, not a dot"
     latency = page.locator('svg[data-chart="latency"][data-plugin="weather"] path.p99')
