@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	-scripts/install-browser
+	-scripts/install-nginx
 	$(BIN)/python -m pytest -q
 
 # The timing-sensitive tests while two CPU-burning processes compete for the cores: the
@@ -33,8 +34,9 @@ lint: $(STAMP) lint-rust
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# `make run PORT=8080` serves on another port than the example's 3000.
 run: $(STAMP) hello-plugin weather-plugin
-	$(BIN)/backworks serve --config examples/backworks.yaml
+	$(BIN)/backworks serve --config examples/backworks.yaml $(if $(PORT),--port $(PORT))
 
 # Benchmarks live here, never in timed tests: these machines are shared and noisy.
 bench: $(STAMP)

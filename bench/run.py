@@ -53,7 +53,26 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "plugin", "/weather/london", {"weather": {"isolation": "process"}},
     ),
     "hello (C), fast path, 2 processes": ("plugin-2", "/hello", {"hello": {"dispatch": "auto"}}),
+    "weather (Rust), fast path, 2 processes": (
+        "plugin-2", "/weather/london", {"weather": {"dispatch": "auto"}},
+    ),
+    "hello (C), fast path, otel extra absent": (
+        "plugin-no-otel", "/hello", {"hello": {"dispatch": "auto"}},
+    ),
+    "hello (C), fast path, traced (otel, console exporter)": (
+        "plugin-traced", "/hello", {"hello": {"dispatch": "auto"}},
+    ),
 }  # fmt: skip
+# Rows that compare two others: (what, the row, the row it is compared with).
+RATIOS = (
+    ("hello (C): 2 processes over 1", "hello (C), fast path, 2 processes", "hello (C), fast path"),
+    ("weather (Rust): 2 processes over 1", "weather (Rust), fast path, 2 processes",
+     "weather (Rust), fast path"),
+    ("tracing code, otel absent over installed but off", "hello (C), fast path, otel extra absent",
+     "hello (C), fast path"),
+    ("traced over untraced", "hello (C), fast path, traced (otel, console exporter)",
+     "hello (C), fast path"),
+)  # fmt: skip
 WEATHER_CONFIG = {"api_key": "bench", "units": "metric", "now": "2026-11-22T12:00:00Z"}
 
 
@@ -120,6 +139,7 @@ class Server:
         self.name, self.port = name, free_port()
         self.url = f"http://127.0.0.1:{self.port}{path}"
         env = {**os.environ, "BACKWORKS_CACHE_DIR": str(folder / "cache")}
+        env.update(variant_env(kind, folder))
         if kind == "baseline":
             argv = [sys.executable, str(REPO / "bench" / "baseline_app.py"), str(self.port)]
         else:
@@ -154,6 +174,29 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def variant_env(kind: str, folder: Path) -> dict[str, str]:
+    """The environment a row's server needs: tracing on, or the otel extra made absent."""
+    if kind == "plugin-traced":
+        return {"OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "bench"}
+    if kind == "plugin-no-otel":
+        # A package that cannot be imported stands in for the extra not installed.
+        stub = folder / "no-otel" / "opentelemetry"
+        stub.mkdir(parents=True, exist_ok=True)
+        (stub / "__init__.py").write_text('raise ImportError("the otel extra is absent")\n')
+        return {"PYTHONPATH": str(stub.parent), "OTEL_TRACES_EXPORTER": ""}
+    return {"OTEL_TRACES_EXPORTER": ""}  # the other rows: installed, not configured
+
+
+def ratios(results: dict[str, list[float]]) -> str:
+    """The RATIOS among the rows measured, as a small Markdown table."""
+    lines = ["| comparison | ratio of medians |", "|---|---:|"]
+    for what, row, other in RATIOS:
+        if results.get(row) and results.get(other):
+            ratio = statistics.median(results[row]) / statistics.median(results[other])
+            lines.append(f"| {what} | {ratio:.2f}x |")
+    return "\n".join(lines)
 
 
 @contextmanager
@@ -294,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Python {info['python']}, aiohttp {info['aiohttp']}, {info['loop']}; load: {generator},")
     print(f"{args.duration:g} s x {args.rounds} rounds, interleaved.\n")
     print(table(results, baseline))
+    print()
+    print(ratios(results))
     record: dict[str, Any] = {"machine": info, "load": generator, "http": results}
     if not args.skip_dispatch:
         sys.path.insert(0, str(REPO / "bench"))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import re
+import time
+from typing import Any
 
 from backworks.http.traffic import RECENT_REQUESTS
 from tests.serving import Kit, Serve
@@ -136,3 +139,44 @@ async def test_recent_requests_keep_only_the_last_hundred(serve: Serve) -> None:
     assert len(recent) == RECENT_REQUESTS == 100
     assert recent[0]["path"] == f"/missing/{RECENT_REQUESTS + 19}"
     assert recent[-1]["path"] == "/missing/20"
+
+
+async def test_series_has_a_point_per_second_with_rate_errors_latency_and_breaker(
+    kit: Kit, serve: Serve
+) -> None:
+    kit("kit")
+    client = await serve({"plugins": {"kit": {"circuit_breaker": {"failure_threshold": 2}}}})
+    for _ in range(5):
+        assert (await client.get("/plugins/kit/status?code=200")).status == 200
+    for _ in range(2):
+        await client.get("/plugins/kit/fail")
+    assert (await client.get("/plugins/kit/echo")).status == 503  # rejected: breaker open
+
+    async def charted() -> dict[str, Any] | None:
+        body = await (await client.get("/_backworks/api/series")).json()
+        chart = body["plugins"].get("kit")
+        return chart if chart and sum(chart["rate"]) == 8 else None
+
+    chart = None
+    deadline = time.monotonic() + 10
+    while chart is None:
+        assert time.monotonic() < deadline, "the calls never showed in the series"
+        await asyncio.sleep(0.2)
+        chart = await charted()
+    assert len(chart["t"]) == len(chart["rate"]) == len(chart["circuit"])
+    assert chart["t"] == sorted(chart["t"])
+    busy = [i for i, rate in enumerate(chart["rate"]) if rate]
+    errors = sum(round(chart["error_rate"][i] * chart["rate"][i]) for i in busy)
+    assert errors == 3, "two failures and one rejection"
+    assert any(chart["p99"][i] is not None for i in busy)
+    assert chart["circuit"][-1] == "open"
+    # Asking from a later second on returns only what came after.
+    later = await (await client.get(f"/_backworks/api/series?since={chart['t'][-1] + 1}")).json()
+    assert all(t > chart["t"][-1] for t in later["plugins"].get("kit", {"t": []})["t"])
+
+
+async def test_series_refuses_a_since_that_is_not_a_time(serve: Serve) -> None:
+    client = await serve({})
+    resp = await client.get("/_backworks/api/series?since=yesterday")
+    assert resp.status == 400
+    assert "since" in (await resp.json())["error"]["message"]

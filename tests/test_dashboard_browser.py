@@ -103,7 +103,10 @@ async def test_dashboard_shows_plugins_and_follows_requests(
     await plugin_names.first.wait_for()
     names = await plugin_names.all_text_contents()
     assert names == ["auth", "legacy", "orders", "reports", "weather"]
-    await page.get_by_text("kit refuses to start: fail_init is set").wait_for()
+    # A plugin's own words are for the operator: hidden until the admin token is typed.
+    legacy = page.locator("#plugins tr", has=page.locator(".name", has_text="legacy"))
+    await legacy.get_by_text("hidden: send the admin token").wait_for()
+    assert await page.get_by_text("fail_init is set").count() == 0
     assert await page.locator("#recent").inner_text() == "No requests yet."
 
     for city in ("paris", "oslo", "lima"):
@@ -127,11 +130,51 @@ async def test_dashboard_shows_plugins_and_follows_requests(
     await orders.get_by_role("button", name="Close circuit").wait_for()
     assert await page.locator("#c-ready").inner_text() == "3 / 5"
 
+    # The charts: a row per running plugin, four charts each, fed by 1 s points.
+    rows = page.locator("#charts .chart-row")
+    await page.wait_for_function(
+        """() => {
+          const row = (n) => document.querySelector(`#charts .chart-row[data-plugin="${n}"]`);
+          return row("weather") && row("weather").dataset.requests === "4"
+            && row("orders") && row("orders").dataset.requests === "4";
+        }""",
+        timeout=10_000,
+    )
+    plugins = await rows.evaluate_all("rows => rows.map(r => r.dataset.plugin)")
+    assert plugins == ["auth", "orders", "weather"]
+    for name in plugins:
+        kinds = page.locator(f'#charts svg[data-plugin="{name}"]')
+        assert await kinds.evaluate_all("s => s.map(e => e.dataset.chart)") == [
+            "rate", "latency", "errors", "breaker",
+        ]  # fmt: skip
+    # Two seconds or more make a line (a fast test may have served all in its first).
+    await page.wait_for_function(
+        """() => Number(document.querySelector('#charts .chart-row[data-plugin="weather"]')
+                         .dataset.points) >= 2""",
+        timeout=10_000,
+    )
+    weather_rate = page.locator('svg[data-chart="rate"][data-plugin="weather"] path')
+    assert "L" in (await weather_rate.get_attribute("d") or ""), "a line, not a dot"
+    latency = page.locator('svg[data-chart="latency"][data-plugin="weather"] path.p99')
+    assert "M" in (await latency.get_attribute("d") or "")
+    errors = page.locator('svg[data-chart="errors"][data-plugin="orders"] path')
+    assert "M" in (await errors.get_attribute("d") or "")
+    # The breaker opening shows on its chart, and only on the plugin whose breaker opened.
+    await page.locator(
+        'svg[data-chart="breaker"][data-plugin="orders"] rect.band.open'
+    ).first.wait_for()
+    assert await page.locator('svg[data-chart="breaker"][data-plugin="weather"] rect').count() == 0
+    (worker,) = await page.locator("#workers tr").all()
+    assert str(os.getpid()) in await worker.inner_text()
+
     before = await updates(page)
-    await asyncio.sleep(1.5)
+    points = int(await rows.first.get_attribute("data-points") or 0)
+    await asyncio.sleep(2.5)
     assert await updates(page) > before, "it keeps polling"
+    assert int(await rows.first.get_attribute("data-points") or 0) > points, "the charts move on"
 
     await page.fill("#token", TOKEN)
+    await legacy.get_by_text("kit refuses to start: fail_init is set").wait_for()
     await page.mouse.move(0, 0)
     await page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
     if os.environ.get("BACKWORKS_UPDATE_SCREENSHOT") == "1":

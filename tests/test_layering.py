@@ -22,6 +22,7 @@ LAYERS = {
     "logs": 1,
     "spawn": 1,
     "httpspec": 1,
+    "tracing": 2,  # a leaf beside abi and config: it needs only the error classes
     "abi": 2,
     "config": 2,
     "plugins": 3,

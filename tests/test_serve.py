@@ -141,6 +141,37 @@ def test_sigterm_lets_the_call_in_flight_finish_then_shuts_plugins_down_once(
     )
 
 
+@pytest.mark.parametrize(("stop", "delayed"), [(signal.SIGTERM, True), (signal.SIGINT, False)])
+def test_sigterm_keeps_serving_with_health_503_for_the_drain_delay(
+    tmp_path: Path,
+    build_plugin: BuildPlugin,
+    served: list[Server],
+    stop: signal.Signals,
+    delayed: bool,
+) -> None:
+    build_plugin(KIT, "kit", tmp_path / "plugins", extra_flags=('-DKIT_NAME="kit"',))
+    config = write_config(
+        tmp_path, {"server": {"drain_delay_ms": 3000}, "logging": {"format": "json"}}
+    )
+    server = Server(config, tmp_path)
+    served.append(server)
+    server.wait_ready()
+    server.proc.send_signal(stop)
+    if delayed:
+        deadline = time.monotonic() + 10
+        while get(f"{server.url}/_backworks/health")[0] != 503:
+            assert time.monotonic() < deadline, "health never turned 503"
+            time.sleep(0.02)
+        # Still accepting and answering while it says it is draining.
+        assert get(f"{server.url}/plugins/kit/status?code=200")[0] == 200
+        assert server.proc.poll() is None
+    _, err = server.proc.communicate(timeout=30)
+    assert server.proc.returncode == 0
+    events = [json.loads(line)["event"] for line in err.decode().splitlines()]
+    assert ("server_drain_delay" in events) is delayed
+    assert events[-1] == "plugins_closed"
+
+
 def test_a_critical_plugin_that_cannot_start_stops_the_start_with_exit_1(
     tmp_path: Path, build_plugin: BuildPlugin, served: list[Server]
 ) -> None:

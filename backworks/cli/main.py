@@ -189,7 +189,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         from backworks.server.workers import serve_workers
 
-        serve_workers(config, args.workers)
+        serve_workers(config, args.workers, source)
         return EXIT_OK
     try:
         serve(config, source)

@@ -29,7 +29,8 @@ A request is answered eagerly: the engine-neutral coroutine runs at once, in the
 parser's callback, and most plugin answers (inline calls, static endpoints) are done
 before it would first suspend. Only a request that really waits (a pooled call, a
 worker process, a hook) gets a task of its own; the connection's later requests
-queue behind it, so answers leave in order.
+queue behind it, so answers leave in order. With tracing on, every request runs
+as a task: its span is current in the task's own context.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import httptools
 import structlog
 import yarl
 
+from backworks import tracing
 from backworks.abi import Response
 from backworks.http.dispatch import answer_now, is_operations_path, route, serve
 from backworks.http.exchange import Exchange
@@ -63,6 +65,10 @@ MAX_FIELD = 8190
 MAX_HEADERS = 128
 # Pipelined requests parsed ahead of their turn; past this the lane stops reading.
 MAX_QUEUED = 32
+# When the server drains, how long a connection accepted just before, with nothing
+# read yet, is given for its first request to arrive: closing it at once would drop a
+# request its client has already sent.
+FRESH_GRACE_S = 0.25
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _PREFIXES: dict[tuple[int, str], bytes] = {}
@@ -138,13 +144,16 @@ class LaneSettings:
     def _tick(self) -> None:
         """Once per sweep: the Date header, and every connection's deadline."""
         self.date = formatdate(usegmt=True).encode()
+        self._time_out()
+        shortest = min(self.header_timeout, self.body_timeout, self.keepalive_timeout)
+        interval = min(1.0, max(0.05, shortest / 5))
+        self._sweeper = asyncio.get_running_loop().call_later(interval, self._tick)
+
+    def _time_out(self) -> None:
         now = time.monotonic()
         for lane in list(self.connections):
             if lane.deadline and now >= lane.deadline:
                 lane.timed_out()
-        shortest = min(self.header_timeout, self.body_timeout, self.keepalive_timeout)
-        interval = min(1.0, max(0.05, shortest / 5))
-        self._sweeper = asyncio.get_running_loop().call_later(interval, self._tick)
 
     def close(self) -> None:
         """Stops the sweep (the server is gone)."""
@@ -160,6 +169,7 @@ class LaneSettings:
         deadline = time.monotonic() + timeout
         while self.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+            self._time_out()
         for lane in list(self.connections):
             lane.abort()
 
@@ -193,6 +203,7 @@ class Lane(asyncio.Protocol):
         self._queue: deque[_Queued] = deque()
         self._task: _Waiting | None = None  # the answer that is waiting
         self._closing = False  # no request after the queued ones will be read
+        self._fresh = True  # nothing read yet
         self._broken = False  # the parser has failed: nothing more is read
         self._paused = False
         # The request being read.
@@ -272,9 +283,16 @@ class Lane(asyncio.Protocol):
             self.abort()  # idle past the keep-alive timeout
 
     def drain(self) -> None:
-        """The server is stopping: close now if idle, else after the queued answers."""
-        self._closing = True
-        if not self._reading and self._task is None and not self._queue:
+        """The server is stopping: close after the queued answers; now, if idle.
+
+        A connection with nothing read yet gets FRESH_GRACE_S for its request, which
+        is then answered with `Connection: close`.
+        """
+        if self._reading or self._task is not None or self._queue:
+            self._closing = True
+        elif self._fresh:
+            self.deadline = min(self.deadline, time.monotonic() + FRESH_GRACE_S)
+        else:
             self.abort()
 
     def abort(self) -> None:
@@ -289,6 +307,7 @@ class Lane(asyncio.Protocol):
         if self._closing:  # pipelined after a request that closes: never read
             raise _Stop
         self._reading = True
+        self._fresh = False
         self._url = b""
         self._raw_headers = []
         self._body = []
@@ -367,7 +386,9 @@ class Lane(asyncio.Protocol):
         if body:
             ex.body = body[0] if len(body) == 1 else b"".join(body)
         match, self._match = self._match, None
-        keep_alive = self._parser.should_keep_alive() and match is not RELAY
+        keep_alive = (
+            self._parser.should_keep_alive() and match is not RELAY and not self.settings.draining
+        )
         if not keep_alive:
             self._closing = True
         queued = _Queued(ex, match, ex.method == "HEAD", keep_alive, self._started)
@@ -388,17 +409,20 @@ class Lane(asyncio.Protocol):
                 self._queue.popleft()
                 self._hand_over(queued.ex)
                 return
-            answer = None
-            try:
-                answer = answer_now(host, queued.ex, queued.match)
-            except Exception:
-                log.exception("request_failed", request_id=queued.ex.request_id, engine="lane")
-                answer = error_reply(500, queued.ex.request_id)
-            if answer is not None:
-                self._queue.popleft()
-                self._write(queued, answer)
-                continue
-            coro = serve(host, queued.ex, queued.match)
+            if tracing.TRACER is not None:
+                coro = _in_task(_traced(host, queued.ex, queued.match))
+            else:
+                answer = None
+                try:
+                    answer = answer_now(host, queued.ex, queued.match)
+                except Exception:
+                    log.exception("request_failed", request_id=queued.ex.request_id, engine="lane")
+                    answer = error_reply(500, queued.ex.request_id)
+                if answer is not None:
+                    self._queue.popleft()
+                    self._write(queued, answer)
+                    continue
+                coro = serve(host, queued.ex, queued.match)
             try:
                 waiting = coro.send(None)
             except StopIteration as done:
@@ -622,6 +646,33 @@ class _Waiting:
         else:  # it went on waiting after all (it caught the cancellation): let it finish
             self.coro.close()
         self.lane._finished(self.queued, None)
+
+
+async def _traced(host: Host, ex: Exchange, match: Any) -> Response:
+    """Answers `ex` inside its request span (see tracing.py)."""
+    span = tracing.request_started(ex.method, ex.path, dict(ex.headers))
+    status = CLIENT_GONE
+    try:
+        answer = answer_now(host, ex, match)
+        if answer is None:
+            answer = await serve(host, ex, match)
+        status = answer.status
+        return answer
+    except Exception:
+        status = 500
+        raise
+    finally:
+        tracing.request_finished(span, status, ex.request_id, ex.route)
+
+
+async def _in_task(coro: Coroutine[Any, Any, Response]) -> Response:
+    """`coro` run as a task: a span is current in its own context, which a task has."""
+    task = asyncio.get_running_loop().create_task(coro)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
 
 
 def _absolute_target(url: bytes) -> tuple[bytes, bytes]:

@@ -15,6 +15,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from backworks import tracing
 from backworks.http.dispatch import to_web_response
 from backworks.http.keys import PLUGIN, REQUEST_ID, ROUTE
 from backworks.http.record import CLIENT_GONE, Recorder
@@ -22,6 +23,10 @@ from backworks.http.reply import error_reply
 from backworks.http.traffic import registered_route
 
 log = structlog.get_logger("backworks.server")
+
+
+def _trace(request: web.Request) -> tuple[str, str, Mapping[str, str]]:
+    return request.method, request.path, request.headers
 
 
 def request_middleware(
@@ -38,16 +43,20 @@ def request_middleware(
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         rid = request[REQUEST_ID] = recorder.request_id(request.headers.get("X-Request-Id"))
+        span = None if tracing.TRACER is None else tracing.request_started(*_trace(request))
         try:
             response = await handler(request)
         except web.HTTPException as e:
             allow = (("Allow", e.headers["Allow"]),) if "Allow" in e.headers else ()
             response = to_web_response(error_reply(e.status, rid, headers=allow))
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ConnectionError) as gone:
+            # The client went away (mid-body, for a ConnectionError): nobody reads an
+            # answer, and a cancelled handler's cancellation goes on.
             _record(recorder, request, CLIENT_GONE, started, rid)
-            raise
-        except ConnectionError:  # the client went away mid-body: nobody reads an answer
-            _record(recorder, request, CLIENT_GONE, started, rid)
+            if span is not None:
+                tracing.request_finished(span, CLIENT_GONE, rid, request.get(ROUTE))
+            if isinstance(gone, asyncio.CancelledError):
+                raise
             return to_web_response(error_reply(400, rid))
         except Exception:
             log.exception("request_failed", request_id=rid, path=request.path[:512])
@@ -56,6 +65,8 @@ def request_middleware(
         for name, value in global_headers().items():
             response.headers.setdefault(name, value)
         _record(recorder, request, response.status, started, rid)
+        if span is not None:
+            tracing.request_finished(span, response.status, rid, request.get(ROUTE))
         return response
 
     return middleware

@@ -16,6 +16,7 @@ from backworks.http.envelope import envelope
 from backworks.http.keys import REQUEST_ID
 from backworks.http.state import HOST, RELOADER
 from backworks.ops.auth import is_admin, requires_admin_token
+from backworks.ops.cluster import cluster_of, json_body
 from backworks.ops.views import plugin_rows
 
 
@@ -51,12 +52,19 @@ async def reset(request: web.Request) -> web.Response:
     """Closes a plugin's circuit breaker now, instead of after its recovery timeout.
 
     For an operator who fixed what made the plugin fail: the next call goes through.
+    Under `--workers N` every worker closes its breaker (`workers` says how each went).
     """
     name = request.match_info["name"]
-    runner = request.app[HOST].runners.get(name)
+    here = reset_here(request.app, name, request[REQUEST_ID])
+    return await _everywhere(request, here, f"/plugins/{name}/reset")
+
+
+def reset_here(app: web.Application, name: str, rid: str) -> web.Response:
+    """`reset` in this process only."""
+    runner = app[HOST].runners.get(name)
     if runner is None:
         msg = f"no running plugin is named {name!r}"
-        return envelope(404, "not_found", msg, request[REQUEST_ID], plugin=name)
+        return envelope(404, "not_found", msg, rid, plugin=name)
     was = runner.breaker.state.value
     # A success is exactly "close and forget the failures"; a probe still running
     # records its own outcome later, as it would have anyway.
@@ -71,16 +79,23 @@ async def reload(request: web.Request) -> web.Response:
     Calls in flight finish on the old version, whose `shutdown` runs after the last of
     them. If the new file cannot be loaded or its `init` fails, nothing switches: 502
     `reload_failed` with the reason, and the old version keeps serving. The plugin's
-    admin row shows the last reload (`reload`: when, ok, error).
+    admin row shows the last reload (`reload`: when, ok, error). Under `--workers N`
+    every worker reloads; the answer's `workers` says how each went, and its status is
+    the worst of theirs.
 
     An in-process plugin's old code stays mapped in the server until it restarts:
     unloading native code is unsafe, so each reload adds the new version's code.
     """
     name = request.match_info["name"]
-    host = request.app[HOST]
-    rid = request[REQUEST_ID]
+    here = await reload_here(request.app, name, request[REQUEST_ID])
+    return await _everywhere(request, here, f"/plugins/{name}/reload")
+
+
+async def reload_here(app: web.Application, name: str, rid: str) -> web.Response:
+    """`reload` in this process only."""
+    host = app[HOST]
     try:
-        status = await request.app[RELOADER].reload_plugin(name, trigger="admin")
+        status = await app[RELOADER].reload_plugin(name, trigger="admin")
     except NotReloadable as e:
         code, http = ("not_reloadable", 409) if e.known else ("not_found", 404)
         return envelope(http, code, str(e), rid, plugin=name)
@@ -99,13 +114,40 @@ async def check_health(request: web.Request) -> web.Response:
 
     Unlike the schedule, it waits for the plugin's state like a call (up to the
     plugin's `health_timeout_ms`), and it shows the plugin's own words (`details`,
-    `error`). The result also becomes the one the public routes show.
+    `error`). The result also becomes the one the public routes show. Under
+    `--workers N` every worker checks its own copy of the plugin.
     """
     name = request.match_info["name"]
-    version = request.app[HOST].versions.get(name)
+    here = await check_health_here(request.app, name, request[REQUEST_ID])
+    return await _everywhere(request, here, f"/plugins/{name}/health")
+
+
+async def check_health_here(app: web.Application, name: str, rid: str) -> web.Response:
+    """`check_health` in this process only."""
+    version = app[HOST].versions.get(name)
     if version is None:
         msg = f"no running plugin is named {name!r}"
-        return envelope(404, "not_found", msg, request[REQUEST_ID], plugin=name)
+        return envelope(404, "not_found", msg, rid, plugin=name)
     report = await version.health.check_now()
     body = {"plugin": name, "health": report.admin_json() if report is not None else None}
     return web.json_response(body)
+
+
+async def _everywhere(request: web.Request, here: web.Response, path: str) -> web.Response:
+    """`here`, and under `--workers N` the same action asked of every sibling worker."""
+    cluster = cluster_of(request.app)
+    if cluster is None:
+        return here
+    answers = await cluster.ask_peers("POST", path)
+    body = json_body(here)
+    workers = [{"pid": cluster.pid, "status": here.status, "answer": body}]
+    status = here.status
+    for peer in answers:
+        workers.append({"pid": peer.pid, "status": peer.status or 504, "answer": peer.body})
+        status = max(status, peer.status or 504)
+    merged = {**body, "workers": workers} if isinstance(body, dict) else {"workers": workers}
+    return web.json_response(merged, status=status, headers=_kept_headers(here))
+
+
+def _kept_headers(response: web.Response) -> dict[str, str]:
+    return {k: v for k, v in response.headers.items() if k.lower() == "www-authenticate"}

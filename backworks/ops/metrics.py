@@ -8,11 +8,15 @@ never see each other's series.
 
 Scrapes run on the event-loop thread, the only thread that writes those counters, so
 a scrape reads a consistent state without a lock.
+
+Under `--workers N` each worker also writes what this collector reads into its
+prometheus_client multiprocess files, and /metrics reads all of them (ops/cluster.py):
+one scrape, any worker, the whole service.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -40,9 +44,24 @@ def new_registry(host: Host, traffic: Traffic) -> CollectorRegistry:
     return registry
 
 
-def add_metrics_route(app: web.Application, registry: CollectorRegistry) -> None:
-    """Serves `registry` at GET /metrics in the Prometheus text format."""
-    app.router.add_get("/metrics", make_aiohttp_handler(registry))
+def add_metrics_route(
+    app: web.Application, registry: CollectorRegistry, before: Callable[[], None] | None = None
+) -> None:
+    """Serves `registry` at GET /metrics in the Prometheus text format.
+
+    `before` runs ahead of each scrape (a worker writes its own files first, so the
+    service's figures include this worker's latest).
+    """
+    handler = make_aiohttp_handler(registry)
+    if before is None:
+        app.router.add_get("/metrics", handler)
+        return
+
+    async def scrape(request: web.Request) -> web.StreamResponse:
+        before()
+        return await handler(request)
+
+    app.router.add_get("/metrics", scrape)
 
 
 class BackworksCollector(Collector):
@@ -67,7 +86,9 @@ class BackworksCollector(Collector):
             labels=["plugin", "version", "abi"],
         )
         ready = GaugeMetricFamily(
-            f"{p}ready", "1 while the plugin is ready to take calls, else 0.", labels=["plugin"]
+            f"{p}ready",
+            "1 while the plugin is ready to take calls (in every worker), else 0.",
+            labels=["plugin"],
         )
         calls = CounterMetricFamily(
             f"{p}calls",
@@ -87,7 +108,8 @@ class BackworksCollector(Collector):
         )
         circuit = GaugeMetricFamily(
             f"{p}circuit_state",
-            "1 for the circuit breaker's current state, 0 for the others.",
+            "1 for the circuit breaker's current state, 0 for the others (under --workers N: "
+            "how many workers' breakers are in the state).",
             labels=["plugin", "state"],
         )
         opened = CounterMetricFamily(

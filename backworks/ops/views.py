@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from backworks.http.traffic import Traffic
+from backworks.http.traffic import RECENT_REQUESTS, Traffic
 from backworks.lifecycle.host import Host
 from backworks.lifecycle.reloader import Reloader
 from backworks.lifecycle.routes import MountedEndpoint, PluginEndpoint, StaticEndpoint
@@ -107,3 +107,82 @@ def _endpoint_json(
     elif isinstance(target, MountedEndpoint):
         row.update(kind="mounted", hooks=list(global_hooks))
     return row
+
+
+# -- several workers as one service ---------------------------------------------------
+
+_BREAKER_RANK = {"closed": 0, "half_open": 1, "open": 2}
+
+
+def worker_json(pid: int, state: dict[str, Any]) -> dict[str, Any]:
+    """One worker's line of the dashboard: its pid, status and each plugin's version and breaker."""
+    return {
+        "pid": pid,
+        "status": state["server"]["status"],
+        "uptime_s": state["server"]["uptime_s"],
+        "plugins": [
+            {
+                "name": row["name"],
+                "state": row["state"],
+                "version": row.get("version"),
+                "generation": row.get("generation"),
+                "circuit": row.get("circuit"),
+                "calls": (row.get("counters") or {}).get("calls"),
+            }
+            for row in state["plugins"]
+        ],
+    }
+
+
+def merge_states(states: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+    """Several workers' `state_json` as one service; the first is the answering worker's.
+
+    Counters are summed, latency percentiles are the worst worker's, a breaker shows its
+    worst state, and `workers` lists each worker on its own.
+    """
+    merged = dict(states[0][1])
+    rows: dict[str, dict[str, Any]] = {}
+    for _, state in states:
+        for row in state["plugins"]:
+            had = rows.get(row["name"])
+            rows[row["name"]] = dict(row) if had is None else _merge_row(had, row)
+    for row in rows.values():
+        row["error_rate"] = _error_rate(row.get("counters"))
+    merged["plugins"] = [rows[name] for name in sorted(rows)]
+    recent = [r for _, state in states for r in state["recent"]]
+    merged["recent"] = sorted(recent, key=lambda r: r["time"], reverse=True)[:RECENT_REQUESTS]
+    merged["workers"] = [worker_json(p, state) for p, state in states]
+    return merged
+
+
+def _merge_row(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for key in ("state", "version", "dispatch"):
+        if a.get(key) != b.get(key):
+            seen = {str(v) for v in (a.get(key), b.get(key)) if v is not None}
+            out[key] = " / ".join(sorted(seen))
+    if b.get("circuit") and _BREAKER_RANK.get(b["circuit"], 0) > _BREAKER_RANK.get(
+        a.get("circuit") or "closed", 0
+    ):
+        out["circuit"] = b["circuit"]
+    for key in ("consecutive_failures",):
+        out[key] = max(a.get(key) or 0, b.get(key) or 0)
+    if "circuit_opened" in b:
+        out["circuit_opened"] = (a.get("circuit_opened") or 0) + b["circuit_opened"]
+    ca, cb = a.get("counters"), b.get("counters")
+    if ca and cb:
+        counters = {k: ca[k] + cb[k] for k in ca if k != "latency_ms" and k in cb}
+        counters["latency_ms"] = {
+            q: max(
+                (v for v in (ca["latency_ms"].get(q), cb["latency_ms"].get(q)) if v is not None),
+                default=None,
+            )
+            for q in ca["latency_ms"]
+        }
+        out["counters"] = counters
+    elif cb:
+        out["counters"] = cb
+    la, lb = a.get("last_error"), b.get("last_error")
+    if lb and (not la or lb["time"] > la["time"]):
+        out["last_error"] = lb
+    return out

@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from backworks import tracing
 from backworks.abi import CancelFlag, Request, Response
 from backworks.errors import (
     CircuitOpenError,
@@ -104,12 +105,12 @@ class PluginRunner:
     def handle_now(self, req: Request) -> Response | None:
         """The plugin's answer at once, when it runs inline and may be called now.
 
-        None when the call has to wait (it is pooled, or no slot is free): then `await
-        handle(req)`. Raises what `handle` raises. For the HTTP engines' hot path: no
-        coroutine is made for an answer that needs none.
+        None when the call has to wait (it is pooled, or no slot is free, or it is
+        traced): then `await handle(req)`. Raises what `handle` raises. For the HTTP
+        engines' hot path: no coroutine is made for an answer that needs none.
         """
         inline = self._inline
-        if inline is None or self.closed:
+        if inline is None or self.closed or tracing.TRACER is not None:
             return None
         ticket = self.breaker.allow()
         if not ticket:
@@ -120,21 +121,38 @@ class PluginRunner:
         resp: Response = self._call_inline(inline.handle, (req,), ticket)
         return resp
 
+    # Tracing (backworks/tracing.py): with OpenTelemetry on, the same `_call` runs inside
+    # a span; without it, the one check below is all it costs.
+
     async def handle(self, req: Request) -> Response:
         """Calls the plugin's `handle` under every guard (see the class docstring)."""
-        resp: Response = await self._call(self.backend.start_handle, _HANDLE, (req,))
+        start = self.backend.start_handle
+        if tracing.TRACER is not None:
+            traced: Response = await tracing.plugin_call(self, _HANDLE, self._call, start, req)
+            return traced
+        resp: Response = await self._call(start, _HANDLE, (req,))
         return resp
 
     async def on_request(self, req: Request) -> Response | None:
         """Calls the plugin's request hook; None lets the request go on."""
-        resp: Response | None = await self._call(self.backend.start_on_request, _ON_REQUEST, (req,))
+        start = self.backend.start_on_request
+        if tracing.TRACER is not None:
+            hooked: Response | None = await tracing.plugin_call(
+                self, _ON_REQUEST, self._call, start, req
+            )
+            return hooked
+        resp: Response | None = await self._call(start, _ON_REQUEST, (req,))
         return resp
 
     async def on_response(self, req: Request, upstream: Response) -> Response | None:
         """Calls the plugin's response hook; None keeps `upstream`."""
-        resp: Response | None = await self._call(
-            self.backend.start_on_response, _ON_RESPONSE, (req, upstream)
-        )
+        start = self.backend.start_on_response
+        if tracing.TRACER is not None:
+            replaced: Response | None = await tracing.plugin_call(
+                self, _ON_RESPONSE, self._call, start, req, upstream
+            )
+            return replaced
+        resp: Response | None = await self._call(start, _ON_RESPONSE, (req, upstream))
         return resp
 
     async def health(self, timeout: float, *, wait: bool = True) -> Response | None:

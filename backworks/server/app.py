@@ -14,13 +14,20 @@ small app holding the same state, and nothing else.
 
 Given the config file it came from (`source`), the server reloads it when the file
 changes and, under `serve`, on SIGHUP.
+
+One of several `--workers` is given its `cluster` (ops/cluster.py): it then opens its
+peer socket, writes its metrics for the service's /metrics, and its operator's routes
+answer for every worker. Config reloads are the arbiter's then (server/workers.py).
+Once a second each process stores its plugins' chart points (ops/series.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 import structlog
 from aiohttp import web
@@ -34,21 +41,29 @@ from backworks.http.traffic import Traffic
 from backworks.lifecycle.host import Host
 from backworks.lifecycle.reloader import Reloader
 from backworks.ops.admin import add_admin_routes
+from backworks.ops.cluster import CLUSTER, Cluster, cluster_of
 from backworks.ops.dashboard import add_dashboard_routes
-from backworks.ops.metrics import add_metrics_route, new_registry
+from backworks.ops.metrics import BackworksCollector, add_metrics_route, new_registry
+from backworks.ops.peers import peer_listener
+from backworks.ops.series import SERIES, Series
 from backworks.server.engine import QuietAppRunner
 
 log = structlog.get_logger("backworks.server")
 
 
 def create_app(
-    config: Config, *, admin_listener: bool = False, source: ConfigSource | None = None
+    config: Config,
+    *,
+    admin_listener: bool = False,
+    source: ConfigSource | None = None,
+    cluster: Cluster | None = None,
 ) -> web.Application:
     """The server's app; with `admin_listener`, it also opens `dashboard.port` if set.
 
     Only a single-process server may ask for the admin listener: worker processes
     sharing the main port would each try to bind the admin one. `source`: the file
-    `config` was read from, reloaded when it changes.
+    `config` was read from, reloaded when it changes. `cluster`: this process is one
+    of several workers of one server.
     """
     traffic = Traffic()
     recorder = Recorder(traffic)
@@ -61,8 +76,14 @@ def create_app(
     app[RELOADER] = Reloader(host, source)
     app[TRAFFIC] = traffic
     app[RECORDER] = recorder
-    app[METRICS] = new_registry(host, traffic)
+    app[METRICS] = new_registry(host, traffic) if cluster is None else cluster.registry()
+    app[SERIES] = Series(host)
+    if cluster is not None:
+        app[CLUSTER] = cluster
     app.cleanup_ctx.append(_plugins_lifecycle)
+    app.cleanup_ctx.append(_every_second)
+    if cluster is not None:
+        app.cleanup_ctx.append(peer_listener)
     if admin_listener and config.dashboard.port is not None:
         app.cleanup_ctx.append(_admin_listener)  # after the plugins: closed before them
     app.on_shutdown.append(_start_draining)
@@ -82,6 +103,7 @@ def create_admin_app(main: web.Application) -> web.Application:
     app[TRAFFIC] = main[TRAFFIC]
     app[RECORDER] = main[RECORDER]
     app[METRICS] = main[METRICS]
+    app[SERIES] = main[SERIES]
     _add_operations_routes(app)
     return app
 
@@ -89,7 +111,39 @@ def create_admin_app(main: web.Application) -> web.Application:
 def _add_operations_routes(app: web.Application) -> None:
     add_admin_routes(app)
     add_dashboard_routes(app, enabled=app[HOST].config.dashboard.enabled)
-    add_metrics_route(app, app[METRICS])
+    cluster = cluster_of(app)
+    add_metrics_route(app, app[METRICS], None if cluster is None else _metrics_writer(app))
+
+
+def _metrics_writer(app: web.Application) -> Callable[[], None]:
+    """Writes this worker's figures where the service's /metrics reads them."""
+    collector = BackworksCollector(app[HOST], app[TRAFFIC])
+    cluster = app[CLUSTER]
+    return lambda: cluster.write_metrics(collector.collect())
+
+
+async def _every_second(app: web.Application) -> AsyncIterator[None]:
+    """Stores the chart points and, in a worker, writes its metrics, once a second."""
+    series = app[SERIES]
+    write = _metrics_writer(app) if CLUSTER in app else None
+
+    async def tick() -> None:
+        while True:
+            # Just after each whole second, so that every worker's point for a second
+            # covers the same second.
+            await asyncio.sleep(1.02 - time.time() % 1)
+            series.sample()
+            if write is not None:
+                write()
+
+    task = asyncio.create_task(tick())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    if write is not None:
+        write()  # the final counts of a worker that stops: its counters stay in the sum
+        app[CLUSTER].close()
 
 
 async def _plugins_lifecycle(app: web.Application) -> AsyncIterator[None]:

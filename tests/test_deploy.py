@@ -1,0 +1,391 @@
+"""The files of deploy/ checked as far as this machine allows, and a rolling restart behind nginx.
+
+nginx is Debian's (`scripts/install-nginx` installs it); where it could not be
+installed the nginx test skips and says so. There is no container engine or systemd
+here: the Dockerfile's stages run their commands in a temporary root (all but the
+ones that would change this machine: apt-get, useradd), the image's command and
+health check then run against what they built; the systemd unit and the Kubernetes
+manifest are parsed and held to the config they serve.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from backworks.cli.main import build_parser
+from backworks.config import load_config
+from tests.conftest import BuildPlugin
+from tests.serving import KIT
+from tests.test_serve import free_port, get, write_config
+from tests.test_workers import Load, eventually
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY = REPO / "deploy"
+NGINX = Path(os.environ.get("BACKWORKS_NGINX", "/usr/sbin/nginx"))
+
+
+class Backend:
+    """One single-process `backworks serve` behind the balancer."""
+
+    def __init__(self, folder: Path, config: Path, port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "backworks", "serve", "--config", str(config),
+             "--port", str(port)],
+            cwd=folder,
+            env={**os.environ, "BACKWORKS_CACHE_DIR": str(folder / "cache")},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def health_is(self, status: int) -> Callable[[], bool]:
+        return lambda: self.health() == status
+
+    def health(self) -> int:
+        try:
+            return get(f"{self.url}/_backworks/health", timeout=2)[0]
+        except OSError:
+            return 0
+
+
+@pytest.fixture
+def backends() -> Iterator[list[Backend]]:
+    started: list[Backend] = []
+    yield started
+    for backend in started:
+        if backend.proc.poll() is None:
+            backend.proc.kill()
+            backend.proc.wait()
+
+
+def nginx_main_config(folder: Path, site: Path) -> Path:
+    """A whole nginx.conf around deploy/nginx.conf, with its files in `folder`."""
+    temp = "".join(
+        f"    {kind}_temp_path {folder / kind};\n"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    config = folder / "nginx-main.conf"
+    config.write_text(
+        f"daemon off;\nworker_processes 1;\npid {folder / 'nginx.pid'};\n"
+        + ("user root;\n" if os.geteuid() == 0 else "")
+        + f"error_log {folder / 'error.log'} warn;\n"
+        "events { worker_connections 512; }\n"
+        f"http {{\n    access_log off;\n{temp}    include {site};\n}}\n"
+    )
+    return config
+
+
+def test_nginx_routes_around_servers_restarted_one_after_the_other_and_fails_no_request(
+    tmp_path: Path, build_plugin: BuildPlugin, backends: list[Backend]
+) -> None:
+    if not NGINX.exists():
+        pytest.skip(
+            f"no nginx at {NGINX}: scripts/install-nginx installs Debian's nginx "
+            "(it needs root and apt-get), or set BACKWORKS_NGINX to an nginx binary"
+        )
+    build_plugin(KIT, "kit", tmp_path / "plugins", extra_flags=('-DKIT_NAME="kit"',))
+    ports = {"a": free_port(), "b": free_port()}
+    for name in ports:
+        (tmp_path / name).mkdir()
+    configs = {
+        name: write_config(
+            tmp_path / name,
+            {
+                "plugin_discovery": {"directories": [str(tmp_path / "plugins")]},
+                "endpoints": {
+                    "/work": {"method": "GET", "runtime": {"type": "plugin", "handler": "kit"}}
+                },
+                "global_headers": {"x-served-by": name},
+                "server": {"drain_delay_ms": 1500, "shutdown_timeout_ms": 5000},
+                "logging": {"level": "warning", "format": "json"},
+            },
+        )
+        for name in ports
+    }
+    servers = {name: Backend(tmp_path / name, configs[name], port) for name, port in ports.items()}
+    backends.extend(servers.values())
+    for server in servers.values():
+        eventually(server.health_is(200), what="the backends ready")
+
+    # deploy/nginx.conf as shipped, pointed at this test's ports.
+    site = tmp_path / "backworks.conf"
+    listen = free_port()
+    site.write_text(
+        (DEPLOY / "nginx.conf")
+        .read_text()
+        .replace("127.0.0.1:3000", f"127.0.0.1:{ports['a']}")
+        .replace("127.0.0.1:3001", f"127.0.0.1:{ports['b']}")
+        .replace("listen 8080;", f"listen 127.0.0.1:{listen};")
+    )
+    main = nginx_main_config(tmp_path, site)
+    checked = subprocess.run([str(NGINX), "-t", "-c", str(main)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+    nginx = subprocess.Popen([str(NGINX), "-c", str(main)], stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{listen}"
+        eventually(lambda: _answers(f"{url}/work"), what="nginx proxying")
+        load = Load(f"{url}/plugins/kit/sleep?ms=20", threads=6)
+        try:
+            eventually(lambda: load.total() > 100, what="the load running")
+            for name in ("a", "b"):
+                old = servers[name]
+                old.proc.send_signal(signal.SIGTERM)
+                # Readiness turns 503 at SIGTERM, while the server still accepts.
+                eventually(old.health_is(503), what=f"{name} reporting 503")
+                assert old.proc.wait(timeout=30) == 0
+                eventually(grows(load, 50), what=f"serving without {name}")
+                servers[name] = new = Backend(tmp_path / name, configs[name], ports[name])
+                backends.append(new)
+                eventually(new.health_is(200), what=f"{name} back")
+                eventually(grows(load, 100), what=f"serving with {name}")
+        finally:
+            load.stop()
+        assert load.failures == []
+        assert load.total() > 500
+        by = {_served_by(f"{url}/work") for _ in range(50)}
+        assert by == {"a", "b"}, "both restarted servers take requests again"
+    finally:
+        nginx.send_signal(signal.SIGQUIT)
+        nginx.wait(timeout=30)
+
+
+def grows(load: Load, by: int) -> Callable[[], bool]:
+    """True once `load` has sent `by` more requests than now."""
+    start = load.total()
+    return lambda: load.total() > start + by
+
+
+def _answers(url: str) -> bool:
+    try:
+        return get(url, timeout=2)[0] == 200
+    except OSError:
+        return False
+
+
+def _served_by(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 -- loopback
+        return str(resp.headers["x-served-by"])
+
+
+# -- the files of deploy/ ------------------------------------------------------------
+
+
+def test_the_deploy_config_is_valid_and_drains_before_stopping() -> None:
+    config = load_config(DEPLOY / "backworks.yaml")
+    assert config.server.drain_delay_ms > 0
+    assert config.logging.format == "json"
+
+
+def serve_args(argv: list[str]) -> Any:
+    """`argv` (from `backworks` on) parsed by the real command line."""
+    assert Path(argv[0]).name == "backworks", argv
+    args = build_parser().parse_args(argv[1:])
+    assert args.run.__name__ == "cmd_serve"
+    return args
+
+
+def test_the_systemd_unit_runs_serve_and_stops_within_its_drain() -> None:
+    unit = configparser.ConfigParser(interpolation=None, strict=False)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read(DEPLOY / "backworks.service")
+    service = unit["Service"]
+    args = serve_args(shlex.split(service["ExecStart"]))
+    assert args.config == Path(service["WorkingDirectory"]) / "backworks.yaml"
+    assert service["ExecReload"].endswith("kill -HUP $MAINPID")
+    assert service["KillSignal"] == "SIGTERM"
+    assert service["User"] != "root"
+    server = load_config(DEPLOY / "backworks.yaml").server
+    assert (
+        int(service["TimeoutStopSec"]) * 1000 > server.drain_delay_ms + server.shutdown_timeout_ms
+    )
+    assert unit["Install"]["WantedBy"] == "multi-user.target"
+    analyze = shutil.which("systemd-analyze")
+    if analyze is not None:  # absent in containers; where it exists, it has its say
+        result = subprocess.run(
+            [analyze, "verify", str(DEPLOY / "backworks.service")],
+            capture_output=True,
+            text=True,
+        )
+        assert "Unknown" not in result.stderr, result.stderr
+
+
+def test_the_kubernetes_manifest_probes_and_drains_what_the_config_serves() -> None:
+    docs = list(yaml.safe_load_all((DEPLOY / "kubernetes.yaml").read_text()))
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    service = next(d for d in docs if d["kind"] == "Service")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = serve_args(container["args"])
+    config = load_config(DEPLOY / "backworks.yaml")
+    port = next(p for p in container["ports"] if p["name"] == "http")["containerPort"]
+    assert port == config.server.port
+    ready = container["readinessProbe"]["httpGet"]
+    assert ready["path"] == "/_backworks/health"
+    assert ready["port"] == "http"
+    assert "tcpSocket" in container["livenessProbe"], "liveness must not fail while draining"
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    budget = int(pre_stop[1]) * 1000 + config.server.drain_delay_ms
+    budget += config.server.shutdown_timeout_ms
+    assert pod["terminationGracePeriodSeconds"] * 1000 > budget
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert args.workers >= 1
+    assert {e["name"]: e["value"] for e in container["env"]}["BACKWORKS_HOST"] == "0.0.0.0"
+
+
+# -- the Dockerfile ------------------------------------------------------------------
+
+
+def dockerfile_stages(text: str) -> list[list[tuple[str, str]]]:
+    """The Dockerfile's instructions (continuations joined), one list per FROM."""
+    stages: list[list[tuple[str, str]]] = []
+    logical = ""
+    for raw in text.splitlines():
+        if not logical and (not raw.strip() or raw.lstrip().startswith("#")):
+            continue
+        logical += raw.rstrip("\\").rstrip() + " " if raw.endswith("\\") else raw
+        if raw.endswith("\\"):
+            continue
+        keyword, _, rest = logical.strip().partition(" ")
+        logical = ""
+        if keyword.upper() == "FROM":
+            stages.append([])
+        stages[-1].append((keyword.upper(), rest.strip()))
+    return stages
+
+
+# What a temporary root cannot do: they would change this machine, not the root.
+_MACHINE_WIDE = ("apt-get", "useradd")
+
+
+def test_the_dockerfile_builds_and_its_image_serves_in_a_temporary_root(
+    tmp_path: Path, cargo_target: Path
+) -> None:
+    stages = dockerfile_stages((DEPLOY / "Dockerfile").read_text())
+    assert len(stages) == 2, "multi-stage: build, then a slim runtime"
+    build, runtime = stages
+    assert dict(build)["FROM"].endswith(" AS build")
+    assert dict(build)["FROM"].split()[0] == dict(runtime)["FROM"], "one base for both"
+    run_stage = dict(runtime)
+    assert run_stage["USER"] not in ("root", "0"), "the image does not run as root"
+    assert not any(k == "RUN" and ("gcc" in v or "cargo" in v) for k, v in runtime)
+
+    # Each stage has a root of its own, as each has its own filesystem in a build.
+    build_root, root = tmp_path / "build", tmp_path / "image"
+    env = {**os.environ, "CARGO_TARGET_DIR": str(cargo_target)}
+
+    def at(path: str, workdir: Path, stage_root: Path) -> Path:
+        return stage_root / path.lstrip("/") if path.startswith("/") else workdir / path
+
+    def run(command: str, workdir: Path, stage_root: Path, stage_env: dict[str, str]) -> None:
+        if any(word in command for word in _MACHINE_WIDE):
+            return
+        # Absolute paths of the image are paths under the stage's root.
+        for absolute in ("/wheels", "/src"):
+            command = command.replace(f" {absolute}", f" {stage_root}{absolute}")
+        command = command.replace("python3 ", f"{sys.executable} ")
+        result = subprocess.run(  # noqa: S602 -- the Dockerfile's own shell commands
+            command, shell=True, cwd=workdir, env={**env, **stage_env},
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}{result.stderr[-3000:]}"
+
+    for stage, stage_root in ((build, build_root), (runtime, root)):
+        workdir, stage_env = stage_root, {}
+        stage_root.mkdir()
+        for keyword, rest in stage:
+            if keyword == "WORKDIR":
+                workdir = at(rest, stage_root, stage_root)
+                workdir.mkdir(parents=True, exist_ok=True)
+            elif keyword == "COPY":
+                words = rest.split()
+                sources, target = words[:-1], words[-1]
+                if sources[0] == "--from=build":
+                    paths = [at(source, build_root, build_root) for source in sources[1:]]
+                else:
+                    paths = [REPO / source for source in sources]
+                for src in paths:
+                    dest = at(target, workdir, stage_root)
+                    dest = dest / src.name if target.endswith("/") else dest
+                    if src.is_dir():
+                        shutil.copytree(src, dest, dirs_exist_ok=True, ignore=_not_built)
+                    else:
+                        dest.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copy(src, dest)
+            elif keyword == "ENV":
+                stage_env.update(dict(pair.split("=", 1) for pair in shlex.split(rest)))
+            elif keyword == "RUN" and "pip install" in rest:
+                # The runtime stage installs the wheel: here into a folder of its root,
+                # with the dependencies this test environment already has.
+                (wheel,) = (root / "wheels").glob("backworks-*.whl")
+                site = root / "site"
+                install = f"python3 -m pip install -q --no-deps --no-index --target {site} {wheel}"
+                run(install, workdir, stage_root, stage_env)
+            elif keyword == "RUN":
+                run(rest, workdir, stage_root, stage_env)
+
+    app = root / "srv" / "backworks"
+    assert sorted(p.name for p in (app / "plugins").iterdir()) == [
+        "libhello.so",
+        "libweather_plugin.so",
+    ]
+    command = json.loads(run_stage["CMD"])
+    port = free_port()
+    serve_env = {
+        **os.environ,
+        **dict(pair.split("=", 1) for pair in shlex.split(run_stage["ENV"])),
+        "BACKWORKS_HOST": "127.0.0.1",
+        "BACKWORKS_CACHE_DIR": str(tmp_path / "cache"),
+        "PYTHONPATH": str(root / "site"),
+    }
+    log = tmp_path / "server.log"
+    log_file = log.open("wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "backworks", *command[1:], "--port", str(port)],
+        cwd=app, env=serve_env, stdout=subprocess.DEVNULL, stderr=log_file,
+    )  # fmt: skip
+    try:
+        health = json.loads(run_stage["HEALTHCHECK"].partition("CMD ")[2])
+        probe = [sys.executable if w == "python3" else w for w in health]
+        probe[-1] = probe[-1].replace("127.0.0.1:3000", f"127.0.0.1:{port}")
+
+        def healthy() -> bool:
+            assert server.poll() is None, log.read_text()[-3000:]
+            return subprocess.run(probe, capture_output=True, env=serve_env).returncode == 0
+
+        eventually(healthy, what="the image's HEALTHCHECK passing")
+        status, body = get(f"http://127.0.0.1:{port}/hello")
+        assert (status, json.loads(body)) == (200, {"hello": "world"})
+        assert get(f"http://127.0.0.1:{port}/weather/paris")[0] == 200
+        version = subprocess.run(
+            [sys.executable, "-c", "import backworks; print(backworks.__file__)"],
+            cwd=app, env=serve_env, capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        assert version.startswith(str(root / "site")), "served from the installed wheel"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+        log_file.close()
+
+
+def _not_built(folder: str, names: list[str]) -> set[str]:
+    """What a build context leaves out (.dockerignore's job): build output and caches."""
+    return {n for n in names if n in ("target", "__pycache__", ".mypy_cache")}
