@@ -567,11 +567,18 @@ async def test_a_call_that_honours_cancellation_keeps_its_worker(make: Make) -> 
     assert runner.backend.snapshot()["workers"][0]["restarts"] == 0
 
 
+# Starts its arguments as a child and exits with its status. The kernel's peak RSS of a
+# process counts its parent's at fork, and exec keeps it: a host started by a big test
+# process would look big. One more fork from a small process starts it afresh.
+_FRESH_PEAK = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
+
+
 def small_host_call(lib: Lib, memory_limit_mb: int, path: str) -> dict[str, Any]:
     """One POST to `path` through a ProcessBackend in a fresh small host process."""
     call = (str(memory_limit_mb), path)
+    host = (sys.executable, "-m", "tests.isolation_host", str(lib()), "crashy", "1", *call)
     out = subprocess.run(
-        [sys.executable, "-m", "tests.isolation_host", str(lib()), "crashy", "1", *call],
+        [sys.executable, "-c", _FRESH_PEAK, *host],
         cwd=REPO,
         capture_output=True,
         text=True,
