@@ -138,7 +138,11 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     )
     match = route(host, ex)
     request[ROUTE] = ex.route or UNMATCHED
-    if not isinstance(match, Response) and not isinstance(match.route.target, StaticEndpoint):
+    if (
+        request.body_exists
+        and not isinstance(match, Response)
+        and not isinstance(match.route.target, StaticEndpoint)
+    ):
         try:
             async with asyncio.timeout(host.config.server.body_timeout_ms / 1000):
                 ex.body = await request.read()  # raises 413 past server.max_body_bytes

@@ -3,7 +3,8 @@
 It implements `runtime.backend.Backend` for `isolation: process`. The workers
 themselves are the Supervisor's (supervisor.py); this module routes calls to them.
 Each worker takes `concurrency_per_worker` calls at once (1 unless the plugin is
-BW_FLAG_THREAD_SAFE: ABI rule 4 holds per process). Calls beyond that wait here, in
+BW_FLAG_THREAD_SAFE: ABI rule 4 holds per process), on as many threads, or in turn
+on one when the plugin is BW_FLAG_NONBLOCKING. Calls beyond that wait here, in
 the host, until a ready worker has room: the one with the fewest calls gets the
 next, ties taken in turn, so even sequential traffic is spread over the workers.
 
@@ -96,6 +97,11 @@ class ProcessBackend:
         self.name = spec.name
         self.limits = limits
         self.concurrency_per_worker = concurrency_per_worker
+        # A plugin whose calls never block (BW_FLAG_NONBLOCKING) is called on the
+        # worker's reading thread, one call after the other, however many it holds:
+        # calls of microseconds only lose time to hand-offs between threads, and the
+        # ones queued behind wait in the channel, where a crash cannot have started them.
+        threads = 1 if info.nonblocking else concurrency_per_worker
         init_frame = fr.encode_init(
             fr.WorkerInit(
                 path=str(spec.path),
@@ -103,7 +109,7 @@ class ProcessBackend:
                 config_json=spec.config_json,
                 allow_insecure_permissions=spec.allow_insecure_permissions,
                 sha256=spec.sha256 or "",
-                threads=concurrency_per_worker,
+                threads=threads,
                 memory_limit_mb=limits.memory_limit_mb or 0,
                 cpu_limit_ms=limits.cpu_limit_ms or 0,
                 max_response_mb=max_response_mb,
@@ -115,7 +121,7 @@ class ProcessBackend:
             init_frame,
             limits,
             start_timeout=start_timeout_ms / 1000,
-            threads=concurrency_per_worker,
+            threads=threads,
             events=self,
         )
         # The calls each worker holds now (ready, draining or stopping workers).

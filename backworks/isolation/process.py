@@ -106,7 +106,8 @@ class WorkerProcess:
         self._on_frame = on_frame
         self._on_exit = on_exit
         self._reader = FrameReader()
-        self._pending: list[bytes] = []
+        self._outbox: list[bytes] = []  # frames of this loop turn, not yet written
+        self._pending: list[bytes] = []  # bytes the socket did not take yet
         self._timers: list[asyncio.TimerHandle] = []
         self._pidfd = -1
         self._exited = False
@@ -224,10 +225,25 @@ class WorkerProcess:
     # -- the channel -------------------------------------------------------------
 
     def send(self, data: bytes) -> None:
-        """Queues one frame; a worker that is gone gets nothing (its exit follows)."""
-        sock = self._sock
-        if sock is None:
+        """Queues one frame; a worker that is gone gets nothing (its exit follows).
+
+        The frames queued during one turn of the event loop leave together, at its end:
+        one write, and one wake-up of the worker, for a burst of calls.
+        """
+        if self._sock is None:
             return
+        self._outbox.append(data)
+        if len(self._outbox) == 1:
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        sock = self._sock
+        outbox = self._outbox
+        if sock is None or not outbox:
+            outbox.clear()
+            return
+        data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
+        outbox.clear()
         if self._pending:
             self._pending.append(data)
             return

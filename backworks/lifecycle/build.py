@@ -42,6 +42,9 @@ log = structlog.get_logger("backworks.host")
 # Calls in flight per worker process of a thread-safe plugin when its config sets no
 # max_concurrency: a worker starts that many threads up front.
 DEFAULT_WORKER_THREADS = 8
+# The same for a plugin that is also BW_FLAG_NONBLOCKING: its worker runs the calls in
+# turn on one thread, and those in flight wait in the channel, written in batches.
+DEFAULT_WORKER_CALLS_NONBLOCKING = 64
 
 
 class Builder:
@@ -180,7 +183,8 @@ async def _process_backend(spec: PluginSpec, settings: PluginConfig) -> tuple[Ba
     # Without BW_FLAG_THREAD_SAFE a worker runs one call at a time (ABI rule 4).
     per_worker = 1
     if info.thread_safe:
-        total = settings.max_concurrency or workers * DEFAULT_WORKER_THREADS
+        default = DEFAULT_WORKER_CALLS_NONBLOCKING if info.nonblocking else DEFAULT_WORKER_THREADS
+        total = settings.max_concurrency or workers * default
         per_worker = max(1, -(-total // workers))
     elif settings.max_concurrency and settings.max_concurrency > workers:
         log.warning(
