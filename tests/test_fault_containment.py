@@ -37,16 +37,26 @@ async def until(check: Callable[[], bool], timeout: float = 60.0) -> None:
 
 
 @pytest.mark.parametrize(
-    ("thread_safe", "workers"),
-    [(True, 1), (False, 2)],
-    ids=["8 calls on one thread-safe worker", "one call on each of 2 workers"],
+    ("flags", "workers"),
+    [
+        ("BW_FLAG_THREAD_SAFE", 1),
+        ("BW_FLAG_THREAD_SAFE | BW_FLAG_NONBLOCKING", 1),
+        ("0", 2),
+    ],
+    ids=[
+        "8 calls on one thread-safe worker's threads",
+        "calls queued in turn on one non-blocking worker",
+        "one call on each of 2 workers",
+    ],
 )
 async def test_one_crashing_request_among_steady_traffic_costs_one_answer(
-    build_plugin: BuildPlugin, plugins_dir: Path, serve: Serve, thread_safe: bool, workers: int
+    build_plugin: BuildPlugin, plugins_dir: Path, serve: Serve, flags: str, workers: int
 ) -> None:
-    flags = ("-DKIT_FLAGS=BW_FLAG_THREAD_SAFE",) if thread_safe else ()
     build_plugin(
-        CRASHKIT, name="crashy", folder=plugins_dir, extra_flags=('-DKIT_NAME="crashy"', *flags)
+        CRASHKIT,
+        name="crashy",
+        folder=plugins_dir,
+        extra_flags=('-DKIT_NAME="crashy"', f"-DKIT_FLAGS=({flags})"),
     )
     # Default breaker (5 failures open it); a generous wait for a free slot, so the
     # figure measures the crash and not a busy machine.
