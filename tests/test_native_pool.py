@@ -48,6 +48,15 @@ async def test_slow_calls_get_a_thread_each_up_to_the_limit() -> None:
     pool.close()
 
 
+async def test_calls_of_a_few_milliseconds_get_threads_when_calls_queue_behind_them() -> None:
+    """A 10 ms call finishes well within the growth check's 20 ms, but the calls queued
+    behind it wait: one thread would serve 100 a second, whatever the offered rate."""
+    pool = NativePool(4, "t")
+    await asyncio.gather(*(pool.submit(time.sleep, 0.01) for _ in range(40)))
+    assert len(pool._threads) == 4
+    pool.close()
+
+
 class Big:
     """Stands for a large answer or request: an object a weak reference can watch."""
 
