@@ -1,7 +1,7 @@
 """`make soak`: a million calls through the plugin lane, looking for leaks.
 
     .venv/bin/python bench/soak.py [--calls 1000000] [--warmup 100000] [--quick]
-                                   [--isolation in-process|process]
+                                   [--isolation in-process|process] [--no-save]
 
 Starts a real server (`server.engine: lane`) over the C test kit built as `echo` (it
 copies every request field into its answer, so each call marshals headers, params
@@ -13,12 +13,14 @@ and threads of the server's process tree (its worker processes too, under
 per call would show as megabytes. The targets (issue 13): RSS growth under 2% and
 no fd or thread growth, judged over the second half (pools and caches may still
 fill during the first, a per-call leak grows just as much in the second). Exit 1
-when a target is missed. `--quick`: 100,000 calls after 20,000.
+when a target is missed. `--quick`: 100,000 calls after 20,000. The figures are kept
+as JSON under bench/results/ (soak-*.json).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import subprocess
@@ -32,11 +34,13 @@ from typing import Any
 import load
 import yaml
 from cpu import pinned, placement, tree
+from report import machine
 from servers import PLUGINS, REPO, ensure_example_plugins, free_port
 
 from backworks.abi import include_dir
 
 RSS_GROWTH_TARGET = 0.02
+RESULTS = REPO / "bench" / "results"
 
 
 def build_echo(folder: Path) -> None:
@@ -108,8 +112,8 @@ def config(folder: Path, port: int, isolation: str) -> dict[str, Any]:
 
 def report(
     isolation: str, done: int, warm: int, seconds: float, samples: list[dict[str, int]]
-) -> bool:
-    """Prints the soak's table and verdict; True when every target is met."""
+) -> dict[str, Any]:
+    """Prints the soak's table and verdict; returns them as a record (`passed`: all met)."""
     before, middle, after = samples
     growth = (after["rss_kb"] - middle["rss_kb"]) / middle["rss_kb"]
     ok_rss = growth < RSS_GROWTH_TARGET
@@ -129,7 +133,11 @@ def report(
         )
     passed = ok_rss and all(ok.values())
     print(f"\nverdict: {'no leak' if passed else 'LEAK SUSPECTED'}")
-    return passed
+    return {
+        "isolation": isolation, "calls": done, "warmup_calls": warm, "seconds": seconds,
+        "after_warmup": before, "half_way": middle, "at_the_end": after,
+        "rss_growth": growth, "passed": passed,
+    }  # fmt: skip
 
 
 def main() -> int:
@@ -139,6 +147,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=100_000)
     parser.add_argument("--quick", action="store_true", help="100,000 calls after 20,000")
     parser.add_argument("--isolation", choices=("in-process", "process"), default="in-process")
+    parser.add_argument("--no-save", action="store_true", help="do not write bench/results/")
     args = parser.parse_args()
     if args.quick:
         args.calls, args.warmup = 100_000, 20_000
@@ -181,8 +190,14 @@ def main() -> int:
         finally:
             server.terminate()
             server.wait(timeout=30)
-    passed = report(args.isolation, done, warm, time.monotonic() - started, samples)
-    return 0 if passed else 1
+    record = report(args.isolation, done, warm, time.monotonic() - started, samples)
+    if not args.no_save:
+        RESULTS.mkdir(exist_ok=True)
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
+        out = RESULTS / f"soak-{stamp}.json"
+        out.write_text(json.dumps({"machine": machine(), **record}, indent=2))
+        print(f"\n(saved {out.relative_to(REPO)})")
+    return 0 if record["passed"] else 1
 
 
 if __name__ == "__main__":
