@@ -1,364 +1,248 @@
-"""`make bench`: requests/s of Backworks next to the plain aiohttp handler a user would write.
+"""`make bench`: Backworks side by side with what a user would write or pick instead.
 
-    .venv/bin/python bench/run.py [--rounds 3] [--duration 5] [--connections 64]
-                                  [--variants a,b,...] [--load wrk|python] [--no-save]
+    .venv/bin/python bench/run.py [--quick] [--rounds 3] [--duration 5] [--connections 64]
+                                  [--only NAME;NAME...] [--load wrk|python] [--no-save]
+                                  [--skip-secondary] [--skip-open-loop] [--skip-dispatch]
 
-Every variant is a real server process on loopback. All of them start first, then each
-round measures every variant once, in turn, so that machine noise spreads over all of
-them; the table shows each variant's median and its ratio to the baseline measured in
-the same run. A second table (bench/dispatch_cost.py) gives the host's per-call cost.
-Results are kept as JSON under bench/results/ so runs can be compared.
+One run measures, each as a real server process on loopback pinned to one CPU with
+its load generator pinned to another (cpu.py):
+
+1. closed loop (wrk -t1 -c64): the rows of variants.MAIN and SECONDARY. All servers
+   start first; then each round loads every server once, in turn, so machine noise
+   spreads over all of them. Per measurement: requests/s, and the server's CPU µs
+   per request (its whole process tree's CPU time over the window / answers). The
+   tables show medians and ratios to the baseline of the same run; the targets
+   table holds them to issue 13's targets.
+2. open loop (bench/loadgen.py): the work plugin (bench/plugins/work.c) at a fixed
+   offered rate, latency from each request's due time: p50, p99, max.
+3. the host's cost per call over a raw cffi call (bench/dispatch_cost.py).
+
+Everything is kept as JSON under bench/results/. `--quick` is a smoke run: one short
+round of each.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime
 import json
-import os
-import platform
-import re
-import shutil
 import signal
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
+import attrs
+import dispatch_cost
+import load
+import report
+from cplugins import build_work_plugins
+from cpu import Placement, placement
+from servers import REPO, Context, Server, Variant, ensure_example_plugins, running
+from variants import BASELINE, MAIN, OPEN_LOOP, SECONDARY, OpenLoopRow
 
-REPO = Path(__file__).resolve().parent.parent
-PLUGINS = REPO / "plugins"
 RESULTS = REPO / "bench" / "results"
-EXT = {"darwin": "dylib", "win32": "dll"}.get(sys.platform, "so")
-
-# name -> (kind, path on the server, plugin settings or server options)
-VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
-    "baseline: aiohttp + Python handler": ("baseline", "/hello", {}),
-    "static endpoint": ("static", "/static", {}),
-    "hello (C), thread pool": ("plugin", "/hello", {"hello": {"dispatch": "pool"}}),
-    "hello (C), fast path": ("plugin", "/hello", {"hello": {"dispatch": "auto"}}),
-    "hello (C), isolation: process": ("plugin", "/hello", {"hello": {"isolation": "process"}}),
-    "weather (Rust), thread pool": ("plugin", "/weather/london", {"weather": {"dispatch": "pool"}}),
-    "weather (Rust), fast path": ("plugin", "/weather/london", {"weather": {"dispatch": "auto"}}),
-    "weather (Rust), isolation: process": (
-        "plugin", "/weather/london", {"weather": {"isolation": "process"}},
-    ),
-    "hello (C), fast path, 2 processes": ("plugin-2", "/hello", {"hello": {"dispatch": "auto"}}),
-    "weather (Rust), fast path, 2 processes": (
-        "plugin-2", "/weather/london", {"weather": {"dispatch": "auto"}},
-    ),
-    "hello (C), fast path, otel extra absent": (
-        "plugin-no-otel", "/hello", {"hello": {"dispatch": "auto"}},
-    ),
-    "hello (C), fast path, traced (otel, console exporter)": (
-        "plugin-traced", "/hello", {"hello": {"dispatch": "auto"}},
-    ),
-}  # fmt: skip
-# Rows that compare two others: (what, the row, the row it is compared with).
-RATIOS = (
-    ("hello (C): 2 processes over 1", "hello (C), fast path, 2 processes", "hello (C), fast path"),
-    ("weather (Rust): 2 processes over 1", "weather (Rust), fast path, 2 processes",
-     "weather (Rust), fast path"),
-    ("tracing code, otel absent over installed but off", "hello (C), fast path, otel extra absent",
-     "hello (C), fast path"),
-    ("traced over untraced", "hello (C), fast path, traced (otel, console exporter)",
-     "hello (C), fast path"),
-)  # fmt: skip
-WEATHER_CONFIG = {"api_key": "bench", "units": "metric", "now": "2026-11-22T12:00:00Z"}
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@attrs.frozen
+class Settings:
+    """How long and how hard each measurement runs."""
+
+    rounds: int
+    duration: float
+    warmup: float
+    connections: int
+    open_duration: float
+    open_warmup: float
+    open_connections: int
+    dispatch_calls: int
 
 
-def ensure_plugins() -> None:
-    """Builds the example plugins (make hello-plugin weather-plugin) if needed."""
-    subprocess.run(["make", "-s", "hello-plugin", "weather-plugin"], cwd=REPO, check=True)
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
-def ensure_wrk() -> str | None:
-    """wrk's path, installing it from Debian's packages when we may; None if impossible."""
-    found = shutil.which("wrk")
-    if found:
-        return found
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        print("bench: installing wrk (apt-get install wrk) ...", file=sys.stderr)
-        subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False, capture_output=True)
-        found = shutil.which("wrk")
-    if not found:
-        print(
-            "bench: wrk is not installed and cannot be installed here (needs root and apt-get);"
-            " falling back to the built-in Python load generator, which is itself a bottleneck",
-            file=sys.stderr,
-        )
-    return found
+def closed_loop_rounds(
+    servers: Sequence[Server], s: Settings, wrk: str | None, place: Placement
+) -> dict[str, list[dict[str, float]]]:
+    """Every server loaded once per round, in turn; CPU and answers of each window."""
+    results: dict[str, list[dict[str, float]]] = {srv.variant.name: [] for srv in servers}
+    for srv in servers:
+        load.closed_loop(srv.url, s.warmup, s.connections, wrk, place.load)
+    for round_no in range(1, s.rounds + 1):
+        for srv in servers:
+            before = srv.cpu_seconds()
+            burst = load.closed_loop(srv.url, s.duration, s.connections, wrk, place.load)
+            used = srv.cpu_seconds() - before
+            cpu_us = used / burst.requests * 1e6 if burst.requests else float("nan")
+            results[srv.variant.name].append({
+                "rps": burst.rate, "cpu_us": cpu_us, "requests": burst.requests,
+                "seconds": burst.seconds, "cpu_s": used, "errors": burst.errors,
+            })  # fmt: skip
+            note = f", {burst.errors} errors" if burst.errors else ""
+            _log(f"round {round_no}: {srv.variant.name}: {burst.rate:,.0f} req/s, "
+                 f"{cpu_us:.1f} µs CPU/request{note}")  # fmt: skip
+    return results
 
 
-def server_config(folder: Path, plugins: dict[str, Any], port: int) -> Path:
-    """Writes a config serving the example plugins with `plugins` settings; returns it."""
-    settings = {name: dict(s) for name, s in plugins.items()}
-    if "weather" in settings:
-        settings["weather"]["config"] = WEATHER_CONFIG
-    config = {
-        "plugin_discovery": {"directories": [str(PLUGINS)]},
-        "plugins": settings,
-        "endpoints": {
-            "/hello": {"method": "GET", "runtime": {"type": "plugin", "handler": "hello"}},
-            "/weather/{city}": {
-                "method": "GET",
-                "runtime": {"type": "plugin", "handler": "weather"},
-            },
-            "/static": {"method": "GET", "response": {"status": 200, "body": '{"hello": "world"}'}},
-        },
-        "server": {"host": "127.0.0.1", "port": port},
-        # Access logs are off in every row: the baseline writes none either.
-        "logging": {"level": "warning", "format": "json"},
-    }
-    path = folder / f"bench-{port}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+def open_loop_rounds(
+    rows: Sequence[OpenLoopRow], servers: Sequence[Server], s: Settings, place: Placement
+) -> dict[str, list[dict[str, Any]]]:
+    """Every work row at its offered rate once per round, in turn."""
+    rates = {row.variant.name: row.rate for row in rows}
+    results: dict[str, list[dict[str, Any]]] = {srv.variant.name: [] for srv in servers}
+    for round_no in range(1, s.rounds + 1):
+        for srv in servers:
+            before = srv.cpu_seconds()
+            rate = rates[srv.variant.name]
+            got = load.open_loop(srv.url, rate, s.open_duration, s.open_warmup,
+                                 s.open_connections, place.load)  # fmt: skip
+            used = srv.cpu_seconds() - before
+            answered = got["completed"] + got["warmup_requests"]
+            got["cpu_us"] = used / answered * 1e6 if answered else float("nan")
+            results[srv.variant.name].append(got)
+            _log(f"round {round_no}: {srv.variant.name} @ {rate:g}/s: "
+                 f"p50 {got['p50_us']:,.0f} µs, p99 {got['p99_us']:,.0f} µs, "
+                 f"achieved {got['achieved_rate']:,.0f}/s")  # fmt: skip
+    for srv in servers:
+        served = srv.dispatch()
+        for r in results[srv.variant.name]:
+            r["served"] = served
+    return results
 
 
-class Server:
-    """One server under test: a `backworks serve` or baseline process on a free port."""
-
-    def __init__(self, name: str, kind: str, path: str, options: dict[str, Any], folder: Path):
-        self.name, self.port = name, free_port()
-        self.url = f"http://127.0.0.1:{self.port}{path}"
-        env = {**os.environ, "BACKWORKS_CACHE_DIR": str(folder / "cache")}
-        env.update(variant_env(kind, folder))
-        if kind == "baseline":
-            argv = [sys.executable, str(REPO / "bench" / "baseline_app.py"), str(self.port)]
-        else:
-            config = server_config(folder, options, self.port)
-            argv = [sys.executable, "-m", "backworks", "serve", "--config", str(config)]
-            if kind == "plugin-2":
-                argv += ["--workers", "2"]
-        self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)  # fmt: skip
-
-    def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                msg = f"{self.name}: server exited: {err[-2000:]}"
-                raise RuntimeError(msg)
-            try:
-                with urllib.request.urlopen(self.url, timeout=2) as resp:  # noqa: S310
-                    if resp.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.1)
-        msg = f"{self.name}: no 200 from {self.url}"
-        raise RuntimeError(msg)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+def _selected(variants: Sequence[Variant], only: str | None) -> list[Variant]:
+    if not only:
+        return list(variants)
+    wanted = [part.strip() for part in only.split(";") if part.strip()]
+    return [v for v in variants if any(v.name.startswith(w) for w in wanted)]
 
 
-def variant_env(kind: str, folder: Path) -> dict[str, str]:
-    """The environment a row's server needs: tracing on, or the otel extra made absent."""
-    if kind == "plugin-traced":
-        return {"OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "bench"}
-    if kind == "plugin-no-otel":
-        # A package that cannot be imported stands in for the extra not installed.
-        stub = folder / "no-otel" / "opentelemetry"
-        stub.mkdir(parents=True, exist_ok=True)
-        (stub / "__init__.py").write_text('raise ImportError("the otel extra is absent")\n')
-        return {"PYTHONPATH": str(stub.parent), "OTEL_TRACES_EXPORTER": ""}
-    return {"OTEL_TRACES_EXPORTER": ""}  # the other rows: installed, not configured
+def settings(args: argparse.Namespace) -> Settings:
+    """The measurement settings from the command line (`--quick` shortens every one)."""
+    if args.quick:
+        return Settings(1, 1.0, 0.5, args.connections, 2.0, 0.5, 64, 5_000)
+    return Settings(args.rounds, args.duration, args.warmup, args.connections,
+                    args.open_duration, 1.0, 64, 20_000)  # fmt: skip
 
 
-def ratios(results: dict[str, list[float]]) -> str:
-    """The RATIOS among the rows measured, as a small Markdown table."""
-    lines = ["| comparison | ratio of medians |", "|---|---:|"]
-    for what, row, other in RATIOS:
-        if results.get(row) and results.get(other):
-            ratio = statistics.median(results[row]) / statistics.median(results[other])
-            lines.append(f"| {what} | {ratio:.2f}x |")
-    return "\n".join(lines)
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line (see the module's docstring)."""
+    doc = __doc__ or ""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 short round of each")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=5.0, help="s per closed-loop window")
+    parser.add_argument("--warmup", type=float, default=1.0, help="s per server, once")
+    parser.add_argument("--open-duration", type=float, default=5.0, help="s per open-loop window")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--only", help="';'-separated starts of row names (default: all)")
+    parser.add_argument("--load", choices=("wrk", "python"), default="wrk")
+    parser.add_argument("--no-save", action="store_true", help="do not write bench/results/")
+    parser.add_argument("--skip-secondary", action="store_true")
+    parser.add_argument("--skip-open-loop", action="store_true")
+    parser.add_argument("--skip-dispatch", action="store_true")
+    return parser.parse_args(argv)
 
 
-@contextmanager
-def servers(names: list[str], folder: Path) -> Iterator[list[Server]]:
-    """Starts the named servers, waits until each answers, and stops them afterwards."""
-    started: list[Server] = []
-    try:
-        for name in names:
-            kind, path, options = VARIANTS[name]
-            started.append(Server(name, kind, path, options, folder))
-        for server in started:
-            server.wait_ready()
-        yield started
-    finally:
-        for server in started:
-            server.stop()
-
-
-def measure_wrk(wrk: str, url: str, duration: float, connections: int) -> float:
-    """Requests per second wrk reaches against `url` (`connections`, `duration` s)."""
-    out = subprocess.run(
-        [wrk, "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", url],
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if errors:
-        msg = f"{url}: {errors[1]} error responses under load"
-        raise RuntimeError(msg)
-    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if not match:
-        msg = f"cannot read wrk's output: {out}"
-        raise RuntimeError(msg)
-    return float(match[1])
-
-
-def measure_python(url: str, duration: float, connections: int) -> float:
-    """A bounded aiohttp client loop: for when wrk cannot be had (and for the smoke test)."""
-    import aiohttp
-
-    async def run() -> int:
-        done = 0
-        deadline = time.monotonic() + duration
-        async with aiohttp.ClientSession() as session:
-
-            async def worker() -> None:
-                nonlocal done
-                while time.monotonic() < deadline:
-                    async with session.get(url) as resp:
-                        await resp.read()
-                        if resp.status != 200:
-                            msg = f"{url} answered {resp.status}"
-                            raise RuntimeError(msg)
-                    done += 1
-
-            await asyncio.gather(*(worker() for _ in range(connections)))
-        return done
-
-    started = time.monotonic()
-    count = asyncio.run(run())
-    return count / (time.monotonic() - started)
-
-
-def machine() -> dict[str, str]:
-    """What the figures were measured on: CPU, cores, Python and library versions."""
-    cpu = ""
-    if Path("/proc/cpuinfo").exists():
-        names = re.findall(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
-        cpu = f"{len(names)} x {names[0]}" if names else ""
-    from importlib.metadata import PackageNotFoundError, version
-
-    import aiohttp
-    import cffi
-
-    try:
-        loop = f"uvloop {version('uvloop')}"
-    except PackageNotFoundError:
-        loop = "asyncio"
-    return {
-        "loop": loop,
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": cpu or platform.processor(),
-        "os": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "aiohttp": aiohttp.__version__,
-        "cffi": cffi.__version__,
-    }
-
-
-def table(results: dict[str, list[float]], baseline: str) -> str:
-    """The medians as a Markdown table, each row's ratio to `baseline` beside it."""
-    base = statistics.median(results[baseline])
-    lines = ["| variant | requests/s (median) | runs | vs baseline |", "|---|---:|---:|---:|"]
-    for name, runs in results.items():
-        median = statistics.median(runs)
-        lines.append(f"| {name} | {median:,.0f} | {len(runs)} | {median / base:.2f}x |")
-    return "\n".join(lines)
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    # SIGTERM (a timeout, a CI job ending) unwinds like Ctrl-C: the `finally`s stop
+    # every server this run started instead of leaving them behind.
+    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`make bench`: every variant, interleaved rounds, a table and a JSON record."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
-    parser.add_argument("--warmup", type=float, default=1.0, help="seconds per server, once")
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--variants", help="';'-separated start of variant names (default: all)")
-    parser.add_argument("--load", choices=("wrk", "python"), default="wrk")
-    parser.add_argument("--no-save", action="store_true", help="do not write bench/results/")
-    parser.add_argument("--skip-dispatch", action="store_true", help="only the HTTP table")
-    args = parser.parse_args(argv)
-
-    names = list(VARIANTS)
-    if args.variants:
-        wanted = [part.strip() for part in args.variants.split(";") if part.strip()]
-        names = [n for n in names if any(n.startswith(part) for part in wanted)]
-    baseline = names[0]
-    ensure_plugins()
-    wrk = ensure_wrk() if args.load == "wrk" else None
-
-    def measure(url: str, seconds: float) -> float:
-        if wrk:
-            return measure_wrk(wrk, url, seconds, args.connections)
-        return measure_python(url, seconds, args.connections)
-
-    results: dict[str, list[float]] = {name: [] for name in names}
-    with tempfile.TemporaryDirectory() as tmp, servers(names, Path(tmp)) as running:
-        for server in running:
-            measure(server.url, args.warmup)
-        for round_no in range(args.rounds):
-            for server in running:
-                rate = measure(server.url, args.duration)
-                results[server.name].append(rate)
-                print(f"round {round_no + 1}: {server.name}: {rate:,.0f} req/s", file=sys.stderr)
-
-    info = machine()
-    generator = f"wrk -t1 -c{args.connections}" if wrk else f"python client x{args.connections}"
-    print(f"\n## HTTP throughput ({info['date']}, {info['cpu']})\n")
-    print(f"Python {info['python']}, aiohttp {info['aiohttp']}, {info['loop']}; load: {generator},")
-    print(f"{args.duration:g} s x {args.rounds} rounds, interleaved.\n")
-    print(table(results, baseline))
-    print()
-    print(ratios(results))
-    record: dict[str, Any] = {"machine": info, "load": generator, "http": results}
+    """`make bench`: every table of one run, printed as Markdown and kept as JSON."""
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    args = parse_args(argv)
+    s = settings(args)
+    place = placement()
+    ensure_example_plugins()
+    wrk = load.ensure_wrk() if args.load == "wrk" else None
+    closed = _selected(MAIN + ([] if args.skip_secondary else SECONDARY), args.only)
+    work_rows = [] if args.skip_open_loop else [
+        row for row in OPEN_LOOP if row.variant in _selected([r.variant for r in OPEN_LOOP],
+                                                             args.only)
+    ]  # fmt: skip
+    record: dict[str, Any] = {"machine": report.machine(), "placement": place.describe()}
+    failed: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="bw-bench-") as tmp:
+        folder = Path(tmp)
+        work = folder / "plugins"
+        work.mkdir(mode=0o755)
+        build_work_plugins(work)
+        ctx = Context(folder, work, place)
+        with running(closed, ctx) as (servers, broken):
+            failed.update(broken)
+            http = closed_loop_rounds(servers, s, wrk, place)
+            served = {srv.variant.name: srv.dispatch() for srv in servers}
+        with running([r.variant for r in work_rows], ctx) as (servers, broken):
+            failed.update(broken)
+            open_loop = open_loop_rounds(work_rows, servers, s, place)
+    costs = None
     if not args.skip_dispatch:
-        sys.path.insert(0, str(REPO / "bench"))
-        import dispatch_cost
-
         from backworks.logs import configure_logging
 
-        configure_logging("warning", "console")  # keep worker start-up lines off the table
+        configure_logging("warning", "console")  # keep worker start-up lines off the tables
+        costs = dispatch_cost.measure_all(s.dispatch_calls, s.rounds, cpus=place.server)
 
-        costs = dispatch_cost.measure_all(calls=20_000, rounds=args.rounds)
-        print("\n## Host dispatch cost per call (same plugin, in one process)\n")
-        print(dispatch_cost.table(costs))
-        record["dispatch_us"] = costs
+    generator = f"wrk -t1 -c{s.connections}" if wrk else f"bench/loadgen.py closed, {s.connections}"
+    load_line = (
+        f"{generator}, {s.duration:g} s x {s.rounds} rounds, interleaved, medians; "
+        f"{place.describe()}; CPU = the server's process tree (utime+stime)"
+    )
+    print_report(record["machine"], load_line, http, served, open_loop, costs, failed, s)
+    targets = report.targets_table(http)[1]
+    record.update(load=load_line, settings=attrs.asdict(s), http=http, served=served,
+                  targets=targets, open_loop=open_loop, dispatch_us=costs,
+                  failed=failed)  # fmt: skip
     if not args.no_save:
         RESULTS.mkdir(exist_ok=True)
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
         out = RESULTS / f"{stamp}.json"
-        out.write_text(json.dumps(record, indent=2))
+        out.write_text(json.dumps(record, indent=2, default=str))
         print(f"\n(saved {out.relative_to(REPO)})")
     return 0
+
+
+def print_report(
+    info: dict[str, str],
+    load_line: str,
+    http: dict[str, list[dict[str, float]]],
+    served: dict[str, str | None],
+    open_loop: dict[str, list[dict[str, Any]]],
+    costs: dict[str, dict[str, float]] | None,
+    failed: dict[str, str],
+    s: Settings,
+) -> None:
+    """The report, in Markdown, on stdout."""
+    out: Callable[[str], None] = print
+    out(f"\n## HTTP throughput, GET /hello?name=Ada unless named\n\n{report.machine_line(info)}")
+    out(f"\nLoad: {load_line}.\n")
+    main_rows = {v.name: http[v.name] for v in MAIN if v.name in http}
+    base = http.get(BASELINE)
+    out(report.throughput_table(main_rows, base, served))
+    out("\n### Targets (issue 13), throughput over the reference row\n")
+    out(report.targets_table(http)[0])
+    secondary = {v.name: http[v.name] for v in SECONDARY if v.name in http}
+    if secondary:
+        out("\n### More rows (same run, same baseline)\n")
+        out(report.throughput_table(secondary, base, served))
+        out("")
+        out(report.pairs_table(http))
+    if open_loop:
+        out(f"\n## Plugin work at a fixed offered rate (open loop)\n\nLoad: bench/loadgen.py "
+            f"open loop, {s.open_connections} keep-alive connections, {s.open_duration:g} s "
+            f"after {s.open_warmup:g} s warm-up x {s.rounds} rounds, interleaved; latency from "
+            f"each request's due time; medians (max: the worst round); \"sent late\": how late "
+            f"the generator itself sent (its own delay, counted in the latency).\n")  # fmt: skip
+        out(report.open_loop_table(open_loop))
+    if costs:
+        out("\n## Host cost per plugin call over a raw cffi call (C hello, in one process)\n")
+        out(dispatch_cost.table(costs))
+    for name, why in failed.items():
+        out(f"\n**Not measured: {name}**: {why.splitlines()[0] if why else 'unknown'}")
 
 
 if __name__ == "__main__":
