@@ -27,8 +27,8 @@ def make_app() -> web.Application:
     return app
 
 
-def main() -> None:
-    """Serves the app on 127.0.0.1:PORT until SIGTERM."""
+def serve(app: web.Application, port: int) -> None:
+    """Serves `app` on 127.0.0.1:`port` until SIGTERM, on uvloop when installed."""
     loop: asyncio.AbstractEventLoop
     try:
         import uvloop
@@ -36,9 +36,12 @@ def main() -> None:
         loop = uvloop.new_event_loop()
     except ImportError:
         loop = asyncio.new_event_loop()
-    web.run_app(
-        make_app(), host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None, loop=loop
-    )
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, loop=loop)
+
+
+def main() -> None:
+    """Serves the app on 127.0.0.1:PORT until SIGTERM."""
+    serve(make_app(), int(sys.argv[1]))
 
 
 if __name__ == "__main__":

@@ -8,11 +8,11 @@ module (bench/wasm/hello.wat) and answers with what it returns. The call is made
 the event loop, as Backworks' fast path makes its native one.
 """
 
-import asyncio
 import sys
 
 import extism  # type: ignore[import-untyped]
 from aiohttp import web
+from baseline_app import serve
 from wasm import hello_wasm
 
 
@@ -33,16 +33,7 @@ def make_app() -> web.Application:
 
 def main() -> None:
     """Serves the app on 127.0.0.1:PORT until SIGTERM."""
-    loop: asyncio.AbstractEventLoop
-    try:
-        import uvloop
-
-        loop = uvloop.new_event_loop()
-    except ImportError:
-        loop = asyncio.new_event_loop()
-    web.run_app(
-        make_app(), host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None, loop=loop
-    )
+    serve(make_app(), int(sys.argv[1]))
 
 
 if __name__ == "__main__":

@@ -246,25 +246,9 @@ class Reloader:
                 return False
             running = self.host.config
             loop = asyncio.get_running_loop()
-            try:
-                new = await loop.run_in_executor(None, self.source.load)
-            except ConfigError as e:
-                # The operator's file is wrong, not our code: the problems, no traceback.
-                log.error(  # noqa: TRY400
-                    "config_reload_failed",
-                    source=e.source,
-                    problems=e.problems,
-                    trigger=trigger,
-                    reason="the running config stays",
-                )
+            new = await loop.run_in_executor(None, reread_config, self.source, running, trigger)
+            if new is None:
                 return False
-            if needs := restart_needed(running, new):
-                log.warning(
-                    "config_needs_restart",
-                    keys=needs,
-                    reason="the server reads these when it starts; the running values stay",
-                )
-                new = keep_restart_only(running, new)
             if new == running:
                 log.info("config_unchanged", source=str(self.source.path), trigger=trigger)
                 return True
@@ -409,3 +393,28 @@ def _in_folders(path: Path, config: Config) -> bool:
         path.parent == folder or (found.recursive and folder in path.parents)
         for folder in found.directories
     )
+
+
+def reread_config(source: ConfigSource, running: Config, trigger: str) -> Config | None:
+    """`source` read and validated again, with the keys only a restart changes kept as
+    `running` has them; None (logged with the problems) when the file is refused."""
+    try:
+        new = source.load()
+    except ConfigError as e:
+        # The operator's file is wrong, not our code: the problems, no traceback.
+        log.error(  # noqa: TRY400
+            "config_reload_failed",
+            source=e.source,
+            problems=e.problems,
+            trigger=trigger,
+            reason="the running config stays",
+        )
+        return None
+    if needs := restart_needed(running, new):
+        log.warning(
+            "config_needs_restart",
+            keys=needs,
+            reason="the server reads these when it starts; the running values stay",
+        )
+        new = keep_restart_only(running, new)
+    return new

@@ -34,8 +34,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
 from backworks.config import Config, ConfigSource
-from backworks.config.source import keep_restart_only, restart_needed
-from backworks.errors import ConfigError
+from backworks.lifecycle.reloader import reread_config
 from backworks.ops.cluster import forget_worker
 from backworks.server.worker import WorkerPlan
 
@@ -88,26 +87,7 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]  # an untyped base class
         if self.source is None:
             log.warning("config_reload_skipped", trigger=trigger, reason="no config file")
             return None
-        try:
-            new = self.source.load()
-        except ConfigError as e:
-            # The operator's file is wrong, not our code: the problems, no traceback.
-            log.error(  # noqa: TRY400
-                "config_reload_failed",
-                source=e.source,
-                problems=e.problems,
-                trigger=trigger,
-                reason="the running config stays",
-            )
-            return None
-        if needs := restart_needed(self.config, new):
-            log.warning(
-                "config_needs_restart",
-                keys=needs,
-                reason="the server reads these when it starts; the running values stay",
-            )
-            new = keep_restart_only(self.config, new)
-        return new
+        return reread_config(self.source, self.config, trigger)
 
     def run(self) -> None:
         master = os.getpid()
