@@ -203,7 +203,6 @@ class Lane(asyncio.Protocol):
         self._queue: deque[_Queued] = deque()
         self._task: _Waiting | None = None  # the answer that is waiting
         self._closing = False  # no request after the queued ones will be read
-        self._fresh = True  # nothing read yet
         self._broken = False  # the parser has failed: nothing more is read
         self._paused = False
         # The request being read.
@@ -215,7 +214,7 @@ class Lane(asyncio.Protocol):
         self._ex: Exchange | None = None
         self._match: Any = None
         self._upgrading = False
-        self._started = 0.0
+        self._started = 0.0  # when the request being read began; 0: none yet
 
     # -- the connection ------------------------------------------------------------
 
@@ -290,7 +289,7 @@ class Lane(asyncio.Protocol):
         """
         if self._reading or self._task is not None or self._queue:
             self._closing = True
-        elif self._fresh:
+        elif not self._started:  # nothing read yet
             self.deadline = min(self.deadline, time.monotonic() + FRESH_GRACE_S)
         else:
             self.abort()
@@ -307,7 +306,6 @@ class Lane(asyncio.Protocol):
         if self._closing:  # pipelined after a request that closes: never read
             raise _Stop
         self._reading = True
-        self._fresh = False
         self._url = b""
         self._raw_headers = []
         self._body = []
