@@ -67,7 +67,10 @@ def state_json(
     plugins = plugin_rows(host, reloader, details=details)
     for row in plugins:
         row["error_rate"] = _error_rate(row.get("counters"))
-        row["last_error"] = traffic.last_error_json(row["name"])
+        last = traffic.last_error_json(row["name"])
+        if last is not None and not details:  # another client's path and request id
+            last = {"time": last["time"], "status": last["status"]}
+        row["last_error"] = last
     return {
         "server": {
             "name": config.name,
@@ -81,7 +84,9 @@ def state_json(
         "endpoints": [
             _endpoint_json(r.pattern, r.methods, r.target, config.hooks) for r in host.routes.routes
         ],
-        "recent": traffic.recent_json(),
+        # Anonymous readers get counts only: other clients' paths and ids are theirs.
+        "recent": traffic.recent_json() if details else [],
+        "recent_counts": traffic.recent_counts(),
     }
 
 
@@ -151,6 +156,11 @@ def merge_states(states: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
     merged["plugins"] = [rows[name] for name in sorted(rows)]
     recent = [r for _, state in states for r in state["recent"]]
     merged["recent"] = sorted(recent, key=lambda r: r["time"], reverse=True)[:RECENT_REQUESTS]
+    counts: dict[str, int] = {}
+    for _, state in states:
+        for status, n in state.get("recent_counts", {}).items():
+            counts[status] = counts.get(status, 0) + n
+    merged["recent_counts"] = counts
     merged["workers"] = [worker_json(p, state) for p, state in states]
     return merged
 
