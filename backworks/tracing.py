@@ -13,14 +13,20 @@ Configured means: a tracer provider set for the process (by `opentelemetry-instr
 or by code embedding Backworks), or the standard `OTEL_TRACES_EXPORTER` variable
 (`console`, or `otlp` with the `opentelemetry-exporter-otlp` package) naming an
 exporter, with `OTEL_SERVICE_NAME` (default `backworks`).
+
+The console exporter writes one JSON object per span and line, to stdout or to the
+file `BACKWORKS_SPANS_FILE` names: never to stderr, which is the log's stream
+(logs.py), so neither stream mixes the two.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import structlog
@@ -82,7 +88,7 @@ def _provider_from_environment() -> Any:
 
     exporter: Any
     if exporter_name == "console":
-        exporter = ConsoleSpanExporter()
+        exporter = ConsoleSpanExporter(out=_spans_stream(), formatter=_one_line)
     elif exporter_name == "otlp":
         try:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -100,6 +106,19 @@ def _provider_from_environment() -> Any:
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
     provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
+
+
+def _spans_stream() -> Any:
+    path = os.environ.get("BACKWORKS_SPANS_FILE")
+    if not path:
+        return sys.stdout
+    # Line-buffered and appended to: the workers of `--workers N` share the file, and
+    # one write per line keeps their spans whole.
+    return Path(path).open("a", buffering=1, encoding="utf-8")  # open for the process
+
+
+def _one_line(span: Any) -> str:
+    return str(span.to_json(indent=None)) + "\n"
 
 
 # -- the request span (the HTTP path) ---------------------------------------------------

@@ -207,6 +207,9 @@ def test_one_scrape_on_any_worker_reports_the_whole_service(
     for gone in ("process_resident_memory_bytes", "process_cpu_seconds_total"):
         assert math.isnan(sample(text, gone, pid=str(victim))), f"{gone} of the dead worker"
     assert service.stop() == 0
+    # gunicorn's own lines (the killed worker) are JSON like every other line.
+    events = [json.loads(line) for line in service.log.read_text().splitlines()]
+    assert any(e.get("logger") == "gunicorn.error" and str(victim) in e["event"] for e in events)
 
 
 def test_admin_reload_and_reset_reach_every_worker(
