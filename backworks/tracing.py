@@ -124,18 +124,54 @@ def _one_line(span: Any) -> str:
 # -- the request span (the HTTP path) ---------------------------------------------------
 
 
-def request_started(method: str, path: str, headers: Mapping[str, str]) -> tuple[Any, ...]:
-    """Starts a request's server span, continuing its `traceparent`; makes it current."""
+def request_started(
+    method: str,
+    path: str,
+    headers: Mapping[str, str],
+    *,
+    client_address: str | None = None,
+    scheme: str = "http",
+) -> tuple[Any, ...]:
+    """Starts a request's server span, continuing its `traceparent`; makes it current.
+
+    It carries OpenTelemetry's HTTP server attributes: method, scheme, path, the Host
+    header's name and port, `client_address` (the peer, or whom a trusted proxy names),
+    the user agent; the route and status come with `request_finished`.
+    """
     api = _api
     parent = api.propagate.extract(headers)
+    attributes: dict[str, Any] = {
+        "http.request.method": method,
+        "url.scheme": scheme,
+        "url.path": path,
+        "process.pid": os.getpid(),
+    }
+    host = headers.get("host")
+    if host:
+        name, _, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
+        if name and port.isdigit():
+            attributes["server.address"], attributes["server.port"] = name, int(port)
+        else:
+            attributes["server.address"] = host
+    if client_address:
+        attributes["client.address"] = client_address
+    agent = headers.get("user-agent")
+    if agent:
+        attributes["user_agent.original"] = agent
     span = TRACER.start_span(
         method,  # named by its route once it is known, never by its raw path
         context=parent,
         kind=api.trace.SpanKind.SERVER,
-        attributes={"http.request.method": method, "url.path": path, "process.pid": os.getpid()},
+        attributes=attributes,
     )
     token = api.context.attach(api.trace.set_span_in_context(span, parent))
     return span, token, method
+
+
+def ids(started: tuple[Any, ...]) -> tuple[str, str]:
+    """The (trace id, span id) of `request_started`'s span, as hex, for the access log."""
+    context = started[0].get_span_context()
+    return f"{context.trace_id:032x}", f"{context.span_id:016x}"
 
 
 def request_finished(

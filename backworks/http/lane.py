@@ -50,6 +50,7 @@ from backworks import tracing
 from backworks.abi import Response
 from backworks.http.dispatch import answer_now, is_operations_path, route, serve
 from backworks.http.exchange import Exchange
+from backworks.http.forwarded import peer_of
 from backworks.http.record import CLIENT_GONE, Recorder
 from backworks.http.reply import error_reply
 from backworks.http.traffic import UNMATCHED
@@ -199,6 +200,7 @@ class Lane(asyncio.Protocol):
         self.settings = settings
         self.deadline = 0.0  # monotonic time this connection times out; 0: never
         self._transport: asyncio.Transport | None = None
+        self._peer: str | None = None  # the client's IP, for the access log and the span
         self._parser = httptools.HttpRequestParser(self)
         self._queue: deque[_Queued] = deque()
         self._task: _Waiting | None = None  # the answer that is waiting
@@ -221,6 +223,7 @@ class Lane(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
+        self._peer = peer_of(transport)
         self.settings.connections.add(self)
         self._idle()
 
@@ -408,7 +411,7 @@ class Lane(asyncio.Protocol):
                 self._hand_over(queued.ex)
                 return
             if tracing.TRACER is not None:
-                coro = _in_task(_traced(host, queued.ex, queued.match))
+                coro = _in_task(_traced(host, queued.ex, queued.match, self._client(queued.ex)))
             else:
                 answer = None
                 try:
@@ -477,7 +480,7 @@ class Lane(asyncio.Protocol):
                     body,
                 )
             )
-            self._record(queued, status)
+            self._record(queued, status, len(body))
             return
         parts = [_prefix(status, answer.content_type), b"X-Request-Id: ", ex.request_id.encode()]
         parts.append(b"\r\n")
@@ -510,9 +513,9 @@ class Lane(asyncio.Protocol):
         if not queued.head:
             parts.append(body)
         transport.write(b"".join(parts))
-        self._record(queued, status)
+        self._record(queued, status, 0 if queued.head else len(body))
 
-    def _record(self, queued: _Queued, status: int) -> None:
+    def _record(self, queued: _Queued, status: int, bytes_out: int = 0) -> None:
         ex = queued.ex
         self.settings.recorder.answered(
             ex.method,
@@ -522,7 +525,17 @@ class Lane(asyncio.Protocol):
             time.perf_counter() - queued.started,
             ex.plugin,
             ex.request_id,
+            peer=self._peer,
+            headers=ex.headers,
+            bytes_in=len(ex.body),
+            bytes_out=bytes_out,
+            trace=ex.trace,
         )
+
+    def _client(self, ex: Exchange) -> str | None:
+        """The client's address for the span (forwarded.py), only asked while tracing."""
+        forwarded = ", ".join(v for n, v in ex.headers if n == "x-forwarded-for") or None
+        return self.settings.recorder.client.resolve(self._peer, forwarded)
 
     def _refuse(self, status: int) -> None:
         """Answers a request that cannot be read with `status`, after the ones before it,
@@ -646,9 +659,10 @@ class _Waiting:
         self.lane._finished(self.queued, None)
 
 
-async def _traced(host: Host, ex: Exchange, match: Any) -> Response:
+async def _traced(host: Host, ex: Exchange, match: Any, client: str | None) -> Response:
     """Answers `ex` inside its request span (see tracing.py)."""
-    span = tracing.request_started(ex.method, ex.path, dict(ex.headers))
+    span = tracing.request_started(ex.method, ex.path, dict(ex.headers), client_address=client)
+    ex.trace = tracing.ids(span)
     status = CLIENT_GONE
     try:
         answer = answer_now(host, ex, match)

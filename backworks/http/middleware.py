@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -17,16 +18,24 @@ from aiohttp.typedefs import Handler, Middleware
 
 from backworks import tracing
 from backworks.http.dispatch import to_web_response
+from backworks.http.forwarded import peer_of
 from backworks.http.keys import PLUGIN, REQUEST_ID, ROUTE
 from backworks.http.record import CLIENT_GONE, Recorder
 from backworks.http.reply import error_reply
 from backworks.http.traffic import registered_route
+from backworks.httpspec import EMPTY_BODY_STATUSES
 
 log = structlog.get_logger("backworks.server")
 
 
-def _trace(request: web.Request) -> tuple[str, str, Mapping[str, str]]:
-    return request.method, request.path, request.headers
+def _trace(request: web.Request, recorder: Recorder) -> tuple[Any, ...]:
+    client = recorder.client.resolve(
+        peer_of(request.transport), request.headers.get("X-Forwarded-For")
+    )
+    return tracing.request_started(
+        request.method, request.path, request.headers, client_address=client,
+        scheme=request.scheme,
+    )  # fmt: skip
 
 
 def request_middleware(
@@ -43,7 +52,7 @@ def request_middleware(
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         rid = request[REQUEST_ID] = recorder.request_id(request.headers.get("X-Request-Id"))
-        span = None if tracing.TRACER is None else tracing.request_started(*_trace(request))
+        span = None if tracing.TRACER is None else _trace(request, recorder)
         try:
             response = await handler(request)
         except web.HTTPException as e:
@@ -52,7 +61,7 @@ def request_middleware(
         except (asyncio.CancelledError, ConnectionError) as gone:
             # The client went away (mid-body, for a ConnectionError): nobody reads an
             # answer, and a cancelled handler's cancellation goes on.
-            _record(recorder, request, CLIENT_GONE, started, rid)
+            _record(recorder, request, CLIENT_GONE, started, rid, None, span)
             if span is not None:
                 tracing.request_finished(span, CLIENT_GONE, rid, request.get(ROUTE))
             if isinstance(gone, asyncio.CancelledError):
@@ -64,7 +73,7 @@ def request_middleware(
         response.headers["X-Request-Id"] = rid
         for name, value in global_headers().items():
             response.headers.setdefault(name, value)
-        _record(recorder, request, response.status, started, rid)
+        _record(recorder, request, response.status, started, rid, response, span)
         if span is not None:
             tracing.request_finished(span, response.status, rid, request.get(ROUTE))
         return response
@@ -73,10 +82,33 @@ def request_middleware(
 
 
 def _record(
-    recorder: Recorder, request: web.Request, status: int, started: float, rid: str
+    recorder: Recorder,
+    request: web.Request,
+    status: int,
+    started: float,
+    rid: str,
+    response: web.StreamResponse | None,
+    span: tuple[Any, ...] | None,
 ) -> None:
     route = request.get(ROUTE) or registered_route(request)
     seconds = time.perf_counter() - started
+    body = getattr(response, "body", None)
+    if request.method == "HEAD" or status in EMPTY_BODY_STATUSES:
+        body = None  # aiohttp writes no body for these
     recorder.answered(
-        request.method, request.path, route, status, seconds, request.get(PLUGIN), rid
+        request.method,
+        request.path,
+        route,
+        status,
+        seconds,
+        request.get(PLUGIN),
+        rid,
+        peer=peer_of(request.transport),
+        headers=(
+            ("user-agent", request.headers.get("User-Agent", "")),
+            ("x-forwarded-for", request.headers.get("X-Forwarded-For", "")),
+        ),
+        bytes_in=request.content_length or 0,
+        bytes_out=len(body) if isinstance(body, bytes) else 0,
+        trace=None if span is None else tracing.ids(span),
     )

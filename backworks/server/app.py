@@ -72,7 +72,7 @@ def create_app(
     of several workers of one server.
     """
     traffic = Traffic()
-    recorder = Recorder(traffic)
+    recorder = Recorder(traffic, config.server.trusted_proxies)
     host = Host(config)
     app = web.Application(
         client_max_size=config.server.max_body_bytes,
