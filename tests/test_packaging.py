@@ -95,6 +95,16 @@ def test_an_installed_wheel_scaffolds_builds_and_serves_c_and_rust_plugins(
     run("make", cwd=work / "greet-c")
     target = tmp_path / "cargo-target"
     run("cargo", "build", "--offline", cwd=work / "greet-rs", env={"CARGO_TARGET_DIR": str(target)})
+    # The README's plugin test, as an author runs it with the installed package.
+    check = (
+        "from backworks.testing import Plugin\n"
+        f"with Plugin({str(target / 'debug' / f'libgreet_rs_plugin.{EXT}')!r},"
+        " config={'greeting': 'hi'}) as p:\n"
+        "    a = p.call('GET', '/hello/ada', endpoint='/hello/{name}', params={'name': 'ada'})\n"
+        "    print(a.status, a.json()['message'])\n"
+    )
+    out = run(venv / "bin" / "python", "-I", "-c", check, cwd=work)
+    assert out.splitlines()[-1] == "200 hi, ada!", out  # after the plugin's own log line
     plugins = work / "plugins"
     plugins.mkdir()
     shutil.copy(work / "greet-c" / f"libgreet-c.{EXT}", plugins)
