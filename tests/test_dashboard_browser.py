@@ -124,7 +124,7 @@ async def test_dashboard_shows_plugins_and_follows_requests(
 
     # The page catches up by itself, within a poll or two. Anonymous, it shows how many
     # requests got which status; with the token, the requests themselves.
-    await page.get_by_text("1 × 404").wait_for(timeout=5000)
+    await page.get_by_text("404: 1").wait_for(timeout=5000)
     assert "type the admin token to see them" in await page.locator("#recent").inner_text()
     assert "/nowhere" not in await page.locator("#recent").inner_text()
     await page.fill("#token", TOKEN)
