@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -280,6 +281,54 @@ def dockerfile_stages(text: str) -> list[list[tuple[str, str]]]:
 
 # What a temporary root cannot do: they would change this machine, not the root.
 _MACHINE_WIDE = ("apt-get", "useradd")
+# The build stage takes its Rust toolchain from the official image, pinned by version.
+RUST_IMAGE = "rust"
+_TOOLCHAIN_ENV = frozenset({"PATH", "RUSTUP_HOME", "CARGO_HOME"})
+# The first Rust release of each edition: a crate of that edition needs at least it.
+_EDITION_NEEDS = {"2015": (1, 0), "2018": (1, 31), "2021": (1, 56), "2024": (1, 85)}
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+def test_the_dockerfile_installs_a_rust_that_meets_every_crate_it_builds() -> None:
+    """Debian bookworm's cargo (rustc 1.63) cannot build an edition-2024 crate: the
+    build stage pins the official Rust image, at least every crate's rust-version."""
+    (build, _runtime) = dockerfile_stages((DEPLOY / "Dockerfile").read_text())
+    assert not any(
+        k == "RUN" and any(w in v.split() for w in ("cargo", "rustc")) for k, v in build
+    ), "no distribution cargo: it is too old"
+    copied = [v.split()[0] for k, v in build if k == "COPY" and v.startswith("--from=")]
+    toolchains = {c.removeprefix("--from=") for c in copied if c != "--from=build"}
+    (image,) = toolchains
+    name, _, tag = image.partition(":")
+    assert name == RUST_IMAGE, image
+    pinned = _version(tag.split("-")[0])
+    assert len(pinned) >= 2, f"{image}: pin a version, not a moving tag"
+    # Every crate the image builds: what its COPY lines bring in.
+    folders = [REPO / v.split()[0] for k, v in build if k == "COPY" and not v.startswith("-")]
+    crates = [m for f in folders if f.is_dir() for m in f.rglob("Cargo.toml")]
+    crates = [c for c in crates if "target" not in c.parts]
+    assert any(c.parent.name == "weather-plugin" for c in crates), crates
+    for manifest in crates:
+        package = tomllib.loads(manifest.read_text()).get("package", {})
+        needs = [_EDITION_NEEDS[str(package.get("edition", "2015"))]]
+        if "rust-version" in package:
+            needs.append(_version(str(package["rust-version"])))
+        need = max(needs)
+        assert pinned >= need, f"{manifest}: needs Rust {need}, the Dockerfile pins {image}"
+
+
+def test_the_dockerfile_builds_where_a_docker_daemon_runs() -> None:
+    docker = shutil.which("docker")
+    if docker is None or subprocess.run([docker, "info"], capture_output=True).returncode:
+        pytest.skip("no Docker daemon here: the temporary-root test stands in for the build")
+    result = subprocess.run(  # noqa: S603 -- docker, with the repository as context
+        [docker, "build", "-f", str(DEPLOY / "Dockerfile"), "-t", "backworks:test", str(REPO)],
+        capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
 
 
 def test_the_dockerfile_builds_and_its_image_serves_in_a_temporary_root(
@@ -324,6 +373,8 @@ def test_the_dockerfile_builds_and_its_image_serves_in_a_temporary_root(
             elif keyword == "COPY":
                 words = rest.split()
                 sources, target = words[:-1], words[-1]
+                if sources[0].startswith(f"--from={RUST_IMAGE}:"):
+                    continue  # the pinned toolchain: this machine's cargo stands in for it
                 if sources[0] == "--from=build":
                     paths = [at(source, build_root, build_root) for source in sources[1:]]
                 else:
@@ -337,7 +388,9 @@ def test_the_dockerfile_builds_and_its_image_serves_in_a_temporary_root(
                         dest.parent.mkdir(parents=True, exist_ok=True)
                         shutil.copy(src, dest)
             elif keyword == "ENV":
-                stage_env.update(dict(pair.split("=", 1) for pair in shlex.split(rest)))
+                pairs = dict(pair.split("=", 1) for pair in shlex.split(rest))
+                # Where the image keeps its toolchain; here, where this machine keeps its own.
+                stage_env.update({k: v for k, v in pairs.items() if k not in _TOOLCHAIN_ENV})
             elif keyword == "RUN" and "pip install" in rest:
                 # The runtime stage installs the wheel: here into a folder of its root,
                 # with the dependencies this test environment already has.
