@@ -11,6 +11,7 @@ manifest are parsed and held to the config they serve.
 from __future__ import annotations
 
 import configparser
+import contextlib
 import json
 import os
 import shlex
@@ -93,11 +94,7 @@ def nginx_main_config(folder: Path, site: Path) -> Path:
 def test_nginx_routes_around_servers_restarted_one_after_the_other_and_fails_no_request(
     tmp_path: Path, build_plugin: BuildPlugin, backends: list[Backend]
 ) -> None:
-    if not NGINX.exists():
-        pytest.skip(
-            f"no nginx at {NGINX}: scripts/install-nginx installs Debian's nginx "
-            "(it needs root and apt-get), or set BACKWORKS_NGINX to an nginx binary"
-        )
+    _no_nginx()
     build_plugin(KIT, "kit", tmp_path / "plugins", extra_flags=('-DKIT_NAME="kit"',))
     ports = {"a": free_port(), "b": free_port()}
     for name in ports:
@@ -122,22 +119,7 @@ def test_nginx_routes_around_servers_restarted_one_after_the_other_and_fails_no_
     for server in servers.values():
         eventually(server.health_is(200), what="the backends ready")
 
-    # deploy/nginx.conf as shipped, pointed at this test's ports.
-    site = tmp_path / "backworks.conf"
-    listen = free_port()
-    site.write_text(
-        (DEPLOY / "nginx.conf")
-        .read_text()
-        .replace("127.0.0.1:3000", f"127.0.0.1:{ports['a']}")
-        .replace("127.0.0.1:3001", f"127.0.0.1:{ports['b']}")
-        .replace("listen 8080;", f"listen 127.0.0.1:{listen};")
-    )
-    main = nginx_main_config(tmp_path, site)
-    checked = subprocess.run([str(NGINX), "-t", "-c", str(main)], capture_output=True, text=True)
-    assert checked.returncode == 0, checked.stderr
-    nginx = subprocess.Popen([str(NGINX), "-c", str(main)], stderr=subprocess.DEVNULL)
-    try:
-        url = f"http://127.0.0.1:{listen}"
+    with nginx_in_front(tmp_path, ports) as url:
         eventually(lambda: _answers(f"{url}/work"), what="nginx proxying")
         load = Load(f"{url}/plugins/kit/sleep?ms=20", threads=6)
         try:
@@ -165,9 +147,83 @@ def test_nginx_routes_around_servers_restarted_one_after_the_other_and_fails_no_
             return seen == {"a", "b"}
 
         eventually(both_serving, what="both restarted servers taking requests again")
+
+
+@contextlib.contextmanager
+def nginx_in_front(folder: Path, ports: dict[str, int]) -> Iterator[str]:
+    """deploy/nginx.conf as shipped, pointed at `ports` a and b; yields its URL."""
+    site = folder / "backworks.conf"
+    listen = free_port()
+    site.write_text(
+        (DEPLOY / "nginx.conf")
+        .read_text()
+        .replace("127.0.0.1:3000", f"127.0.0.1:{ports['a']}")
+        .replace("127.0.0.1:3001", f"127.0.0.1:{ports['b']}")
+        .replace("listen 8080;", f"listen 127.0.0.1:{listen};")
+    )
+    main = nginx_main_config(folder, site)
+    checked = subprocess.run([str(NGINX), "-t", "-c", str(main)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+    nginx = subprocess.Popen([str(NGINX), "-c", str(main)], stderr=subprocess.DEVNULL)
+    try:
+        yield f"http://127.0.0.1:{listen}"
     finally:
         nginx.send_signal(signal.SIGQUIT)
         nginx.wait(timeout=30)
+
+
+def _no_nginx() -> None:
+    if not NGINX.exists():
+        pytest.skip(
+            f"no nginx at {NGINX}: scripts/install-nginx installs Debian's nginx "
+            "(it needs root and apt-get), or set BACKWORKS_NGINX to an nginx binary"
+        )
+
+
+def test_nginx_answers_a_plugins_own_504_once_and_keeps_both_servers_in_rotation(
+    tmp_path: Path, build_plugin: BuildPlugin, backends: list[Backend]
+) -> None:
+    """A slow call's 504 is the plugin's answer, not a dead server: nginx neither runs
+    the call again on the other server nor takes the first out for fail_timeout."""
+    _no_nginx()
+    build_plugin(KIT, "kit", tmp_path / "plugins", extra_flags=('-DKIT_NAME="kit"',))
+    ports = {"a": free_port(), "b": free_port()}
+    servers = {}
+    for name, port in ports.items():
+        (tmp_path / name).mkdir()
+        config = write_config(
+            tmp_path / name,
+            {
+                "plugin_discovery": {"directories": [str(tmp_path / "plugins")]},
+                "plugins": {"kit": {"timeout_ms": 200}},
+                "global_headers": {"x-served-by": name},
+                "logging": {"level": "warning", "format": "json"},
+            },
+        )
+        servers[name] = Backend(tmp_path / name, config, port)
+    backends.extend(servers.values())
+    for server in servers.values():
+        eventually(server.health_is(200), what="the backends ready")
+    with nginx_in_front(tmp_path, ports) as url:
+        eventually(lambda: _answers(f"{url}/plugins/kit/echo"), what="nginx proxying")
+        before = {name: _calls(server) for name, server in servers.items()}
+        status, _body = get(f"{url}/plugins/kit/wait?ms=3000", timeout=30)
+        assert status == 504
+        after = {name: _calls(server) for name, server in servers.items()}
+        ran = sum(after[n] - before[n] for n in servers)
+        assert ran == 1, f"the slow call ran {ran} times: {before} -> {after}"
+        # Both servers stay in rotation: well within fail_timeout (2 s), both answer.
+        seen = {_served_by(f"{url}/plugins/kit/echo") for _ in range(6)}
+        assert seen == {"a", "b"}
+
+
+def _calls(backend: Backend) -> int:
+    status, body = get(f"{backend.url}/_backworks/plugins", timeout=5)
+    assert status == 200
+    rows = json.loads(body)
+    rows = rows["plugins"] if isinstance(rows, dict) else rows
+    (kit,) = [row for row in rows if row["name"] == "kit"]
+    return int(kit["counters"]["calls"])
 
 
 def grows(load: Load, by: int) -> Callable[[], bool]:
