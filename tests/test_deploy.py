@@ -14,6 +14,7 @@ import configparser
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -286,6 +287,41 @@ def test_the_systemd_unit_runs_serve_and_stops_within_its_drain() -> None:
             text=True,
         )
         assert "Unknown" not in result.stderr, result.stderr
+
+
+def test_the_systemd_unit_is_rated_ok_by_systemd_analyze_security() -> None:
+    """8.5 EXPOSED with the first unit; the hardening brings it to 4.0 or less (OK)."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("no systemd-analyze here (Debian's `systemd` package has it)")
+    result = subprocess.run(
+        [analyze, "security", "--offline=yes", "--no-pager", str(DEPLOY / "backworks.service")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    found = re.search(r"Overall exposure level for \S+: ([0-9.]+) (\w+)", result.stdout)
+    assert found is not None, result.stdout[-2000:] + result.stderr[-2000:]
+    assert float(found[1]) <= 4.0, result.stdout
+    assert found[2] == "OK"
+
+
+def test_the_systemd_unit_leaves_out_memory_deny_write_execute_which_stops_the_host() -> None:
+    """MemoryDenyWriteExecute forbids memory that is written, then run: cffi's callbacks
+    (the host's log function every plugin is handed) are such memory. Simulated with the
+    kernel's own switch for the same rule (PR_SET_MDWE), where this kernel has it."""
+    unit = (DEPLOY / "backworks.service").read_text()
+    assert not re.search(r"^MemoryDenyWriteExecute=\s*(yes|true|1)", unit, re.MULTILINE)
+    denied = (
+        "import ctypes, sys\n"
+        "if ctypes.CDLL(None).prctl(65, 1, 0, 0, 0) != 0: sys.exit(3)\n"  # PR_SET_MDWE
+        "import backworks.abi.native\n"
+    )
+    result = subprocess.run([sys.executable, "-c", denied], capture_output=True, text=True)
+    if result.returncode == 3:
+        pytest.skip("this kernel has no PR_SET_MDWE (Linux 6.3+)")
+    assert result.returncode != 0
+    assert "write+execute memory for ffi.callback" in result.stderr
+    allowed = subprocess.run([sys.executable, "-c", "import backworks.abi.native"])
+    assert allowed.returncode == 0
 
 
 def test_the_kubernetes_manifest_probes_and_drains_what_the_config_serves() -> None:
