@@ -350,6 +350,79 @@ def test_the_kubernetes_manifest_probes_and_drains_what_the_config_serves() -> N
     assert {e["name"]: e["value"] for e in container["env"]}["BACKWORKS_HOST"] == "0.0.0.0"
 
 
+def restricted_violations(pod: dict[str, Any]) -> list[str]:
+    """What Pod Security "restricted" (v1.30: baseline and restricted) refuses in `pod`."""
+    found = []
+    pod_sc = pod.get("securityContext", {})
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(key):
+            found.append(f"spec.{key}")
+    allowed_volumes = {
+        "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
+        "persistentVolumeClaim", "projected", "secret",
+    }  # fmt: skip
+    for volume in pod.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= allowed_volumes:
+            found.append(f"volume {volume['name']}: {sorted(kinds - allowed_volumes)}")
+    containers = pod.get("containers", []) + pod.get("initContainers", [])
+    for c in containers:
+        sc = c.get("securityContext", {})
+
+        def pick(key: str, sc: dict[str, Any] = sc) -> Any:
+            return sc.get(key, pod_sc.get(key))
+
+        where = f"container {c['name']}"
+        if sc.get("privileged"):
+            found.append(f"{where}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{where}: allowPrivilegeEscalation must be false")
+        if pick("runAsNonRoot") is not True:
+            found.append(f"{where}: runAsNonRoot must be true")
+        if pick("runAsUser") == 0:
+            found.append(f"{where}: runAsUser 0")
+        seccomp = (pick("seccompProfile") or {}).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            found.append(f"{where}: seccompProfile.type must be RuntimeDefault or Localhost")
+        caps = sc.get("capabilities", {})
+        if "ALL" not in caps.get("drop", []):
+            found.append(f"{where}: capabilities must drop ALL")
+        if set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+            found.append(f"{where}: adds capabilities {caps['add']}")
+        if any("hostPort" in port for port in c.get("ports", [])):
+            found.append(f"{where}: hostPort")
+    return found
+
+
+def test_the_kubernetes_pod_is_admissible_under_pod_security_restricted() -> None:
+    docs = list(yaml.safe_load_all((DEPLOY / "kubernetes.yaml").read_text()))
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert restricted_violations(pod) == []
+    # The checker itself refuses what the first manifest had: no seccomp profile.
+    loose = {**pod, "securityContext": {"runAsNonRoot": True}}
+    assert any("seccompProfile" in v for v in restricted_violations(loose))
+
+
+def test_the_kubernetes_manifest_pins_its_image_keeps_a_pod_and_is_scraped() -> None:
+    docs = list(yaml.safe_load_all((DEPLOY / "kubernetes.yaml").read_text()))
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    template = deployment["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    image = container["image"]
+    name, _, tag = image.rpartition("@")[2].partition(":")
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert "@sha256:" in image or tag == version, f"{image}: pin this release ({version})"
+    budget = next(d for d in docs if d["kind"] == "PodDisruptionBudget")
+    assert budget["spec"]["selector"] == deployment["spec"]["selector"]
+    assert 1 <= budget["spec"]["minAvailable"] < deployment["spec"]["replicas"]
+    notes = template["metadata"]["annotations"]
+    config = load_config(DEPLOY / "backworks.yaml")
+    assert notes["prometheus.io/scrape"] == "true"
+    assert int(notes["prometheus.io/port"]) == config.server.port
+    assert notes["prometheus.io/path"] == "/metrics"
+
+
 # -- the Dockerfile ------------------------------------------------------------------
 
 
