@@ -3,6 +3,7 @@ folders of servers that were killed removed by the next start."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -46,14 +47,23 @@ class Served:
         return self.answer("/_backworks/health")[0] == 200
 
 
+@contextlib.contextmanager
+def stopping() -> Iterator[list[Served]]:
+    """A list to put servers in; each is killed (if still running) at the end."""
+    started: list[Served] = []
+    try:
+        yield started
+    finally:
+        for server in started:
+            if server.proc.poll() is None:
+                server.proc.kill()
+            server.proc.wait()
+
+
 @pytest.fixture
 def servers() -> Iterator[list[Served]]:
-    started: list[Served] = []
-    yield started
-    for server in started:
-        if server.proc.poll() is None:
-            server.proc.kill()
-        server.proc.wait()
+    with stopping() as started:
+        yield started
 
 
 def emptydir(tmp_path: Path) -> Path:
@@ -79,7 +89,9 @@ def test_a_plugin_is_served_with_tmp_as_a_kubernetes_emptydir(
         tmp_path,
         {
             "plugins": {"kit": {"isolation": isolation}},
-            "endpoints": {"/hello": {"method": "GET", "runtime": {"type": "plugin", "handler": "kit"}}},
+            "endpoints": {
+                "/hello": {"method": "GET", "runtime": {"type": "plugin", "handler": "kit"}}
+            },
             "logging": {"format": "json"},
         },
     )
@@ -115,8 +127,10 @@ def test_a_start_removes_the_copy_folders_of_servers_that_were_killed(
     eventually(last.ready, what="the last server ready")
     (left,) = temp.glob(f"{PREFIX}*")
     assert int((left / OWNER_FILE).read_text().split()[0]) == last.proc.pid
-    removed = [json.loads(line) for line in last.log.read_text().splitlines() if "orphans" in line]
-    assert removed and removed[0]["event"] == "plugin_copies_orphans_removed"
+    lines = last.log.read_text().splitlines()
+    removed = [json.loads(line) for line in lines if "orphans" in line]
+    assert removed
+    assert removed[0]["event"] == "plugin_copies_orphans_removed"
 
 
 def test_a_folder_is_kept_while_its_owner_runs_and_a_reused_pid_does_not_keep_it(

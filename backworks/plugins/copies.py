@@ -23,9 +23,10 @@ The copy does not depend on the folders above its own. Kubernetes makes an empty
 /tmp mode 0777 without the sticky bit: anyone there may rename our folder and put
 another in its place. So the folder is held open from its creation, every copy is
 written and opened again relative to that descriptor, and the copy is loaded through
-its own open descriptor, `/proc/<pid>/fd/<n>` (also by this server's worker
-processes): no rename anywhere can change which file that names (trust.py knows such
-a path).
+it, as `/proc/<pid>/fd/<folder's fd>/<copy>` (also by this server's worker processes):
+no rename outside our 0700 folder can change which file that names (trust.py knows
+such a path). The copy's name holds a number no other copy in this process has: the
+dynamic loader hands back an already loaded library for a name it has seen.
 
 A server killed (SIGKILL, the OOM killer, a native crash) cannot remove its folder. So
 each folder holds an `owner` file (pid and the process's start time, which tells a
@@ -35,6 +36,7 @@ that are gone: a crash loop does not fill the temporary volume.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import os
@@ -53,6 +55,8 @@ from backworks.plugins.trust import TrustedFile
 log = structlog.get_logger("backworks.plugins")
 
 _CHUNK = 1 << 20
+# Numbers every copy made in this process apart (see the module).
+_SERIALS = itertools.count(1)
 PREFIX = "backworks-plugins-"
 OWNER_FILE = "owner"
 _PROC_FDS = Path("/proc/self/fd")
@@ -64,8 +68,8 @@ _DIR_FLAGS = _READ_FLAGS | getattr(os, "O_DIRECTORY", 0)
 class LibraryCopy:
     """One private copy: the path to load it by, which version it is, and its SHA-256.
 
-    `path` is `/proc/<pid>/fd/<fd>` where /proc exists (see the module); `fd` is the
-    copy's descriptor, kept open until the copies are closed.
+    `path` goes through the folder's descriptor where /proc exists (see the module);
+    `folder` and `name` are where the copy lies.
     """
 
     path: Path
@@ -73,7 +77,6 @@ class LibraryCopy:
     sha256: str
     folder: Path
     name: str
-    fd: int = -1
     source_key: tuple[int, int, int, int] | None = None  # the file copied, as `file_key`
 
 
@@ -89,7 +92,6 @@ class LibraryCopies:
         self._prefix = prefix
         self._folder: Path | None = None
         self._dir_fd = -1
-        self._fds: set[int] = set()
         self._versions = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -117,31 +119,25 @@ class LibraryCopies:
             if file_key(source.stat) != file_key(os.fstat(source.fd)):
                 msg = "changed while it was being copied (still being written?)"
                 raise PluginLoadError(source.path, msg)
-            final = f"{_stem(name)}.v{version}-{digest[:12]}{_suffix(name)}"
+            serial = next(_SERIALS)
+            final = f"{_stem(name)}.v{version}-{digest[:12]}.{serial}{_suffix(name)}"
             os.rename(partial, final, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            fd = os.open(final, _READ_FLAGS, dir_fd=dir_fd)
+            now = os.stat(final, dir_fd=dir_fd, follow_symlinks=False)
         except OSError as e:
             raise PluginLoadError(source.path, f"cannot be copied: {e.strerror or e}") from e
         finally:
             _unlink(partial, dir_fd)
-        now = os.fstat(fd)
         if (now.st_dev, now.st_ino) != (written.st_dev, written.st_ino):
-            os.close(fd)  # only we can write our folder: this is no accident
+            # Only we can write our folder: this is no accident.
             raise PluginLoadError(source.path, "its private copy was replaced; try again")
-        with self._lock:
-            self._fds.add(fd)
-        path = _load_path(folder, final, fd)
-        return LibraryCopy(path, version, digest, folder, final, fd, file_key(source.stat))
+        path = _load_path(folder, final, dir_fd)
+        return LibraryCopy(path, version, digest, folder, final, file_key(source.stat))
 
     def discard(self, copy: LibraryCopy) -> None:
         """Removes a copy that was never loaded (its canary failed before dlopen)."""
         with self._lock:
             dir_fd = self._dir_fd
-            owned = copy.fd in self._fds
-            self._fds.discard(copy.fd)
-        if owned:
-            os.close(copy.fd)
-        if dir_fd >= 0:
+        if dir_fd >= 0 and copy.folder == self._folder:
             _unlink(copy.name, dir_fd)
 
     def close(self) -> None:
@@ -149,9 +145,6 @@ class LibraryCopies:
         with self._lock:
             folder, self._folder = self._folder, None
             dir_fd, self._dir_fd = self._dir_fd, -1
-            fds, self._fds = self._fds, set()
-        for fd in fds:
-            os.close(fd)
         if dir_fd >= 0:
             os.close(dir_fd)
         if folder is not None:
@@ -191,18 +184,16 @@ def _copy_file(fd: int, target: str, dir_fd: int) -> tuple[str, os.stat_result]:
     return digest.hexdigest(), written
 
 
-def _load_path(folder: Path, name: str, fd: int) -> Path:
-    """Where the copy is loaded from: its own descriptor, where /proc shows them."""
+def _load_path(folder: Path, name: str, dir_fd: int) -> Path:
+    """Where the copy is loaded from: through its folder's descriptor, where /proc is."""
     if _PROC_FDS.is_dir():
-        return Path(f"/proc/{os.getpid()}/fd/{fd}")
+        return Path(f"/proc/{os.getpid()}/fd/{dir_fd}/{name}")
     return folder / name  # pragma: no cover -- macOS: no /proc; the folder is ours
 
 
 def _unlink(name: str, dir_fd: int) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(name, dir_fd=dir_fd)
-    except FileNotFoundError:
-        pass
 
 
 def _suffix(name: str) -> str:
@@ -246,7 +237,8 @@ def _exists(pid: int) -> str | None:
 def _write_owner(dir_fd: int) -> None:
     pid = os.getpid()
     mark = f"{pid} {process_started(pid) or '?'}\n".encode()
-    fd = os.open(OWNER_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _READ_FLAGS, 0o600, dir_fd=dir_fd)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _READ_FLAGS
+    fd = os.open(OWNER_FILE, flags, 0o600, dir_fd=dir_fd)
     with os.fdopen(fd, "wb") as f:
         f.write(mark)
 
@@ -266,7 +258,7 @@ def _owner_gone(folder: Path) -> bool:
 
 def remove_orphans(temp: Path, prefix: str = PREFIX) -> list[Path]:
     """Removes the copy folders in `temp` that are ours and whose owner is gone."""
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(temp.iterdir())
     except OSError:

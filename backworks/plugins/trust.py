@@ -111,11 +111,11 @@ def open_trusted(path: Path, *, strict: bool = True) -> TrustedFile:
     return TrustedFile(path, fd, st)
 
 
-_HELD = re.compile(r"/proc/(\d+|self)/fd/(\d+)")
+_HELD = re.compile(r"/proc/(\d+|self)/fd/(\d+)/[^/]+")
 
 
 def held_descriptor(path: Path) -> int | None:
-    """The pid whose open descriptor `path` names (`/proc/<pid>/fd/<n>`), else None."""
+    """The pid whose open folder `path` goes through (`/proc/<pid>/fd/<n>/<file>`)."""
     found = _HELD.fullmatch(str(path))
     if found is None:
         return None
@@ -123,16 +123,15 @@ def held_descriptor(path: Path) -> int | None:
 
 
 def _open_held(path: Path, pid: int, *, strict: bool) -> TrustedFile:
-    """A file named by a process's open descriptor (a private copy, copies.py).
+    """A file in a folder a process holds open (a private copy, copies.py).
 
-    Such a name leads to the file the descriptor holds, whatever is renamed in the
-    folders above it: only that process (or root) can change it. So the folders are not
-    checked, but the process must be ours, and the file is checked as any other.
+    Such a name leads into the folder the descriptor holds, whatever is renamed above
+    it: only that process (or root) can change which folder that is. So the folders
+    above are not checked, but the process must be ours, and the folder and the file
+    are checked as any other.
     """
-    # Following the link is the point here: the descriptor's file, not a name.
-    flags = _OPEN_FLAGS & ~getattr(os, "O_NOFOLLOW", 0)
     try:
-        fd = os.open(path, flags)
+        fd = os.open(path, _OPEN_FLAGS)  # O_NOFOLLOW: the file itself is no link
     except FileNotFoundError:
         raise PluginLoadError(path, "no such file (its process has closed it)") from None
     except OSError as e:
@@ -143,7 +142,8 @@ def _open_held(path: Path, pid: int, *, strict: bool) -> TrustedFile:
             raise PluginLoadError(path, "not a regular file")
         if strict and hasattr(os, "geteuid"):
             process = Path(f"/proc/{pid}")
-            _check_owner(path, "the process holding it", process, os.stat(process))
+            _check_owner(path, "the process holding it", process, process.stat())
+            _check_entry(path, "its folder", path.parent, path.parent.stat())
             _check_entry(path, "the file", path, st)
     except BaseException:
         os.close(fd)
