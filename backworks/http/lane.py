@@ -282,17 +282,18 @@ class Lane(asyncio.Protocol):
             self.abort()  # idle past the keep-alive timeout
 
     def drain(self) -> None:
-        """The server is stopping: close after the queued answers; now, if idle.
+        """The server is stopping: close after the queued answers; soon, if idle.
 
-        A connection with nothing read yet gets FRESH_GRACE_S for its request, which
-        is then answered with `Connection: close`.
+        An idle connection (nothing read yet, or between keep-alive requests) gets
+        FRESH_GRACE_S for a request its client has already sent, which is then answered
+        with `Connection: close`: closing it at once would reset that request, and a
+        client (nginx) cannot retry a POST on another server.
         """
         if self._reading or self._task is not None or self._queue:
             self._closing = True
-        elif not self._started:  # nothing read yet
-            self.deadline = min(self.deadline, time.monotonic() + FRESH_GRACE_S)
         else:
-            self.abort()
+            grace = time.monotonic() + FRESH_GRACE_S
+            self.deadline = min(self.deadline, grace) if self.deadline else grace
 
     def abort(self) -> None:
         """Closes the connection now."""
@@ -384,8 +385,13 @@ class Lane(asyncio.Protocol):
         if body:
             ex.body = body[0] if len(body) == 1 else b"".join(body)
         match, self._match = self._match, None
+        settings = self.settings
+        # Draining (from SIGTERM on, through the drain delay): every answer closes its
+        # connection, so clients stop reusing it before the server closes anything.
         keep_alive = (
-            self._parser.should_keep_alive() and match is not RELAY and not self.settings.draining
+            self._parser.should_keep_alive()
+            and match is not RELAY
+            and not (settings.draining or settings.host.draining)
         )
         if not keep_alive:
             self._closing = True

@@ -20,6 +20,7 @@ from backworks.http.dispatch import to_web_response
 from backworks.http.keys import PLUGIN, REQUEST_ID, ROUTE
 from backworks.http.record import CLIENT_GONE, Recorder
 from backworks.http.reply import error_reply
+from backworks.http.state import HOST
 from backworks.http.traffic import registered_route
 
 log = structlog.get_logger("backworks.server")
@@ -64,6 +65,10 @@ def request_middleware(
         response.headers["X-Request-Id"] = rid
         for name, value in global_headers().items():
             response.headers.setdefault(name, value)
+        host = request.app.get(HOST)
+        if host is not None and host.draining:
+            # As the lane: while draining, each answer closes its keep-alive connection.
+            response.force_close()
         _record(recorder, request, response.status, started, rid)
         if span is not None:
             tracing.request_finished(span, response.status, rid, request.get(ROUTE))
