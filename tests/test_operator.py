@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,17 @@ from backworks.cli.scaffold import create_plugin_project
 from tests.cbuild import EXT, compile_library
 from tests.conftest import BuildPlugin
 from tests.serving import KIT
-from tests.test_copies import Served, servers  # noqa: F401 -- the fixture
+from tests.test_copies import Served, stopping
 from tests.test_discovery import ABORT, raw_source
 from tests.test_workers import eventually
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Served]]:
+    with stopping() as started:
+        yield started
 
 
 def log_events(server: Served, event: str) -> list[dict[str, Any]]:
@@ -192,7 +199,9 @@ def test_the_readme_plugin_sample_is_the_api_the_scaffold_writes(lang: str, tmp_
     if lang == "rust":
         for api in ("impl BackworksPlugin for", "async fn handle(&self, req: &Request)",
                     "export_plugin!("):  # fmt: skip
-            assert api in sample and api in source, api
+            assert api in sample, api
+            assert api in source, api
     else:
         for api in ("#include <backworks/sdk.h>", "BW_DEFINE_PLUGIN("):
-            assert api in sample and api in source, api
+            assert api in sample, api
+            assert api in source, api

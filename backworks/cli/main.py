@@ -23,8 +23,8 @@ import structlog
 
 from backworks.cli.scaffold import LANGUAGES, ScaffoldError, create_plugin_project
 from backworks.config import (
-    Config,
     CONFIG_FILE,
+    Config,
     ConfigSource,
     default_config,
     find_config,

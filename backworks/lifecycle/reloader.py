@@ -397,7 +397,7 @@ def _file_changed(version: PluginVersion) -> bool:
     A file that is gone is not a change: the running version keeps serving.
     """
     try:
-        now = file_key(os.stat(version.spec.path))
+        now = file_key(version.spec.path.stat())
     except OSError:
         return False
     return version.file_key is not None and now != version.file_key
