@@ -157,5 +157,5 @@ def test_rolling_the_workers_again_and_again_under_kept_alive_get_and_post_fails
     finally:
         load.stop()
     assert load.failures == []
-    assert len(service.events("worker_replaced")) == 2 * ROLLS
+    assert len(service.events("worker_replaced")) >= 2 * ROLLS
     assert service.stop() == 0
