@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import pytest
 from structlog.testing import capture_logs
 
+from backworks.abi import include_dir
 from backworks.plugins import discovery
 from backworks.plugins.discovery import NOT_A_LIBRARY, NOT_A_PLUGIN, ScanResult
 from tests.cbuild import EXT, compile_library
@@ -193,8 +194,13 @@ def test_a_constructor_that_exits_is_blamed_with_its_status(hostile: Scanned) ->
     assert hostile.error(lib("exit")) == "exited with status 3 while loading"
 
 
-def test_an_entry_returning_null_declines_the_host(hostile: Scanned) -> None:
-    assert hostile.error(lib("null")) == "plugin declined host ABI 1.0"
+def test_an_entry_returning_null_declines_the_host_and_says_how_to_rebuild(
+    hostile: Scanned,
+) -> None:
+    error = hostile.error(lib("null"))
+    assert error.startswith("plugin declined host ABI 1.0: it was built against another major")
+    assert f"rebuild it against this host's SDK: C with `-I {include_dir()}`" in error
+    assert (include_dir() / "backworks" / "plugin.h").is_file(), "the hint names real headers"
 
 
 def test_a_descriptor_of_another_major_abi_is_refused_naming_both(hostile: Scanned) -> None:

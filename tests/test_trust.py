@@ -228,7 +228,7 @@ def test_a_private_copy_lies_in_a_folder_chain_the_checks_accept(
     try:
         with open_file(PluginSpec("kit", library)) as opened:
             copy = copies.copy(opened)
-        assert stat.S_IMODE(copy.path.parent.stat().st_mode) == 0o700
+        assert stat.S_IMODE(copy.folder.stat().st_mode) == 0o700
         check_file(PluginSpec("kit", copy.path, sha256=copy.sha256))  # strict: no raise
     finally:
         copies.close()

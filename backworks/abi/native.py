@@ -15,6 +15,7 @@ from backworks.abi.declarations import (
     PLUGIN_SIZE_1_0,
     abi_text,
     ffi,
+    include_dir,
 )
 from backworks.abi.marshal import (
     DEFAULT_MAX_RESPONSE_BYTES,
@@ -67,16 +68,30 @@ class _HostServices:
         self.c_host.log = _HOST_LOG
 
 
+def rebuild_hint() -> str:
+    """What to do about a plugin of another ABI major: where this host's headers are."""
+    return (
+        f"rebuild it against this host's SDK: C with `-I {include_dir()}`, Rust with the "
+        "backworks-plugin-sdk of this Backworks release"
+    )
+
+
 def read_descriptor(desc: Any, path: str) -> PluginInfo:
     """Validates a v1 descriptor and returns what it says, or raises naming the fault."""
     host = abi_text(ABI_VERSION)
     if desc == ffi.NULL:
-        raise AbiMismatchError(path, f"plugin declined host ABI {host}")
+        # The SDKs decline a host of another major: the plugin was built for it.
+        msg = (
+            f"plugin declined host ABI {host}: it was built against another major "
+            f"version of the plugin ABI; {rebuild_hint()}"
+        )
+        raise AbiMismatchError(path, msg)
     version = int(desc.abi_version)
     if version >> 16 != ABI_MAJOR:
         msg = (
             f"built against plugin ABI {abi_text(version)}, but this host speaks ABI "
-            f"{host}; rebuild the plugin against Backworks SDK {ABI_MAJOR}.x"
+            f"{host}; rebuild the plugin against Backworks SDK {ABI_MAJOR}.x "
+            f"({rebuild_hint()})"
         )
         raise AbiMismatchError(path, msg)
     if desc.struct_size < PLUGIN_SIZE_1_0:

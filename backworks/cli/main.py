@@ -23,6 +23,7 @@ import structlog
 
 from backworks.cli.scaffold import LANGUAGES, ScaffoldError, create_plugin_project
 from backworks.config import (
+    CONFIG_FILE,
     Config,
     ConfigSource,
     default_config,
@@ -31,6 +32,7 @@ from backworks.config import (
     with_listen_address,
 )
 from backworks.errors import ConfigError, StartupError
+from backworks.lifecycle.routes import shadowed_routes
 from backworks.logs import configure_logging
 from backworks.plugins import discovery
 from backworks.plugins.examine import ScanResult
@@ -182,9 +184,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_UNUSABLE
     config = with_listen_address(config, args.host, args.port)
     server = config.server
-    # A reload reads the same file again, with the same --host/--port.
+    # A reload reads the same file again, with the same --host/--port; started without
+    # one, it reads ./backworks.yaml if it has appeared since, else the defaults.
     file = find_config(args.config, Path.cwd())
-    source = ConfigSource(file, host=args.host, port=args.port) if file is not None else None
+    source = ConfigSource(
+        file or Path.cwd() / CONFIG_FILE, host=args.host, port=args.port, optional=file is None
+    )
     configure_logging(config.logging.level, config.logging.format)
     if args.workers > 1:
         from backworks.server.workers import serve_workers
@@ -215,6 +220,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"{source}: valid ({len(config.endpoints)} endpoints, "
         f"{len(config.plugins)} plugins configured)"
     )
+    # Valid, but a route that can never match is a mistake worth a line of its own.
+    for problem in shadowed_routes(config):
+        print(f"warning: {problem}")
     return EXIT_OK
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import attrs
 
 from backworks.config.model import Config, ServerConfig
-from backworks.config.parse import load_config
+from backworks.config.parse import default_config, load_config
 
 
 def with_listen_address(config: Config, host: str | None, port: int | None) -> Config:
@@ -27,15 +27,24 @@ def with_listen_address(config: Config, host: str | None, port: int | None) -> C
 
 @attrs.frozen
 class ConfigSource:
-    """The file the running config was read from, and what the command line overrode."""
+    """The file the running config was read from, and what the command line overrode.
+
+    `optional`: the server started without a config file (the defaults, discovering
+    ./plugins); a reload reads `path` if it has appeared since, else the defaults again.
+    """
 
     path: Path
     host: str | None = None
     port: int | None = None
+    optional: bool = False
 
     def load(self) -> Config:
         """Reads the file again; raises ConfigError listing every problem. Blocking."""
-        return with_listen_address(load_config(self.path), self.host, self.port)
+        if self.optional and not self.path.is_file():
+            config = default_config(self.path.parent)
+        else:
+            config = load_config(self.path)
+        return with_listen_address(config, self.host, self.port)
 
 
 # Settings read once, when the server starts listening; a reload cannot change them.

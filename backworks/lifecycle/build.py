@@ -96,7 +96,9 @@ class Builder:
         health = HealthMonitor(
             runner, interval_ms=settings.health_interval_ms, timeout_ms=settings.health_timeout_ms
         )
-        return PluginVersion(spec, settings, runner, plugin, copy.version, health)
+        return PluginVersion(
+            spec, settings, runner, plugin, copy.version, health, file_key=copy.source_key
+        )
 
     def close(self) -> None:
         """Removes the private copies' folder; what is loaded from it stays mapped."""

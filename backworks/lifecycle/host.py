@@ -30,7 +30,7 @@ import structlog
 from backworks.config import Config, PluginConfig
 from backworks.errors import BackworksError, PluginUnavailableError, StartupError, reason_of
 from backworks.lifecycle.build import Builder
-from backworks.lifecycle.routes import Endpoint, RouteTable, route_table
+from backworks.lifecycle.routes import Endpoint, RouteTable, route_table, shadowed_routes
 from backworks.lifecycle.versions import PluginVersion
 from backworks.plugins import discovery
 from backworks.plugins.loading import LoadedPlugin, PluginSpec, PluginState
@@ -86,6 +86,7 @@ class Host:
         for spec, settings in plan.load.values():
             await self._load(spec, settings)
         self.routes = route_table(self.config)
+        warn_shadowed(self.config)
         for endpoint in self.config.endpoints:
             if endpoint.handler and endpoint.handler not in self.plugins:
                 log.warning(
@@ -118,12 +119,20 @@ class Host:
         # refuses, per plugin, every other file that others may write.
         loose = any(p.allow_insecure_permissions for p in config.plugins.values())
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
+        results = await loop.run_in_executor(
             None,
             lambda: discovery.scan(
                 found.directories, recursive=found.recursive, allow_insecure_permissions=loose
             ),
         )
+        # One line per library refused, with the reason and fix `plugins inspect` gives:
+        # a file that serves nothing says why, not only in a count.
+        for result in results:
+            if not result.ok and not result.skipped:
+                log.warning(
+                    "plugin_file_refused", path=result.path, plugin=result.name, error=result.error
+                )
+        return results
 
     async def _load(self, spec: PluginSpec, settings: PluginConfig) -> None:
         try:
@@ -190,6 +199,7 @@ class Host:
         request sees all of the old or all of the new.
         """
         routes = route_table(config)
+        warn_shadowed(config)
         old = self.versions
         self.config = config
         self.routes = routes
@@ -218,3 +228,9 @@ class Host:
             generation=old.generation,
             shutdown=shut_down,
         )
+
+
+def warn_shadowed(config: Config) -> None:
+    """Logs each endpoint of `config` that an earlier one keeps from ever matching."""
+    for problem in shadowed_routes(config):
+        log.warning("route_shadowed", problem=problem)

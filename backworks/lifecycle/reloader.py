@@ -11,7 +11,8 @@ waits for the one in progress.
   running version serving (logged).
 - A config reload reads and validates the file first (`config_reload_failed` lists
   every problem, and nothing changes). It builds what the new config adds or
-  changes, keeps what is unchanged, switches config, plugins and routes together
+  changes, and every library whose file changed since it was loaded (watched or
+  not), keeps what is unchanged, switches config, plugins and routes together
   (`Host.switch`), and drains what it drops in the background. Settings only read at
   start (listen address, body limit, logging, dashboard) keep their running values
   and are logged as needing a restart.
@@ -33,6 +34,7 @@ from backworks.errors import BackworksError, ConfigError, NotReloadable, reason_
 from backworks.lifecycle.host import Host
 from backworks.lifecycle.versions import PluginVersion, ReloadStatus, Trigger
 from backworks.plugins import discovery
+from backworks.plugins.copies import file_key
 from backworks.plugins.loading import LoadedPlugin, PluginSpec, PluginState
 from backworks.plugins.plan import plan_plugins, plugin_spec
 from backworks.plugins.watcher import Watcher, WatchSet
@@ -249,7 +251,8 @@ class Reloader:
             new = await loop.run_in_executor(None, reread_config, self.source, running, trigger)
             if new is None:
                 return False
-            if new == running:
+            changed = any(_file_changed(v) for v in self.host.versions.values())
+            if new == running and not changed:
                 log.info("config_unchanged", source=str(self.source.path), trigger=trigger)
                 return True
             await self._apply(new, trigger)
@@ -264,7 +267,11 @@ class Reloader:
         try:
             for name, (spec, settings) in plan.load.items():
                 current = old.get(name)
-                if current is not None and (current.spec, current.settings) == (spec, settings):
+                if (
+                    current is not None
+                    and (current.spec, current.settings) == (spec, settings)
+                    and not _file_changed(current)
+                ):
                     continue
                 version = await self._build(spec, settings)
                 if isinstance(version, str):
@@ -382,6 +389,18 @@ class Reloader:
         error = task.exception()  # retrieved here too: its caller may have gone away
         if error is not None and not isinstance(error, NotReloadable):
             log.error("reload_failed", error=repr(error))
+
+
+def _file_changed(version: PluginVersion) -> bool:
+    """Whether `version`'s library file was rebuilt or replaced since it was copied.
+
+    A file that is gone is not a change: the running version keeps serving.
+    """
+    try:
+        now = file_key(version.spec.path.stat())
+    except OSError:
+        return False
+    return version.file_key is not None and now != version.file_key
 
 
 def _in_folders(path: Path, config: Config) -> bool:

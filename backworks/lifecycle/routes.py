@@ -106,6 +106,73 @@ def _params(groups: Mapping[str, str | None]) -> Iterable[tuple[str, str]]:
     return ((k, v or "") for k, v in groups.items())
 
 
+# -- routes that can never match ------------------------------------------------
+
+# What one segment of a pattern is, for comparing patterns: a literal, or `{name}` (any
+# one segment). Anything else (`{tail:.*}`, `file{ext}`) is "other": not compared.
+_ANY = "{}"
+
+
+def _segments(pattern: str) -> list[str | None] | None:
+    parts: list[str | None] = []
+    for segment in pattern.split("/"):
+        whole = _PARAM.fullmatch(segment)
+        if whole is not None and whole[2] is None:
+            parts.append(_ANY)
+        elif "{" in segment:
+            return None
+        else:
+            parts.append(segment)
+    return parts
+
+
+def _covers(earlier: str, later: str) -> bool:
+    """True when every path `later` matches is matched by `earlier` (checked first)."""
+    if earlier == later:
+        return True
+    a, b = _segments(earlier), _segments(later)
+    if a is None or b is None or len(a) != len(b):
+        return False
+    return all(x == _ANY or (x == y and y != _ANY) for x, y in zip(a, b, strict=True))
+
+
+def _taken(methods: frozenset[str]) -> frozenset[str]:
+    """The methods a route answers: HEAD too where it takes GET."""
+    return methods | {"HEAD"} if "GET" in methods else methods
+
+
+def shadowed_routes(config: Config) -> list[str]:
+    """One sentence per endpoint that, for some of its methods, can never be reached:
+    an endpoint declared before it matches every path it matches, for those methods.
+
+    A static path is looked up before every pattern, so only a static path shadows a
+    static path; patterns are tried in the order they are declared.
+    """
+    found = []
+    endpoints = config.endpoints
+    for i, later in enumerate(endpoints):
+        static = compile_pattern(later.path) is None
+        left = frozenset(later.methods)
+        for earlier in endpoints[:i]:
+            if (compile_pattern(earlier.path) is None) != static:
+                continue  # neither kind shadows the other (see above)
+            if not _covers(earlier.path, later.path):
+                continue
+            lost = left & _taken(frozenset(earlier.methods))
+            if not lost:
+                continue
+            left -= lost
+            methods = ", ".join(sorted(lost))
+            never = "can never match" if not left else f"can never match {methods}"
+            found.append(
+                f"endpoints.{later.path}: {never}: {earlier.path!r}, declared before it, "
+                f"matches every path it matches ({methods})"
+            )
+            if not left:
+                break
+    return found
+
+
 # -- what an endpoint is ---------------------------------------------------------
 
 

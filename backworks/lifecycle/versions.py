@@ -30,6 +30,9 @@ class PluginVersion:
     plugin: LoadedPlugin
     generation: int  # which private copy (library_copies) it runs from
     health: HealthMonitor  # its scheduled health checks, started when it is installed
+    # The library file as it was when copied (copies.file_key): a config reload
+    # rebuilds a version whose file has changed since, watched or not.
+    file_key: tuple[int, int, int, int] | None = None
 
 
 @attrs.frozen

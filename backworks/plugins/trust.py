@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shlex
 import stat
 from pathlib import Path
@@ -89,6 +90,8 @@ def open_trusted(path: Path, *, strict: bool = True) -> TrustedFile:
     fault, its owner and mode, and the fix. Without `strict` (allow_insecure_permissions)
     the file is still opened once, so that what is read is one file.
     """
+    if (held := held_descriptor(path)) is not None:
+        return _open_held(path, held, strict=strict)
     real = Path(os.path.realpath(path))
     try:
         fd = os.open(real, _OPEN_FLAGS)
@@ -102,6 +105,46 @@ def open_trusted(path: Path, *, strict: bool = True) -> TrustedFile:
             raise PluginLoadError(path, "not a regular file")
         if strict:
             _check_strictly(path, real, st)
+    except BaseException:
+        os.close(fd)
+        raise
+    return TrustedFile(path, fd, st)
+
+
+_HELD = re.compile(r"/proc/(\d+|self)/fd/(\d+)/[^/]+")
+
+
+def held_descriptor(path: Path) -> int | None:
+    """The pid whose open folder `path` goes through (`/proc/<pid>/fd/<n>/<file>`)."""
+    found = _HELD.fullmatch(str(path))
+    if found is None:
+        return None
+    return os.getpid() if found[1] == "self" else int(found[1])
+
+
+def _open_held(path: Path, pid: int, *, strict: bool) -> TrustedFile:
+    """A file in a folder a process holds open (a private copy, copies.py).
+
+    Such a name leads into the folder the descriptor holds, whatever is renamed above
+    it: only that process (or root) can change which folder that is. So the folders
+    above are not checked, but the process must be ours, and the folder and the file
+    are checked as any other.
+    """
+    try:
+        fd = os.open(path, _OPEN_FLAGS)  # O_NOFOLLOW: the file itself is no link
+    except FileNotFoundError:
+        raise PluginLoadError(path, "no such file (its process has closed it)") from None
+    except OSError as e:
+        raise PluginLoadError(path, f"cannot be read: {e.strerror or e}") from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PluginLoadError(path, "not a regular file")
+        if strict and hasattr(os, "geteuid"):
+            process = Path(f"/proc/{pid}")
+            _check_owner(path, "the process holding it", process, process.stat())
+            _check_entry(path, "its folder", path.parent, path.parent.stat())
+            _check_entry(path, "the file", path, st)
     except BaseException:
         os.close(fd)
         raise

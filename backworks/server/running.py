@@ -68,8 +68,9 @@ async def run_server(
         app = create_app(config, cluster=cluster)
     else:
         app = create_app(config, admin_listener=True, source=source)
-        if source is not None:
-            app.cleanup_ctx.append(reload_on_sighup)
+        # Always: SIGHUP's default action would end the process (with no source, the
+        # reloader logs that there is nothing to read).
+        app.cleanup_ctx.append(reload_on_sighup)
     server = config.server
     runner = web.AppRunner(
         app,

@@ -59,6 +59,8 @@ def edge_middleware(edge: Edge) -> Middleware:
             response = to_web_response(edge.failed(ex))
         response.headers["X-Request-Id"] = rid
         response.headers["Server"] = SERVER
+        if edge.host.draining:  # from SIGTERM on, clients move to another server
+            response.force_close()
         for name, value in edge.global_headers().items():
             response.headers.setdefault(name, value)
         _note(ex, request)

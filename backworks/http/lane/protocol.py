@@ -35,6 +35,7 @@ tracing on, every request runs as a task: its span is current in its own context
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -313,17 +314,17 @@ class Lane(asyncio.Protocol):
             self.abort()  # idle past the keep-alive timeout
 
     def drain(self) -> None:
-        """The server is stopping: close after the answers owed; now, if idle.
+        """The server is stopping: close after the answers owed; soon, if idle.
 
-        A connection with nothing read yet gets FRESH_GRACE_S for its request, which
-        is then answered with `Connection: close`.
+        An idle connection (nothing read yet, or between keep-alive requests) gets
+        FRESH_GRACE_S for a request its client has already sent, which is then answered
+        with `Connection: close`: closing it at once would reset that request, and a
+        client cannot tell a reset POST from one that ran.
         """
         if self._phase != _IDLE or self._task is not None or self._queue:
             self._closing = True
-        elif not self._started:  # nothing read yet
-            self.deadline = min(self.deadline, time.monotonic() + FRESH_GRACE_S)
-        else:
-            self.abort()
+        elif not self._lingering:
+            self.deadline = min(self.deadline or math.inf, time.monotonic() + FRESH_GRACE_S)
 
     def abort(self) -> None:
         """Closes the connection now."""
@@ -467,7 +468,10 @@ class Lane(asyncio.Protocol):
         if body:
             ex.body = body[0] if len(body) == 1 else b"".join(body)
         match, self._match = self._match, None
-        keep_alive = self._keep_alive and not self.settings.draining
+        # From SIGTERM on (the host drains before the listener does), every answer says
+        # `Connection: close`, so clients move to another server between requests.
+        settings = self.settings
+        keep_alive = self._keep_alive and not (settings.draining or settings.host.draining)
         if not keep_alive:
             self._closing = True
         size = len(ex.body) + self._head_size
@@ -593,7 +597,8 @@ class Lane(asyncio.Protocol):
 
     def _connection_field(self, queued: _Queued) -> bytes:
         """The Connection field of `queued`'s answer: close on the last answer only."""
-        if not queued.keep_alive or (self._closing and not self._queue and self._phase == _IDLE):
+        last = self._closing and not self._queue and self._phase == _IDLE
+        if not queued.keep_alive or last or self.settings.host.draining:
             self._closing = True
             return CLOSE
         return KEEP_ALIVE if queued.http10 else b""
