@@ -208,21 +208,25 @@ class ProcessBackend:
             return states
         return asyncio.ensure_future(_after(retiring, states))
 
-    def abandon(self, call: asyncio.Future[Any]) -> None:
-        """Cancels the call in its worker; stops the worker if the call keeps running."""
+    def abandon(self, call: asyncio.Future[Any]) -> bool:
+        """Cancels the call in its worker; stops the worker if the call keeps running.
+
+        True when the call was still waiting here for a worker: it never ran.
+        """
         entry = self._by_future.get(call)
         if entry is None or call.done():
-            return
+            return False
         slot = entry.slot
         if slot is None:  # still waiting here: it never reached a worker
-            self._queue.remove(entry)
+            self._unqueue(entry)
             self._finish(entry, None, PluginCancelledError(self.name, "given up on in the queue"))
-            return
+            return True
         if entry.abandoned or slot.proc is None:
-            return
+            return False
         entry.abandoned = True
         slot.proc.send_control(fr.frame(fr.CANCEL, entry.call_id))
         self._expect_return(slot, entry)
+        return False
 
     def inline_calls(self) -> PluginCalls | None:
         """None: the plugin lives in other processes, never on the event loop."""
@@ -486,6 +490,9 @@ class ProcessBackend:
             fut.set_result(result)
         else:
             fut.set_exception(error)
+
+    def _unqueue(self, call: Call) -> None:
+        self._queue.remove(call)
 
     def _fail_queued(self, error: PluginError) -> None:
         queue, self._queue = self._queue, collections.deque()
