@@ -160,6 +160,9 @@ class ServerConfig:
     `drain_delay_ms`: after SIGTERM the server keeps serving this long while its health
     route answers 503, so a load balancer routes around it before it stops accepting;
     then calls in flight get up to `shutdown_timeout_ms`.
+    `stall_timeout_ms`: a process whose event loop is held this long (an inline call
+    that never returns) logs the culprit and exits with status 70 (server/stall.py);
+    0 turns the bound off (a stop signal still ends a held process).
     """
 
     host: str = "127.0.0.1"
@@ -172,6 +175,7 @@ class ServerConfig:
     shutdown_timeout_ms: int = 10_000
     inline_calls: bool = True  # false: no plugin is ever called on the event loop
     drain_delay_ms: int = 0
+    stall_timeout_ms: int = 3_000
 
 
 @attrs.frozen

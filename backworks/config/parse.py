@@ -337,6 +337,7 @@ def _server(sec: Reader) -> ServerConfig:
             shutdown_timeout_ms=sec.integer("shutdown_timeout_ms", d.shutdown_timeout_ms, low=0),
             inline_calls=sec.flag("inline_calls", d.inline_calls),
             drain_delay_ms=sec.integer("drain_delay_ms", d.drain_delay_ms, low=0),
+            stall_timeout_ms=sec.integer("stall_timeout_ms", d.stall_timeout_ms, low=0),
         )
     )
 

@@ -226,7 +226,7 @@ class PluginRunner:
         started = time.perf_counter()
         watchdog = self._watchdog
         if watchdog is not None:
-            watchdog.current = (self, started)
+            watchdog.current = (self, started, fn, args[0] if args else None)
         try:
             result = fn(*args, self._inline_cancel)
         except PluginError as e:
