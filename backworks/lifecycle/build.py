@@ -17,11 +17,13 @@ Nothing is switched here: the Host installs what was built.
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 
 import attrs
 import structlog
 
+from backworks.abi import PluginInstance
 from backworks.abi.hostlog import plugin_log_sink
 from backworks.config import PluginConfig
 from backworks.errors import PluginInitError, PluginLoadError
@@ -135,6 +137,23 @@ async def _examine(private: PluginSpec, original: Path) -> None:
         raise PluginLoadError(original, msg)
 
 
+def _load_announced(spec: PluginSpec, settings: PluginConfig) -> PluginInstance:
+    """Loads the plugin here, its `init` announced first. Blocking.
+
+    A crash in `init` ends this process with no answer to log: the line written (and
+    flushed) before it is what names the plugin. `backworks plugins inspect --init`
+    runs the same `init` in a throwaway child.
+    """
+    log.info("plugin_init_start", plugin=spec.name, path=str(spec.path))
+    for stream in (sys.stderr, sys.stdout):
+        stream.flush()
+    instance = load_plugin(
+        spec, plugin_log_sink(spec.name), max_response_bytes=settings.max_response_bytes
+    )
+    log.info("plugin_init_done", plugin=spec.name)
+    return instance
+
+
 async def _thread_backend(spec: PluginSpec, settings: PluginConfig) -> tuple[Backend, int]:
     """`isolation: in-process`: the library is loaded here and `init` runs here.
 
@@ -144,14 +163,7 @@ async def _thread_backend(spec: PluginSpec, settings: PluginConfig) -> tuple[Bac
     loop = asyncio.get_running_loop()
     try:
         instance = await asyncio.wait_for(
-            loop.run_in_executor(
-                None,
-                lambda: load_plugin(
-                    spec,
-                    plugin_log_sink(spec.name),
-                    max_response_bytes=settings.max_response_bytes,
-                ),
-            ),
+            loop.run_in_executor(None, _load_announced, spec, settings),
             settings.start_timeout_ms / 1000,
         )
     except TimeoutError:
