@@ -510,6 +510,14 @@ class Supervisor:
         before_ready = slot.state == STARTING
         stop_reason, slot.stop_reason = slot.stop_reason, None
         text = slot.last_exit = self._exit_text(slot, proc)
+        if proc.crash_dump:  # one event per native crash, the dump a field of it
+            log.error(
+                "plugin_worker_crash_output",
+                plugin=self.name,
+                pid=proc.pid,
+                exit=text,
+                dump=proc.crash_dump,
+            )
         # The standby takes a dead serving worker's place before the calls it held are
         # sorted out: those sent again go to it at once, a suspect waits for the next.
         standby = self._successor_standby(slot, before_ready)
