@@ -9,10 +9,12 @@ timeout.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from structlog.testing import capture_logs
 
 from backworks.http.state import HOST, RELOADER
@@ -142,3 +144,24 @@ async def test_a_call_no_worker_took_in_time_is_503_with_retry_after_not_a_timeo
     assert waited < 2.5, "answered at its timeout, not when the worker finally started"
     assert not [e for e in logs if e["event"] == "plugin_timeout"]
     assert [e["request_id"] for e in logs if e["event"] == "plugin_call_not_started"]
+
+
+async def test_a_native_crash_is_one_json_event_with_the_dump_as_a_field(
+    build_plugin: BuildPlugin,
+    plugins_dir: Path,
+    serve: Serve,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    crashkit(build_plugin, plugins_dir)
+    client = await serve({"plugins": {"crashy": {"isolation": "process", "standby": False}}})
+    with capture_logs() as logs:
+        assert (await client.post("/plugins/crashy/segv")).status == 502
+        await eventually(lambda: row_of(client)["workers"][0]["state"] == "ready")  # type: ignore[index]
+
+    [event] = [e for e in logs if e["event"] == "plugin_worker_crash_output"]
+    assert event["plugin"] == "crashy"
+    assert "SIGSEGV" in event["exit"]
+    assert "Segmentation fault" in event["dump"]
+    assert "instance" in event["dump"] or "handle" in event["dump"], "where it crashed"
+    assert json.loads(json.dumps(event))["dump"] == event["dump"]
+    assert "Fatal Python error" not in capfd.readouterr().err, "no text in the log stream"
