@@ -214,4 +214,7 @@ async def _process_backend(spec: PluginSpec, settings: PluginConfig) -> tuple[Ba
         max_response_mb=settings.max_response_mb,
     )
     await backend.start()
-    return backend, workers * per_worker
+    # With a standby, one call more may be admitted: a crash's suspect waits for the
+    # standby (and runs there) holding its admission slot, which an innocent call
+    # behind it would otherwise wait for.
+    return backend, workers * per_worker + (1 if limits.standby else 0)
