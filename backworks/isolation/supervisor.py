@@ -741,10 +741,10 @@ class Supervisor:
     ) -> None:
         """The standby died (or was stopped): a new one after a backoff, if still wanted."""
         self.standby = None
+        if standby.state != FAILED:
+            standby.state = STOPPED
         if self.closing or self.failure is not None:
-            standby.state = STOPPED if standby.state != FAILED else FAILED
             return
-        standby.state = STOPPED
         if before_ready and stop_reason is None:
             self._standby_start_failures += 1
             if self._standby_start_failures >= START_ATTEMPTS:
