@@ -191,3 +191,32 @@ def test_workers_within_the_bound_are_accepted(workers: int) -> None:
     from backworks.cli.main import max_workers
 
     assert max_workers() >= workers * 4, "a 2-core machine may run 16"
+
+
+def test_an_in_process_init_runs_on_a_thread_the_kernel_knows_by_the_plugins_name(
+    tmp_path: Path, build_plugin: BuildPlugin, served: list[Server]
+) -> None:
+    """So the kernel's own crash report (and a core dump) names the plugin too."""
+    build_plugin(CRASHKIT, "crashy", tmp_path / "plugins", extra_flags=('-DKIT_NAME="crashy"',))
+    slow = tmp_path / "slow"
+    slow.touch()  # init sleeps 3 s: time to look at its thread
+    config = write_config(
+        tmp_path, {"plugins": {"crashy": {"config": {"slow_init_if": str(slow)}}}}
+    )
+    server = Server(config, tmp_path)
+    served.append(server)
+    tasks = Path(f"/proc/{server.proc.pid}/task")
+
+    def names() -> set[str]:
+        found = set()
+        for task in tasks.iterdir():
+            with contextlib.suppress(OSError):
+                found.add((task / "comm").read_text().strip())
+        return found
+
+    deadline = time.monotonic() + 30
+    while "init:crashy" not in names():
+        assert time.monotonic() < deadline, f"no thread named init:crashy: {names()}"
+        time.sleep(0.02)
+    server.wait_ready()
+    assert "init:crashy" not in names(), "the name is the init's only"

@@ -17,7 +17,10 @@ Nothing is switched here: the Host installs what was built.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
@@ -40,6 +43,8 @@ from backworks.runtime.breaker import CircuitBreaker
 from backworks.runtime.runner import DEFAULT_POOL_SIZE, PluginRunner
 
 log = structlog.get_logger("backworks.host")
+
+_PR_SET_NAME, _PR_GET_NAME = 15, 16
 
 # Calls in flight per worker process of a thread-safe plugin when its config sets no
 # max_concurrency: a worker starts that many threads up front.
@@ -147,11 +152,30 @@ def _load_announced(spec: PluginSpec, settings: PluginConfig) -> PluginInstance:
     log.info("plugin_init_start", plugin=spec.name, path=str(spec.path))
     for stream in (sys.stderr, sys.stdout):
         stream.flush()
-    instance = load_plugin(
-        spec, plugin_log_sink(spec.name), max_response_bytes=settings.max_response_bytes
-    )
+    # The kernel's own crash report (`init:NAME[pid]: segfault at ...`, a core dump's
+    # thread name) names the plugin too.
+    with _thread_named(f"init:{spec.name}"):
+        instance = load_plugin(
+            spec, plugin_log_sink(spec.name), max_response_bytes=settings.max_response_bytes
+        )
     log.info("plugin_init_done", plugin=spec.name)
     return instance
+
+
+@contextlib.contextmanager
+def _thread_named(name: str) -> Iterator[None]:
+    """The calling thread's kernel name is `name` (15 bytes at most) meanwhile (Linux)."""
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    old = ctypes.create_string_buffer(16)
+    libc.prctl(_PR_GET_NAME, old, 0, 0, 0)
+    libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    try:
+        yield
+    finally:
+        libc.prctl(_PR_SET_NAME, old.value, 0, 0, 0)
 
 
 async def _thread_backend(spec: PluginSpec, settings: PluginConfig) -> tuple[Backend, int]:
