@@ -165,3 +165,17 @@ async def test_a_native_crash_is_one_json_event_with_the_dump_as_a_field(
     assert "instance" in event["dump"] or "handle" in event["dump"], "where it crashed"
     assert json.loads(json.dumps(event))["dump"] == event["dump"]
     assert "Fatal Python error" not in capfd.readouterr().err, "no text in the log stream"
+
+
+async def test_a_post_that_crashes_its_worker_alone_is_the_crasher_not_unknown(
+    build_plugin: BuildPlugin, plugins_dir: Path, serve: Serve
+) -> None:
+    crashkit(build_plugin, plugins_dir)
+    client = await serve({"plugins": {"crashy": {"isolation": "process"}}})
+
+    resp = await client.post("/plugins/crashy/segv")
+
+    assert resp.status == 502
+    assert (await error_of(resp))["code"] == "plugin_crashed"
+    assert "Retry-After" not in resp.headers, "trying it again would crash again"
+    assert (await client.post("/plugins/crashy/pid")).status == 200, "the standby serves"
