@@ -84,7 +84,11 @@ async def probe(
         info = await asyncio.wait_for(asyncio.shield(result), timeout)
         if run_init:  # its state is shut down as a server would: one init, one shutdown
             proc.send(fr.frame(fr.SHUTDOWN, 1))
-            await asyncio.wait_for(asyncio.shield(exited), timeout)
+            try:
+                await asyncio.wait_for(asyncio.shield(exited), timeout)
+            except TimeoutError:
+                msg = f"shutdown did not return within start_timeout_ms of {start_timeout_ms} ms"
+                raise PluginInitError(spec.name, msg) from None
         return info
     except TimeoutError:
         what = "run init" if run_init else "read the library's descriptor"
