@@ -55,7 +55,7 @@ _PLUGIN_ERRORS: tuple[tuple[type[PluginError], int, str, str], ...] = (
 )
 
 # Answers a client may try again after a moment: a worker was restarting, or a call
-# of theirs was lost with one (Retry-After in seconds; README, "What a crash costs").
+# of theirs was lost with one (Retry-After in seconds; README, "What a fault costs").
 _RETRY_AFTER: tuple[type[PluginError], ...] = (PluginRestartingError, PluginOutcomeUnknownError)
 RETRY_AFTER_S = "1"
 
