@@ -24,6 +24,7 @@ test: $(STAMP)
 # The timing-sensitive tests while two CPU-burning processes compete for the cores: the
 # suite must pass on a busy machine. scripts/with-cpu-load always kills its burners.
 STRESS_TESTS := tests/test_isolation.py tests/test_fault_containment.py tests/test_server.py \
+	tests/test_crash_costs.py tests/test_fault_exits.py \
 	tests/test_reload.py tests/test_limits.py
 
 test-stress: $(STAMP)

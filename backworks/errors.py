@@ -87,6 +87,19 @@ class PluginCrashedError(PluginError):
         self.counted = counted
 
 
+class PluginOutcomeUnknownError(PluginCrashedError):
+    """A call that may not be repeated was running when its worker died, beside others.
+
+    It may or may not have taken effect (a POST that wrote its row, then lost its
+    answer); only the client, with an idempotency key, can tell. Not the crash's
+    culprit as far as the host knows: the culprit is answered PluginCrashedError.
+    """
+
+
+class PluginRestartingError(PluginUnavailableError):
+    """No worker took the call within its budget (they were restarting): it never ran."""
+
+
 class StartupError(BackworksError):
     """A critical plugin could not be started; the server must not open its port."""
 

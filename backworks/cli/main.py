@@ -42,6 +42,19 @@ EXIT_UNUSABLE = 1
 EXIT_USAGE = 2
 
 DEFAULT_PLUGIN_DIR = Path("plugins")
+# `serve --workers N` refuses N above this many per CPU this process may run on: each
+# worker is a whole server with its own plugins; past a few per core they only add
+# memory, context switches and a shutdown that takes minutes (1000 on 2 cores: 6.5).
+WORKERS_PER_CPU = 8
+
+
+def max_workers() -> int:
+    """The largest `--workers` accepted here: WORKERS_PER_CPU per usable CPU."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - systems without affinity
+        cpus = os.cpu_count() or 1
+    return WORKERS_PER_CPU * max(cpus, 1)
 
 
 class UsageError(Exception):
@@ -120,6 +133,17 @@ def _add_plugins_commands(commands: argparse._SubParsersAction[Any]) -> None:
     inspect = sub.add_parser("inspect", help="examine one library (always afresh)")
     inspect.add_argument("file", type=Path, metavar="FILE")
     inspect.add_argument("--json", action="store_true", help="print the result as JSON")
+    inspect.add_argument(
+        "--init",
+        action="store_true",
+        help="also run the plugin's init (then shutdown) in a throwaway child process",
+    )
+    inspect.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="with --init: pass init the plugin's `config` from this config file",
+    )
     _add_examine_options(inspect)
     inspect.set_defaults(run=cmd_plugins_inspect)
 
@@ -177,6 +201,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """`backworks serve`: exit 0 after a clean shutdown, 1 when the start fails."""
     from backworks.server.serve import serve  # the server stack loads only for this command
 
+    bound = max_workers()
+    if args.workers > bound:
+        msg = (
+            f"--workers {args.workers} is more than this machine can run usefully: at most "
+            f"{bound} ({WORKERS_PER_CPU} per CPU, {bound // WORKERS_PER_CPU} CPUs usable)"
+        )
+        raise UsageError(msg)
     try:
         config, _ = _server_config(args)
     except ConfigError as e:
@@ -261,14 +292,61 @@ def cmd_plugins_inspect(args: argparse.Namespace) -> int:
     if not os.path.lexists(path):
         msg = f"{str(path)!r} does not exist"
         raise UsageError(msg)
+    if args.config is not None and not args.init:
+        msg = "--config is only read with --init"
+        raise UsageError(msg)
     result = discovery.examine(
         path, timeout_s=args.timeout, allow_insecure_permissions=args.allow_insecure_permissions
     )
+    init_error = _try_init(args, result) if args.init and result.ok else None
     if args.json:
-        _print_json([result])
+        data = result.to_json()
+        if args.init:
+            data["init"] = "ok" if init_error is None else init_error
+        print(json.dumps([data], indent=2))
     else:
         _print_details(result)
-    return EXIT_OK if result.ok else EXIT_UNUSABLE
+        if args.init and result.ok:
+            print(f"init:        {'ok (then shutdown)' if init_error is None else init_error}")
+    return EXIT_OK if result.ok and init_error is None else EXIT_UNUSABLE
+
+
+def _try_init(args: argparse.Namespace, result: ScanResult) -> str | None:
+    """Runs `init` of the examined plugin in a throwaway child; None, or what went wrong.
+
+    The config given is the `config` of the plugin of that name in `--config`, else
+    `{}`. A crash's output goes to stderr, the culprit named above it.
+    """
+    import asyncio
+
+    from backworks.errors import BackworksError
+    from backworks.isolation.probe import InitCrashError, try_init
+    from backworks.plugins.loading import PluginSpec
+
+    assert result.name is not None
+    config_json = b"{}"
+    if args.config is not None:
+        if not args.config.is_file():
+            msg = f"config file {str(args.config)!r} does not exist"
+            raise UsageError(msg)
+        plugin = load_config(args.config).plugins.get(result.name)
+        if plugin is not None:
+            config_json = plugin.config_json
+    spec = PluginSpec(
+        result.name,
+        Path(result.path),
+        config_json,
+        allow_insecure_permissions=args.allow_insecure_permissions,
+    )
+    try:
+        asyncio.run(try_init(spec, start_timeout_ms=round(args.timeout * 1000)))
+    except InitCrashError as e:
+        if e.dump:
+            print(f"crash output of plugin {result.name!r}'s init:\n{e.dump}", file=sys.stderr)
+        return f"crashed: {e.message}"
+    except BackworksError as e:
+        return f"failed: {e}"
+    return None
 
 
 def cmd_new_plugin(args: argparse.Namespace) -> int:

@@ -55,7 +55,10 @@ class ProcessLimits:
     `max_calls_per_worker`: a worker is replaced (gracefully) after answering that
     many calls; None: never. `retry_on_crash`: calls lost with a crashed worker are
     retried even when they are not GET/HEAD (the plugin says its calls are safe to
-    repeat).
+    repeat). `standby`: one more worker is started and initialised but takes no calls:
+    when a worker dies it takes the dead one's place at once (no respawn to wait for),
+    and it runs the suspect of a crash alone, away from innocent calls. Off here (the
+    isolation layer's neutral default); the config turns it on unless told not to.
 
     Valid by construction (the validators raise ValueError), so the isolation layer
     never checks them again; the config parser reports bad values with key paths.
@@ -66,6 +69,7 @@ class ProcessLimits:
     cpu_limit_ms: int | None = attrs.field(default=None, validator=_optional_positive)
     max_calls_per_worker: int | None = attrs.field(default=None, validator=_optional_positive)
     retry_on_crash: bool = False
+    standby: bool = False
 
 
 @attrs.frozen
@@ -95,6 +99,8 @@ class PluginConfig:
     cpu_limit_ms: int | None = None
     max_calls_per_worker: int | None = None
     retry_on_crash: bool = False
+    # A warm standby worker (isolation: process): one idle process per plugin.
+    standby: bool = True
     dispatch: Dispatch = "auto"
     # The largest answer body the plugin may give; a larger one is refused (502).
     max_response_mb: int = 64
@@ -116,6 +122,7 @@ class PluginConfig:
             self.cpu_limit_ms,
             self.max_calls_per_worker,
             self.retry_on_crash,
+            self.standby,
         )
 
 
@@ -154,6 +161,9 @@ class ServerConfig:
     route answers 503, so a load balancer routes around it before it stops accepting;
     then calls in flight get up to `shutdown_timeout_ms`.
     `trusted_proxies`: see `http/forwarded.py`.
+    `stall_timeout_ms`: a process whose event loop is held this long (an inline call
+    that never returns) logs the culprit and exits with status 70 (server/stall.py);
+    0 turns the bound off (a stop signal still ends a held process).
     """
 
     host: str = "127.0.0.1"
@@ -169,6 +179,7 @@ class ServerConfig:
     # The proxies (addresses or CIDR networks) whose X-Forwarded-For is believed: the
     # access log's and the span's client address. From anyone else it is ignored.
     trusted_proxies: tuple[str, ...] = ()
+    stall_timeout_ms: int = 3_000
 
 
 @attrs.frozen

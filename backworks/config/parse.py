@@ -162,6 +162,7 @@ def _plugin(name: str, sec: Reader, base_dir: Path) -> PluginConfig:
             ("workers", workers is not None),
             ("max_calls_per_worker", max_calls is not None),
             ("retry_on_crash", sec.has("retry_on_crash")),
+            ("standby", sec.has("standby")),
         ):
             if given:
                 sec.problem(key, "only applies with isolation: process")
@@ -187,6 +188,7 @@ def _plugin(name: str, sec: Reader, base_dir: Path) -> PluginConfig:
             cpu_limit_ms=sec.optional_integer("cpu_limit_ms"),
             max_calls_per_worker=max_calls,
             retry_on_crash=retry_on_crash,
+            standby=sec.flag("standby", d.standby),
             dispatch=sec.choice("dispatch", d.dispatch, DISPATCHES),
             # A frame between a worker process and the host holds at most 1 GiB.
             max_response_mb=sec.integer("max_response_mb", d.max_response_mb, high=1000),
@@ -337,6 +339,7 @@ def _server(sec: Reader) -> ServerConfig:
             inline_calls=sec.flag("inline_calls", d.inline_calls),
             drain_delay_ms=sec.integer("drain_delay_ms", d.drain_delay_ms, low=0),
             trusted_proxies=sec.strings("trusted_proxies", _network_problem),
+            stall_timeout_ms=sec.integer("stall_timeout_ms", d.stall_timeout_ms, low=0),
         )
     )
 

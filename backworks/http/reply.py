@@ -25,6 +25,8 @@ from backworks.errors import (
     PluginCancelledError,
     PluginCrashedError,
     PluginError,
+    PluginOutcomeUnknownError,
+    PluginRestartingError,
     PluginSaturatedError,
     PluginTimeoutError,
     PluginUnavailableError,
@@ -39,11 +41,23 @@ _PLUGIN_ERRORS: tuple[tuple[type[PluginError], int, str, str], ...] = (
     (PluginTimeoutError, 504, "plugin_timeout", "the plugin did not answer in time"),
     (PluginSaturatedError, 503, "plugin_saturated", "the plugin is busy; try again shortly"),
     (CircuitOpenError, 503, "circuit_open", "the plugin keeps failing; calls to it are paused"),
+    (PluginRestartingError, 503, "plugin_restarting", "the plugin is restarting; try again"),
     (PluginUnavailableError, 503, "plugin_unavailable", "the plugin is not available"),
+    (
+        PluginOutcomeUnknownError,
+        502,
+        "plugin_outcome_unknown",
+        "the plugin crashed while handling the request; it may or may not have taken effect",
+    ),
     (PluginCrashedError, 502, "plugin_crashed", "the plugin crashed while handling the request"),
     (PluginCallError, 502, "plugin_failed", "the plugin failed to handle the request"),
     (PluginCancelledError, 502, "plugin_failed", "the plugin failed to handle the request"),
 )
+
+# Answers a client may try again after a moment: a worker was restarting, or a call
+# of theirs was lost with one (Retry-After in seconds; README, "What a fault costs").
+_RETRY_AFTER: tuple[type[PluginError], ...] = (PluginRestartingError, PluginOutcomeUnknownError)
+RETRY_AFTER_S = "1"
 
 # The fixed message of each error code that is not a plugin's.
 MESSAGES = {
@@ -97,7 +111,10 @@ def plugin_error_reply(error: PluginError, request_id: str) -> Response:
     """The answer to a failed plugin call: its class's status, code and fixed message."""
     for cls, status, code, message in _PLUGIN_ERRORS:
         if isinstance(error, cls):
-            return error_reply(status, request_id, code=code, message=message, plugin=error.plugin)
+            headers = (("Retry-After", RETRY_AFTER_S),) if isinstance(error, _RETRY_AFTER) else ()
+            return error_reply(
+                status, request_id, code=code, message=message, plugin=error.plugin, headers=headers
+            )
     return error_reply(500, request_id)
 
 

@@ -21,6 +21,13 @@ What happens when things go wrong:
   Other calls that cannot be retried fail with PluginCrashedError naming how the
   worker died. A death counts once on the breaker: of the calls it fails, only the
   first has `counted` set.
+- With a warm standby (supervisor.py) the lost calls do not wait for a respawn: the
+  standby takes the dead worker's place at once. A suspect then waits for the
+  standby (not for an idle worker that serves others) and runs there alone; calls
+  behind it go on. Were the suspect the culprit, only the standby dies.
+- A call that ran beside others on a worker that died, and may not be repeated, is
+  answered PluginOutcomeUnknownError (calls.py); a call that waited here for a
+  worker past its timeout never ran: `abandon` says so, and the runner answers 503.
 - A worker the host stops on purpose (a call ignoring cancellation, or overrunning
   its `cpu_limit_ms`) costs its innocent neighbours nothing either: they are retried
   by the same rules, without a mark against them, and never counted.
@@ -43,7 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -130,6 +137,8 @@ class ProcessBackend:
         self._alone: set[Slot] = set()
         self._turn = 0  # the position the search for a free worker starts at
         self._queue: collections.deque[Call] = collections.deque()
+        # Suspects waiting for the standby (with one): innocent calls need not wait.
+        self._suspects: collections.deque[Call] = collections.deque()
         self._by_future: dict[asyncio.Future[Any], Call] = {}
         # Replaced workers still to exit: a plugin shutdown waits for their `shutdown`.
         self._retiring: dict[Slot, asyncio.Future[None]] = {}
@@ -208,21 +217,25 @@ class ProcessBackend:
             return states
         return asyncio.ensure_future(_after(retiring, states))
 
-    def abandon(self, call: asyncio.Future[Any]) -> None:
-        """Cancels the call in its worker; stops the worker if the call keeps running."""
+    def abandon(self, call: asyncio.Future[Any]) -> bool:
+        """Cancels the call in its worker; stops the worker if the call keeps running.
+
+        True when the call was still waiting here for a worker: it never ran.
+        """
         entry = self._by_future.get(call)
         if entry is None or call.done():
-            return
+            return False
         slot = entry.slot
         if slot is None:  # still waiting here: it never reached a worker
-            self._queue.remove(entry)
+            self._unqueue(entry)
             self._finish(entry, None, PluginCancelledError(self.name, "given up on in the queue"))
-            return
+            return True
         if entry.abandoned or slot.proc is None:
-            return
+            return False
         entry.abandoned = True
         slot.proc.send_control(fr.frame(fr.CANCEL, entry.call_id))
         self._expect_return(slot, entry)
+        return False
 
     def inline_calls(self) -> PluginCalls | None:
         """None: the plugin lives in other processes, never on the event loop."""
@@ -258,7 +271,21 @@ class ProcessBackend:
             "cpu_limit_ms": self.limits.cpu_limit_ms,
             "max_calls_per_worker": self.limits.max_calls_per_worker,
             "retry_on_crash": self.limits.retry_on_crash,
+            "standby": self._standby_row(),
             "worker_failure": reason_of(failure) if failure is not None else None,
+        }
+
+    def _standby_row(self) -> dict[str, Any] | None:
+        workers = self._workers
+        standby = workers.standby
+        if not self.limits.standby:
+            return None
+        proc = standby.proc if standby is not None else None
+        return {
+            "pid": proc.pid if proc is not None else None,
+            "state": standby.state if standby is not None else "stopped",
+            "crashes": workers.standby_crashes,
+            "in_flight": len(self._running.get(standby, ())) if standby is not None else 0,
         }
 
     # -- the SlotEvents protocol of supervisor.py --------------------------------
@@ -294,7 +321,7 @@ class ProcessBackend:
             self._workers.answered(slot)
             if not running and slot.retired:
                 self._workers.retire(slot)
-            if self._queue:
+            if self._queue or self._suspects:
                 self._dispatch()
         elif kind == fr.CPU_EXCEEDED:
             call = running.get(call_id)
@@ -410,6 +437,13 @@ class ProcessBackend:
 
     def _dispatch(self) -> None:
         """Sends waiting calls to free workers, in order; a suspect waits for an idle one."""
+        suspects = self._suspects
+        while suspects:
+            standby = self._workers.ready_standby()
+            if standby is None or self._running.get(standby, True):
+                break  # not ready, or busy with another suspect
+            self._send(standby, suspects.popleft())
+            self._alone.add(standby)
         queue = self._queue
         while queue:
             suspect = queue[0].strikes > 0
@@ -420,23 +454,27 @@ class ProcessBackend:
             if suspect:
                 self._alone.add(slot)
 
-    def _retry(self, calls: Iterable[Call], exit_text: str) -> None:
+    def _retry(self, calls: list[Call], exit_text: str) -> None:
         """Sends calls lost with a worker again, ahead of the waiting ones.
 
         Innocent calls go first; suspects after them, each to wait for an idle worker.
         Each gets a new id: ids only increase within a worker (worker.Worker.cancel).
         """
         ordered = sorted(calls, key=lambda c: c.strikes)
+        suspects = sum(1 for c in ordered if c.strikes)
         for call in ordered:
             call.slot = None
             call.call_id = self._new_id()
             call.frame = fr.with_call_id(call.frame, call.call_id)
+        if self.limits.standby:  # suspects wait for the standby, innocent calls go on
+            self._suspects.extend(c for c in ordered if c.strikes)
+            ordered = [c for c in ordered if not c.strikes]
         self._queue.extendleft(reversed(ordered))
         log.info(
             "plugin_calls_retried",
             plugin=self.name,
-            calls=len(ordered),
-            suspects=sum(1 for c in ordered if c.strikes),
+            calls=len(calls),
+            suspects=suspects,
             exit=exit_text,
         )
         self._dispatch()
@@ -446,7 +484,8 @@ class ProcessBackend:
     ) -> asyncio.Future[Any]:
         """`kind` on every ready worker (callers hold the state alone: ABI rule 5)."""
         workers = self._workers
-        targets = workers.ready_slots()
+        # Every state shuts down, the standby's too; health is the serving workers'.
+        targets = workers.ready_states() if kind == fr.SHUTDOWN else workers.ready_slots()
         if not targets and kind == fr.HEALTH and workers.failure is None and not workers.closing:
             call_id = self._new_id()  # no worker ready yet: the first one answers
             return self._submit(call_id, fr.frame(kind, call_id), None)
@@ -487,8 +526,13 @@ class ProcessBackend:
         else:
             fut.set_exception(error)
 
+    def _unqueue(self, call: Call) -> None:
+        (self._suspects if call in self._suspects else self._queue).remove(call)
+
     def _fail_queued(self, error: PluginError) -> None:
         queue, self._queue = self._queue, collections.deque()
+        queue.extend(self._suspects)
+        self._suspects.clear()
         for call in queue:
             self._finish(call, None, error)
 

@@ -8,7 +8,11 @@ whole story):
   tried again;
 - a call that had not started, or is safe to run twice (GET, HEAD, `retry_on_crash`),
   is sent again; one with a strike is a suspect, and runs alone when it is;
-- any other call is answered with PluginCrashedError.
+- any other call ran and may not be repeated (a POST): when it ran alone at a death
+  the host did not cause, it is the culprit and answered PluginCrashedError; when
+  others ran beside it, or the host stopped the worker for another call's sake, it
+  may or may not have taken effect and is answered PluginOutcomeUnknownError (its
+  own code, with Retry-After: the client decides, e.g. with an idempotency key).
 
 A death counts once on the breaker: of the calls it fails, only the first (a culprit
 if there is one) has `counted` set. A worker the host stopped on purpose marks no
@@ -25,7 +29,12 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from backworks.abi import Response
-from backworks.errors import PluginCrashedError, PluginError, PluginTimeoutError
+from backworks.errors import (
+    PluginCrashedError,
+    PluginError,
+    PluginOutcomeUnknownError,
+    PluginTimeoutError,
+)
 
 if TYPE_CHECKING:
     from backworks.isolation.supervisor import Slot
@@ -138,6 +147,9 @@ def sort_out_lost(
     lost.sort(key=lambda c: c.strikes < POISON_STRIKES)
     text = exit_text if stop_reason is None else f"{exit_text}: stopped because {stop_reason}"
     counted = stop_reason is None
+    # The one call running at a death nobody caused is that death's culprit.
+    ran = [c for c in lost if c.call_id in started and c.group is None]
+    alone = stop_reason is None and len(ran) == 1
     answered: list[tuple[Call, PluginError]] = []
     again: list[Call] = []
     for call in lost:
@@ -162,6 +174,10 @@ def sort_out_lost(
         elif not give_up and (call.retryable or call.call_id not in started):
             again.append(call)
             continue
+        elif call.call_id in started and not alone:
+            msg = f"{text}; the call was running beside others, its outcome is unknown"
+            error = PluginOutcomeUnknownError(plugin, msg, counted=counted)
+            counted = False
         else:
             error = PluginCrashedError(plugin, text, counted=counted)
             counted = False

@@ -17,6 +17,10 @@ The rules this module keeps, each against a way worker processes go wrong:
   small shared memory file (memfd) where each of the worker's call threads writes
   the id of the call it runs, and clears it once the answer is sent. It survives the
   worker, so a call the worker never began can be told from one it was running.
+- A native crash's output (faulthandler's dump of the worker's Python threads) goes
+  to a crash file of its own (a memfd the host keeps open), not to the shared
+  stderr: the host reads it at reaping (`crash_dump`), and the supervisor logs it as
+  one JSON event instead of ~45 lines of text in the middle of the JSON log.
 - Memory is the worker's own: its RSS read from /proc/<pid>/statm while it lives
   (the PID cannot be reused before we reap it). The peak the kernel reports at
   reaping (`ru_maxrss`) starts at the host's own peak, inherited through fork and
@@ -58,6 +62,16 @@ SUPPORTED = _HAVE_PIDFD or hasattr(os, "waitid")
 _PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024 if hasattr(os, "sysconf") else 4
 
 
+CRASH_DUMP_MAX = 64 * 1024  # of a crash file, the host reads at most this much
+
+
+def _memfd(name: str) -> int:
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create(name)
+    with tempfile.TemporaryFile() as f:  # pragma: no cover - systems without memfd
+        return os.dup(f.fileno())
+
+
 def _running_table(entries: int) -> tuple[int, mmap.mmap]:
     """A shared memory file for `entries` call ids, and our mapping of it."""
     size = TABLE_ENTRY.size * max(entries, 1)
@@ -86,6 +100,7 @@ class WorkerProcess:
         on_frame: FrameHandler,
         on_exit: Callable[[WorkerProcess], None],
         table: mmap.mmap | None = None,
+        crash_fd: int = -1,
     ) -> None:
         self.pid = popen.pid
         self.status: int | None = None  # the raw wait status, once reaped
@@ -97,6 +112,8 @@ class WorkerProcess:
         self.rss_floor_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         self.signals_sent: list[int] = []
         self._table = table
+        self._crash_fd = crash_fd  # the worker's crash file; read at reaping
+        self.crash_dump = ""  # what a native crash wrote there (faulthandler's dump)
         self._statm = -1
         self._loop = loop
         self._popen = popen
@@ -138,9 +155,10 @@ class WorkerProcess:
         """
         loop = asyncio.get_running_loop()  # also proves we are on the loop thread
         table_fd, table = _running_table(threads)
+        crash_fd = _memfd("backworks-crash")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         control, their_control = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        fds = (theirs.fileno(), their_control.fileno(), table_fd)
+        fds = (theirs.fileno(), their_control.fileno(), table_fd, crash_fd)
         argv, child_env = python_child(WORKER_MODULE, *map(str, fds), str(os.getpid()), env=env)
         try:
             popen = subprocess.Popen(
@@ -153,6 +171,7 @@ class WorkerProcess:
             ours.close()
             control.close()
             table.close()
+            os.close(crash_fd)
             raise
         finally:
             theirs.close()
@@ -161,11 +180,12 @@ class WorkerProcess:
         ours.setblocking(False)
         control.setblocking(False)
         try:
-            return cls(loop, popen, ours, control, on_frame, on_exit, table)
+            return cls(loop, popen, ours, control, on_frame, on_exit, table, crash_fd)
         except BaseException:  # pidfd_open failed: do not leave the child behind
             ours.close()
             control.close()
             table.close()
+            os.close(crash_fd)
             popen.kill()
             popen.wait()
             raise
@@ -400,6 +420,12 @@ class WorkerProcess:
         if self._statm >= 0:
             os.close(self._statm)
             self._statm = -1
+        if self._crash_fd >= 0:
+            with contextlib.suppress(OSError):
+                dump = os.pread(self._crash_fd, CRASH_DUMP_MAX, 0)
+                self.crash_dump = dump.decode("utf-8", "replace").strip()
+            os.close(self._crash_fd)
+            self._crash_fd = -1
         self._drain()
         self.close_channel()
         try:

@@ -17,6 +17,15 @@ nothing of calls: it tells the call side (backend.py) what happens through the
   drains: it finishes what it holds, runs the plugin's `shutdown` and exits. No call
   fails because of a recycle. A successor that dies before it is ready is tried
   again after a backoff; 3 in a row fail the plugin, as for any start.
+- A warm standby (`standby`, see config.ProcessLimits) is one more worker, started
+  once every slot is ready, initialised, and idle. When a slot's worker dies (or is
+  stopped), the standby takes its place at once, with its history, and a new standby
+  is started: the calls retried after the death run without waiting for a respawn.
+  A standby that becomes ready while a slot waits out its backoff takes that slot.
+  The standby also runs a crash's suspect alone (backend.py), so a poison request
+  kills only the standby, never the worker serving the innocent calls. Its deaths
+  before ready count like any start (START_ATTEMPTS fail the plugin); its deaths
+  after are respawned with the same backoff as a slot's.
 - `memory_limit_mb` is RLIMIT_AS in the worker on top of its baseline address space
   (see worker.limit_address_space). Going over it is not a signal of its own: the
   plugin's allocation fails and it crashes or aborts, or returns BW_FAIL. When a
@@ -74,6 +83,7 @@ STOPPING = "stopping"
 BACKOFF = "backoff"  # dead, waiting to be respawned
 STOPPED = "stopped"
 FAILED = "failed"
+STANDBY_INDEX = -1  # a standby's Slot.index until it takes a position
 
 
 def _backoff(attempt: int) -> float:
@@ -198,8 +208,12 @@ class Supervisor:
         self.start_timeout = start_timeout
         self.slots = [Slot(i) for i in range(limits.workers)]
         self.retiring: list[Slot] = []  # replaced workers, draining or stopping
+        self.standby: Slot | None = None  # the warm standby, when limits.standby
         self.failure: fr.StartError | None = None
         self.closing = False
+        self.standby_crashes = 0  # deaths of standbys (a poison request's, mostly)
+        self._standby_start_failures = 0
+        self._standby_due = False
         self._init_frame = init_frame
         self._threads = threads
         self._events = events
@@ -224,15 +238,35 @@ class Supervisor:
         """The slots whose worker can take calls now."""
         return [slot for slot in self.slots if slot.state == READY]
 
+    def ready_states(self) -> list[Slot]:
+        """Every ready worker holding a plugin state: the positions and the standby."""
+        standby = self.standby
+        extra = [standby] if standby is not None and standby.state == READY else []
+        return self.ready_slots() + extra
+
+    def ready_standby(self) -> Slot | None:
+        """The standby, when it is ready to take a position or a suspect."""
+        standby = self.standby
+        if standby is None or standby.state != READY or standby.proc is None:
+            return None
+        return standby
+
     def seats(self) -> list[Slot]:
         """Every Slot that may hold a process: the positions, successors, retiring ones."""
         seats = list(self.slots)
         seats += [slot.successor for slot in self.slots if slot.successor is not None]
+        if self.standby is not None:
+            seats.append(self.standby)
         return seats + self.retiring
 
     def begin_shutdown(self) -> None:
         """No more respawns; workers still starting are stopped (no state to shut down)."""
         self.closing = True
+        standby = self.standby
+        if standby is not None and standby.state != READY:  # a ready one runs `shutdown`
+            standby.cancel_timer()
+            self.stop(standby, "the plugin is shutting down")
+            standby.state = STOPPED
         for slot in self.slots:
             if slot.successor is not None:
                 self.stop(slot.successor, "the plugin is shutting down")
@@ -274,6 +308,11 @@ class Supervisor:
             return
         self.failure = error
         log.error("plugin_workers_failed", plugin=self.name, reason=reason_of(error))
+        standby = self.standby
+        if standby is not None and standby.state != READY:
+            standby.cancel_timer()
+            self.stop(standby, "the plugin failed")
+            standby.state = FAILED
         for slot in self.slots:
             successor = slot.successor
             if successor is not None:
@@ -292,6 +331,8 @@ class Supervisor:
         """A worker in `slot` answered a call: its crash streak is over; renew it if due."""
         slot.failures_in_a_row = 0
         slot.answered += 1
+        if slot.index == STANDBY_INDEX:  # a suspect it ran: never recycled for that
+            return
         limits = self.limits
         reason = None
         if limits.memory_limit_mb:  # read even while a recycle is under way: the peak counts
@@ -424,9 +465,13 @@ class Supervisor:
         if self.limits.memory_limit_mb:
             slot.ready_rss_kb = slot.peak_rss_kb = slot.proc.rss_kb()
         log.info("plugin_worker_ready", plugin=self.name, pid=ready.pid, slot=slot.index)
+        if slot is self.standby:
+            self._standby_ready(slot)
+            return
         old = slot.replaces
         if old is None:
             self._events.worker_ready(slot)
+            self._ensure_standby()
             return
         # The handover: the successor serves from now on; the old worker drains.
         slot.take_over(old)
@@ -465,7 +510,29 @@ class Supervisor:
         before_ready = slot.state == STARTING
         stop_reason, slot.stop_reason = slot.stop_reason, None
         text = slot.last_exit = self._exit_text(slot, proc)
+        if proc.crash_dump:  # one event per native crash, the dump a field of it
+            log.error(
+                "plugin_worker_crash_output",
+                plugin=self.name,
+                pid=proc.pid,
+                exit=text,
+                dump=proc.crash_dump,
+            )
+        # The standby takes a dead serving worker's place before the calls it held are
+        # sorted out: those sent again go to it at once, a suspect waits for the next.
+        standby = self._successor_standby(slot, before_ready)
+        if standby is not None:
+            if stop_reason is None:
+                slot.crashes += 1
+                slot.failures_in_a_row += 1
+            self._take_position(slot, standby)
         calls_lost = self._events.worker_lost(slot, text, stop_reason, proc.started_calls())
+        if standby is not None:
+            self._promoted(slot, proc, text, stop_reason, calls_lost)
+            return
+        if slot is self.standby:
+            self._standby_lost(slot, proc, text, stop_reason, before_ready, calls_lost)
+            return
         if slot.replaces is not None:
             self._successor_lost(slot, text, stop_reason)
             return
@@ -576,6 +643,136 @@ class Supervisor:
             calls_lost=calls_lost,
             reason="it died while draining; its successor already serves",
         )
+
+    # -- the standby ----------------------------------------------------------------
+
+    def _ensure_standby(self, delay: float = 0.0) -> None:
+        """Starts a standby (after `delay` s) if one is wanted and none is there."""
+        if not self.limits.standby or self.standby is not None:
+            return
+        if self.closing or self.failure is not None:
+            return
+        # Not before every slot was ready once: starting the plugin is not slowed down.
+        if not self._standby_due and not self.all_ready():
+            return
+        self._standby_due = True
+        standby = self.standby = Slot(STANDBY_INDEX)
+        if delay <= 0:
+            self._spawn(standby)
+            return
+        standby.state = BACKOFF
+        assert self._loop is not None
+        standby.timer = self._loop.call_later(delay, self._respawn_standby, standby)
+
+    def _respawn_standby(self, standby: Slot) -> None:
+        standby.timer = None
+        if self.standby is standby and not self.closing and self.failure is None:
+            self._spawn(standby)
+
+    def _standby_ready(self, standby: Slot) -> None:
+        """A standby is ready: it takes a slot whose worker waits out a backoff, if any."""
+        self._events.worker_ready(standby)  # the call side may give it a suspect now
+        for slot in self.slots:
+            if slot.state == BACKOFF:
+                slot.cancel_timer()
+                self._take_position(slot, standby)
+                self._ensure_standby()
+                return
+
+    def _take_position(self, slot: Slot, standby: Slot) -> None:
+        """The ready `standby` becomes the worker of `slot`'s position, with its history."""
+        self.standby = None
+        standby.index = slot.index
+        standby.restarts = slot.restarts + 1
+        standby.crashes = slot.crashes
+        standby.recycles = slot.recycles
+        standby.last_exit = slot.last_exit
+        standby.failures_in_a_row = slot.failures_in_a_row
+        slot.state = STOPPED
+        self.slots[slot.index] = standby
+        assert standby.proc is not None
+        log.info("plugin_standby_promoted", plugin=self.name, pid=standby.proc.pid, slot=slot.index)
+        self._events.worker_ready(standby)
+
+    def _successor_standby(self, slot: Slot, before_ready: bool) -> Slot | None:
+        """The standby that takes the place of `slot`'s dead worker now, if any."""
+        if (
+            before_ready
+            or slot is self.standby
+            or slot.replaces is not None
+            or slot.retired
+            or slot.successor is not None
+            or self.closing
+            or self.failure is not None
+            or self.slots[slot.index] is not slot
+        ):
+            return None
+        return self.ready_standby()
+
+    def _promoted(
+        self,
+        slot: Slot,
+        proc: WorkerProcess,
+        text: str,
+        stop_reason: str | None,
+        calls_lost: int,
+    ) -> None:
+        """The standby took the place of `slot`'s dead worker: logged, and replenished."""
+        log.warning(
+            "plugin_worker_crashed" if stop_reason is None else "plugin_worker_replacing",
+            plugin=self.name,
+            pid=proc.pid,
+            exit=text,
+            reason=stop_reason,
+            calls_lost=calls_lost,
+            replaced_by="standby",
+        )
+        # A crash loop starts standbys no faster than its slot would respawn.
+        self._ensure_standby(_backoff(slot.failures_in_a_row) if slot.failures_in_a_row > 1 else 0)
+
+    def _standby_lost(
+        self,
+        standby: Slot,
+        proc: WorkerProcess,
+        text: str,
+        stop_reason: str | None,
+        before_ready: bool,
+        calls_lost: int,
+    ) -> None:
+        """The standby died (or was stopped): a new one after a backoff, if still wanted."""
+        self.standby = None
+        if standby.state != FAILED:
+            standby.state = STOPPED
+        if self.closing or self.failure is not None:
+            return
+        if before_ready and stop_reason is None:
+            self._standby_start_failures += 1
+            if self._standby_start_failures >= START_ATTEMPTS:
+                reason = (
+                    f"its standby worker died {self._standby_start_failures} times in a row "
+                    f"before becoming ready; last: {text}"
+                )
+                self.fail(PluginInitError(self.name, reason))
+                return
+        else:
+            self._standby_start_failures = 0
+        if stop_reason is None:
+            self.standby_crashes += 1
+        failures = standby.failures_in_a_row + (stop_reason is None)
+        delay = _backoff(failures) if failures > 1 else 0.0
+        log.warning(
+            "plugin_worker_crashed" if stop_reason is None else "plugin_worker_replacing",
+            plugin=self.name,
+            pid=proc.pid,
+            exit=text,
+            reason=stop_reason,
+            calls_lost=calls_lost,
+            standby=True,
+            restart_in_ms=round(delay * 1000),
+        )
+        self._ensure_standby(delay)
+        if self.standby is not None:
+            self.standby.failures_in_a_row = failures
 
     def _respawn(self, slot: Slot) -> None:
         slot.timer = None

@@ -1,8 +1,8 @@
 """A worker process: loads one plugin with backworks.abi and serves the host's calls.
 
 The host starts it as `python -m backworks.isolation.worker CALLS CONTROL TABLE
-HOST_PID`: two file descriptors of socketpairs, one of a shared memory file, and the
-host's pid:
+CRASH HOST_PID`: two file descriptors of socketpairs, two of shared memory files, and
+the host's pid:
 
 - CALLS carries the INIT frame, then one frame per call each way (and the plugin's
   log lines). The main thread reads it. A plugin that takes one call at a time (not
@@ -17,6 +17,8 @@ host's pid:
 - TABLE is the running table (see process.py): call thread i writes the id of the
   call it runs at entry i before the plugin sees it, and 0 once the answer is sent.
   The host reads it when we die, to know which calls had started.
+- CRASH is where faulthandler writes if we die of a signal; the host reads it when
+  we are gone and logs it as one event (process.py).
 
 Limits: `memory_limit_mb` is RLIMIT_AS, set before the library is loaded;
 `cpu_limit_ms` is a watchdog thread reading each running call's thread CPU clock.
@@ -377,19 +379,20 @@ class Worker:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m backworks.isolation.worker CALLS CONTROL TABLE HOST_PID`: the worker's life."""
-    if len(argv) != 5:
-        usage = "usage: python -m backworks.isolation.worker CALLS CONTROL TABLE HOST_PID"
+    """`python -m backworks.isolation.worker CALLS CONTROL TABLE CRASH HOST_PID`: its life."""
+    if len(argv) != 6:
+        usage = "usage: python -m backworks.isolation.worker CALLS CONTROL TABLE CRASH HOST_PID"
         print(usage, file=sys.stderr)
         return 2
-    calls_fd, control_fd, table_fd, host_pid = (int(a) for a in argv[1:])
+    calls_fd, control_fd, table_fd, crash_fd, host_pid = (int(a) for a in argv[1:])
     die_with_host(host_pid)
     table = mmap.mmap(table_fd, 0)
     os.close(table_fd)
     # Ctrl-C in a terminal reaches the whole process group; the host decides when
     # its workers stop (after draining), not the keyboard.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    faulthandler.enable()  # a crash leaves the Python side of the story on stderr
+    # A crash leaves the Python side of the story in the crash file (kept open for good).
+    faulthandler.enable(file=crash_fd)
     channel = Channel(socket.socket(fileno=calls_fd))
     frames = channel.frames()
     first = next(frames, None)

@@ -17,11 +17,16 @@ Nothing is switched here: the Host installs what was built.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
 import structlog
 
+from backworks.abi import PluginInstance
 from backworks.abi.hostlog import plugin_log_sink
 from backworks.config import PluginConfig
 from backworks.errors import PluginInitError, PluginLoadError
@@ -38,6 +43,8 @@ from backworks.runtime.breaker import CircuitBreaker
 from backworks.runtime.runner import DEFAULT_POOL_SIZE, PluginRunner
 
 log = structlog.get_logger("backworks.host")
+
+_PR_SET_NAME, _PR_GET_NAME = 15, 16
 
 # Calls in flight per worker process of a thread-safe plugin when its config sets no
 # max_concurrency: a worker starts that many threads up front.
@@ -137,6 +144,42 @@ async def _examine(private: PluginSpec, original: Path) -> None:
         raise PluginLoadError(original, msg)
 
 
+def _load_announced(spec: PluginSpec, settings: PluginConfig) -> PluginInstance:
+    """Loads the plugin here, its `init` announced first. Blocking.
+
+    A crash in `init` ends this process with no answer to log: the line written (and
+    flushed) before it is what names the plugin. `backworks plugins inspect --init`
+    runs the same `init` in a throwaway child.
+    """
+    log.info("plugin_init_start", plugin=spec.name, path=str(spec.path))
+    for stream in (sys.stderr, sys.stdout):
+        stream.flush()
+    # The kernel's own crash report (`init:NAME[pid]: segfault at ...`, a core dump's
+    # thread name) names the plugin too.
+    with _thread_named(f"init:{spec.name}"):
+        instance = load_plugin(
+            spec, plugin_log_sink(spec.name), max_response_bytes=settings.max_response_bytes
+        )
+    log.info("plugin_init_done", plugin=spec.name)
+    return instance
+
+
+@contextlib.contextmanager
+def _thread_named(name: str) -> Iterator[None]:
+    """The calling thread's kernel name is `name` (15 bytes at most) meanwhile (Linux)."""
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    old = ctypes.create_string_buffer(16)
+    libc.prctl(_PR_GET_NAME, old, 0, 0, 0)
+    libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    try:
+        yield
+    finally:
+        libc.prctl(_PR_SET_NAME, old.value, 0, 0, 0)
+
+
 async def _thread_backend(spec: PluginSpec, settings: PluginConfig) -> tuple[Backend, int]:
     """`isolation: in-process`: the library is loaded here and `init` runs here.
 
@@ -146,14 +189,7 @@ async def _thread_backend(spec: PluginSpec, settings: PluginConfig) -> tuple[Bac
     loop = asyncio.get_running_loop()
     try:
         instance = await asyncio.wait_for(
-            loop.run_in_executor(
-                None,
-                lambda: load_plugin(
-                    spec,
-                    plugin_log_sink(spec.name),
-                    max_response_bytes=settings.max_response_bytes,
-                ),
-            ),
+            loop.run_in_executor(None, _load_announced, spec, settings),
             settings.start_timeout_ms / 1000,
         )
     except TimeoutError:
@@ -204,4 +240,7 @@ async def _process_backend(spec: PluginSpec, settings: PluginConfig) -> tuple[Ba
         max_response_mb=settings.max_response_mb,
     )
     await backend.start()
-    return backend, workers * per_worker
+    # With a standby, one call more may be admitted: a crash's suspect waits for the
+    # standby (and runs there) holding its admission slot, which an innocent call
+    # behind it would otherwise wait for.
+    return backend, workers * per_worker + (1 if limits.standby else 0)

@@ -46,7 +46,7 @@ from backworks.lifecycle.host import Host
 from backworks.plugins.loading import PluginState
 from backworks.runtime.breaker import CircuitState
 
-OUTCOMES = ("ok", "failed", "timed_out", "crashed", "rejected")
+OUTCOMES = ("ok", "failed", "timed_out", "crashed", "outcome_unknown", "rejected")
 
 
 def new_registry(host: Host, traffic: Traffic) -> CollectorRegistry:
@@ -134,7 +134,9 @@ class BackworksCollector(Collector):
         calls = CounterMetricFamily(
             f"{p}calls",
             "Calls by outcome; the outcomes are disjoint (failed does not include crashed; "
-            "rejected calls never reached the plugin: open circuit or no free slot).",
+            "outcome_unknown: lost with a crashed worker while running beside others, may "
+            "or may not have taken effect; rejected calls never reached the plugin: open "
+            "circuit, no free slot, or no worker in time).",
             labels=["plugin", "outcome"],
         )
         latency = HistogramMetricFamily(
@@ -172,7 +174,8 @@ class BackworksCollector(Collector):
             if runner is None:
                 continue
             s = runner.stats
-            counts = (s.ok, s.failed - s.crashed, s.timed_out, s.crashed, s.rejected)
+            lost = s.outcome_unknown
+            counts = (s.ok, s.failed - s.crashed, s.timed_out, s.crashed - lost, lost, s.rejected)
             for outcome, count in zip(OUTCOMES, counts, strict=True):
                 calls.add_metric([name, outcome], count)
             latency.add_metric([name], s.histogram.cumulative(), s.histogram.sum)

@@ -46,8 +46,12 @@ class Backend(Protocol):
     ) -> asyncio.Future[Response | None]: ...
     def start_health(self) -> asyncio.Future[Response | None]: ...
     def start_shutdown(self) -> asyncio.Future[None]: ...
-    def abandon(self, call: asyncio.Future[Any]) -> None:
-        """The host stopped waiting for `call` (its cancel flag is already set)."""
+    def abandon(self, call: asyncio.Future[Any]) -> bool:
+        """The host stopped waiting for `call` (its cancel flag is already set).
+
+        True when the call never reached the plugin (it waited for a worker): then it
+        is dropped, and no timeout is the plugin's.
+        """
 
     def snapshot(self) -> dict[str, Any]:
         """Backend details for the admin routes (e.g. worker processes)."""
@@ -91,8 +95,9 @@ class ThreadBackend:
     def start_shutdown(self) -> asyncio.Future[None]:
         return self._run(self.calls.shutdown)
 
-    def abandon(self, call: asyncio.Future[Any]) -> None:
+    def abandon(self, call: asyncio.Future[Any]) -> bool:
         """Nothing more to do: a thread cannot be stopped, the cancel flag is set."""
+        return False
 
     def snapshot(self) -> dict[str, Any]:
         return {"isolation": "in-process"}

@@ -21,6 +21,8 @@ from backworks.errors import (
     CircuitOpenError,
     PluginCrashedError,
     PluginError,
+    PluginOutcomeUnknownError,
+    PluginRestartingError,
     PluginSaturatedError,
     PluginTimeoutError,
 )
@@ -224,7 +226,7 @@ class PluginRunner:
         started = time.perf_counter()
         watchdog = self._watchdog
         if watchdog is not None:
-            watchdog.current = (self, started)
+            watchdog.current = (self, started, fn, args[0] if args else None)
         try:
             result = fn(*args, self._inline_cancel)
         except PluginError as e:
@@ -313,7 +315,20 @@ class PluginRunner:
             raise
         if not finished:
             cancel.set()
-            self.backend.abandon(fut)
+            if self.backend.abandon(fut):
+                # It waited for a worker all along (they were restarting): not a timeout,
+                # the plugin never saw it; the client may try again at once.
+                self.stats.rejected += 1
+                self.breaker.record_neutral(ticket)
+                log.warning(
+                    "plugin_call_not_started",
+                    plugin=self.name,
+                    timeout_ms=self.timeout_ms,
+                    request_id=args[0].request_id,
+                    reason="no worker took the call within its timeout",
+                )
+                msg = f"no worker took the call within its timeout_ms of {self.timeout_ms}"
+                raise PluginRestartingError(self.name, msg)
             self.stats.timed_out += 1
             self.breaker.record_failure(ticket)
             log.warning(
@@ -343,6 +358,8 @@ class PluginRunner:
         self.stats.failed += 1
         if isinstance(error, PluginCrashedError):
             self.stats.crashed += 1
+            if isinstance(error, PluginOutcomeUnknownError):
+                self.stats.outcome_unknown += 1
             if not error.counted:
                 # Lost with a worker whose death another call already counted: one
                 # crash is one failure, however many calls it held.

@@ -59,6 +59,7 @@ class PluginStats:
         "histogram",
         "in_flight",
         "ok",
+        "outcome_unknown",
         "rejected",
         "timed_out",
     )
@@ -69,6 +70,8 @@ class PluginStats:
         self.failed = 0
         self.timed_out = 0
         self.crashed = 0
+        # Of the crashed: calls lost with a worker that may or may not have taken effect.
+        self.outcome_unknown = 0
         self.rejected = 0
         self.cancelled = 0  # given up on because the client went away (or a shutdown)
         self.in_flight = 0
@@ -105,6 +108,7 @@ class PluginStats:
             "failed": self.failed,
             "timed_out": self.timed_out,
             "crashed": self.crashed,
+            "outcome_unknown": self.outcome_unknown,
             "rejected": self.rejected,
             "cancelled": self.cancelled,
             "in_flight": self.in_flight,

@@ -14,7 +14,8 @@ runs while the loop is held) at the inline call in progress, if any:
 Either way it logs the culprit and demotes it to its pool for good; the call in
 progress can only be waited for (native code cannot be stopped from outside), but
 no later call of that plugin runs on the loop. Costs the hot path one reference
-assignment before and after each inline call.
+assignment before and after each inline call. `held_inline_call` tells the stall
+guard (server/stall.py) which call holds the loop, when it must end the process.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, NamedTuple, Protocol
 
 import structlog
 
@@ -47,9 +48,10 @@ class InlineWatchdog:
 
     def __init__(self, budget_s: float) -> None:
         self.budget_s = budget_s
-        # (runner, start) of the inline call in progress, or None. Written by the loop
-        # thread, read by the watchdog: one reference, so it is always one call's pair.
-        self.current: tuple[Demotable, float] | None = None
+        # (runner, start, function, request) of the inline call in progress, or None.
+        # Written by the loop thread, read by the watchdog: one reference, so it is
+        # always one call's tuple.
+        self.current: tuple[Demotable, float, Any, Any] | None = None
         self._loop_thread = threading.get_native_id()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="inline-watchdog", daemon=True)
@@ -65,7 +67,7 @@ class InlineWatchdog:
             current = self.current
             if current is None or current is judged:
                 continue
-            runner, started = current
+            runner, started, _, _ = current
             held = time.perf_counter() - started
             if held <= self.budget_s:
                 continue
@@ -91,6 +93,30 @@ def _blocked(tid: int) -> bool:
         return False
     # The state follows the command name, which is in parentheses and may hold spaces.
     return stat.rpartition(b")")[2][1:2] in (b"S", b"D")
+
+
+class HeldCall(NamedTuple):
+    """The inline call holding the event loop: whose, which, for which request."""
+
+    plugin: str
+    call: str
+    request_id: str
+    held_s: float
+
+
+def held_inline_call() -> HeldCall | None:
+    """The inline call in progress, if any (from any thread)."""
+    watchdog = _watchdog
+    current = watchdog.current if watchdog is not None else None
+    if current is None:
+        return None
+    runner, started, fn, request = current
+    return HeldCall(
+        runner.name,
+        getattr(fn, "__name__", "call"),
+        getattr(request, "request_id", ""),
+        time.perf_counter() - started,
+    )
 
 
 _watchdog: InlineWatchdog | None = None

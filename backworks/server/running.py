@@ -13,6 +13,8 @@ stop in this order, so that a load balancer loses no request:
 3. each plugin drains and its `shutdown` runs once (the app's cleanup context).
 
 Every socket is the lane's (server/listeners.py); `server.engine` says what it relays.
+While it serves, a stall guard (server/stall.py) ends the process if the event loop is
+held past `server.stall_timeout_ms`, or a stop signal finds it held.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from backworks.http.aio.state import HOST
 from backworks.ops.cluster import Cluster
 from backworks.server.app import create_app, reload_on_sighup
 from backworks.server.listeners import LaneListener
+from backworks.server.stall import StallGuard
 
 log = structlog.get_logger("backworks.server")
 
@@ -84,6 +87,7 @@ async def run_server(
     )
     await runner.setup()  # loads the plugins: a critical one that fails raises here
     listeners: list[LaneListener] = []
+    guard: StallGuard | None = None
     try:
         listeners = await _listen(runner, listen)
         # Everything made so far (the interpreter's modules, aiohttp, the plugins' Python
@@ -94,7 +98,10 @@ async def run_server(
         )
         if cluster is not None:
             cluster.mark_ready()
-        signals, stop = await _wait_for_stop(heartbeat)
+        signals = _stop_signals()
+        # After the loop's own signal handlers: it takes their wakeup fd over.
+        guard = StallGuard(server.stall_timeout_ms)
+        stop = await _wait_for_stop(signals, heartbeat)
         app[HOST].draining = True  # the health route answers 503 from now on
         # SIGTERM is a balancer's or a supervisor's stop: route around us first. SIGINT
         # (Ctrl-C) and SIGQUIT (gunicorn's quick stop) skip the delay.
@@ -110,6 +117,8 @@ async def run_server(
         for listener in listeners:
             await listener.stop(server.shutdown_timeout_ms / 1000)
         await runner.cleanup()  # then the app shuts down, and the plugins
+        if guard is not None:
+            guard.close()
 
 
 async def _listen(runner: web.AppRunner, listen: Listen) -> list[LaneListener]:
@@ -125,24 +134,28 @@ async def _listen(runner: web.AppRunner, listen: Listen) -> list[LaneListener]:
     return listeners
 
 
-async def _wait_for_stop(
-    heartbeat: Callable[[], bool] | None,
-) -> tuple[asyncio.Queue[int], int | None]:
-    """Returns once SIGTERM/SIGINT/SIGQUIT came (which one; None when the heartbeat said
-    stop); later signals land in the returned queue."""
+def _stop_signals() -> asyncio.Queue[int]:
+    """SIGTERM/SIGINT/SIGQUIT from now on land in the returned queue."""
     loop = asyncio.get_running_loop()
     signals: asyncio.Queue[int] = asyncio.Queue()
     for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
         loop.add_signal_handler(stop, signals.put_nowait, int(stop))
+    return signals
+
+
+async def _wait_for_stop(
+    signals: asyncio.Queue[int], heartbeat: Callable[[], bool] | None
+) -> int | None:
+    """Returns once a stop signal came (which one; None when the heartbeat said stop)."""
     while True:
         if heartbeat is not None and not heartbeat():
-            return signals, None
+            return None
         try:
             sig = await asyncio.wait_for(signals.get(), HEARTBEAT_S)
         except TimeoutError:
             continue
         log.info("server_stopping", signal=signal.Signals(sig).name)
-        return signals, sig
+        return sig
 
 
 async def _wait_or_signal(signals: asyncio.Queue[int], delay: float) -> None:

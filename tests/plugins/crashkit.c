@@ -17,7 +17,8 @@
  *   anything else        200 {}
  *
  * Config: "init": "segv" | "abort" | "fail" | "hang" crashes, fails or hangs init; "segv_init_if" names a
- * file whose existence makes init crash; "marker" names a file that shutdown appends
+ * file whose existence makes init crash; "slow_init_if" names a file whose existence
+ * makes init sleep 3 s (a respawn that takes long); "marker" names a file that shutdown appends
  * "shutdown <pid>" to.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -90,6 +91,8 @@ static int32_t ck_init(const bw_host *host, const char *config, size_t len, void
     if (strcmp(how, "hang") == 0) sleep_ms(60000);
     config_string(config, "segv_init_if", file, sizeof file);
     if (file[0] && access(file, F_OK) == 0) crash();
+    config_string(config, "slow_init_if", file, sizeof file);
+    if (file[0] && access(file, F_OK) == 0) sleep_ms(3000);
     st = (ck_state *)calloc(1, sizeof *st);
     if (!st) return bw_fail(error, "out of memory");
     config_string(config, "marker", st->marker, sizeof st->marker);
