@@ -18,7 +18,8 @@ import socket
 from aiohttp import web
 
 from backworks.http.aio.state import EDGE, HOST
-from backworks.http.lane.protocol import Lane, LaneSettings
+from backworks.http.lane.protocol import Lane
+from backworks.http.lane.settings import LaneSettings
 
 
 class LaneListener:

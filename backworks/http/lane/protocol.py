@@ -27,7 +27,7 @@ What a hostile client can and cannot make the lane do, per connection:
 
 A request is answered eagerly: the core's answer is made at once, in the parser's
 callback, and most (inline calls, static endpoints) are done there. One that waits
-(a pooled call, a worker process, a hook) is driven by done-callbacks (`_Waiting`);
+(a pooled call, a worker process, a hook) is driven by done-callbacks (waiting.py);
 the connection's later requests queue behind it, so answers leave in order. With
 tracing on, every request runs as a task: its span is current in its own context.
 """
@@ -38,13 +38,11 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
-from email.utils import formatdate
+from functools import partial
 from typing import Any, cast
 
 import httptools
 import structlog
-import yarl
 
 from backworks import tracing
 from backworks.abi import Response
@@ -54,14 +52,15 @@ from backworks.http.edge import (
     MAX_FIELDS,
     MAX_HEAD,
     MAX_LINE,
-    Edge,
     expects_continue,
     refusal,
 )
 from backworks.http.exchange import Exchange
 from backworks.http.forwarded import peer_of
 from backworks.http.lane.flow import QUEUE_FULL, REFUSED, WRITE_FULL, Flow
-from backworks.http.lane.relay import Relay
+from backworks.http.lane.settings import LaneSettings
+from backworks.http.lane.target import BadTarget, split_target
+from backworks.http.lane.waiting import Relaying, Waiting, traced
 from backworks.http.lane.wire import (
     CLOSE,
     CONTINUE,
@@ -70,7 +69,6 @@ from backworks.http.lane.wire import (
     relayed_request,
     render,
 )
-from backworks.http.record import CLIENT_GONE
 from backworks.http.routing import is_operations_path, route
 from backworks.http.traffic import UNMATCHED
 from backworks.httpspec import EMPTY_BODY_STATUSES
@@ -103,65 +101,6 @@ class _Refused(Exception):
 
 class _Stop(Exception):
     """Raised from a parser callback: nothing more is read on this connection."""
-
-
-class LaneSettings:
-    """What every connection of one listener shares: the edge, timeouts, the clock."""
-
-    def __init__(
-        self,
-        edge: Edge,
-        relay_protocol: Callable[[], asyncio.Protocol],
-        *,
-        header_timeout: float,
-        body_timeout: float,
-        keepalive_timeout: float,
-        relay_all: bool = False,
-    ) -> None:
-        self.edge = edge
-        self.host = edge.host
-        self.relay_protocol = relay_protocol  # aiohttp's protocol, for relayed requests
-        self.relay_all = relay_all  # every request is aiohttp's (`server.engine: aiohttp`)
-        self.header_timeout = header_timeout
-        self.body_timeout = body_timeout
-        self.keepalive_timeout = keepalive_timeout
-        self.connections: set[Lane] = set()
-        self.draining = False
-        self.date = b""
-        self._sweeper: asyncio.TimerHandle | None = None
-        self._tick()
-
-    def _tick(self) -> None:
-        """Once per sweep: the Date header, and every connection's deadline."""
-        self.date = formatdate(usegmt=True).encode()
-        self._time_out()
-        shortest = min(self.header_timeout, self.body_timeout, self.keepalive_timeout)
-        interval = min(1.0, max(0.05, shortest / 5))
-        self._sweeper = asyncio.get_running_loop().call_later(interval, self._tick)
-
-    def _time_out(self) -> None:
-        now = time.monotonic()
-        for lane in list(self.connections):
-            if lane.deadline and now >= lane.deadline:
-                lane.timed_out()
-
-    def close(self) -> None:
-        """Stops the sweep (the listener is gone)."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
-
-    async def drain(self, timeout: float) -> None:
-        """Closes idle connections now, busy ones after their answer; waits up to `timeout`."""
-        self.draining = True
-        for lane in list(self.connections):
-            lane.drain()
-        deadline = time.monotonic() + timeout
-        while self.connections and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-            self._time_out()
-        for lane in list(self.connections):
-            lane.abort()
 
 
 # A queued request's match when aiohttp answers it.
@@ -199,7 +138,7 @@ class Lane(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._queue: deque[_Queued] = deque()
         self._queued_bytes = 0
-        self._task: _Waiting | _Relaying | None = None  # the answer being made
+        self._task: Waiting | Relaying | None = None  # the answer being made
         self._closing = False  # no request after the ones read will be read
         self._broken = False  # the parser is done with: nothing more is fed to it
         self._lingering = 0  # > 0: closing lingering; bytes discarded so far, plus one
@@ -404,12 +343,10 @@ class Lane(asyncio.Protocol):
         status = refusal(version, method, url, fields)
         if status:
             raise _Refused(status)
-        if url[:1] == b"/":
-            raw_path, _, query = url.partition(b"?")
-        elif url == b"*":
-            raw_path, query = url, b""
-        else:  # absolute-form (`GET http://host/path`), as a proxy would send it
-            raw_path, query = _absolute_target(url)
+        try:
+            path, query = split_target(url)
+        except BadTarget as e:
+            raise _Refused(400) from e
         request_id = None
         declared = 0
         chunked = False
@@ -420,11 +357,9 @@ class Lane(asyncio.Protocol):
                 chunked = True
             elif name == "x-request-id":
                 request_id = value
-        path = _path(raw_path)
         ex = self._ex = Exchange(
-            method, path, query.decode("utf-8", "surrogateescape"), tuple(fields), b"",
-            self.edge.request_id(request_id),
-        )  # fmt: skip
+            method, path, query, tuple(fields), b"", self.edge.request_id(request_id)
+        )
         if settings.relay_all or is_operations_path(path):
             self._match = RELAY
         else:
@@ -518,7 +453,13 @@ class Lane(asyncio.Protocol):
             queued = self._queue[0]
             match = queued.match
             if match is RELAY:
-                self._task = _Relaying(self, queued)
+                self._task = Relaying(
+                    self.settings.relay_protocol,
+                    self._transport,
+                    queued.relayed,
+                    partial(self._relayed, queued),
+                    head_only=queued.head,
+                )
                 return
             if isinstance(match, Response):
                 self._queue.popleft()
@@ -526,7 +467,7 @@ class Lane(asyncio.Protocol):
                 continue
             made: Any
             if tracing.TRACER is not None:
-                made = _in_task(_traced(self.edge, queued.ex, match, self._peer))
+                made = traced(self.edge, queued.ex, match, self._peer)
             else:
                 try:
                     made = answer(host, queued.ex, match)
@@ -546,7 +487,13 @@ class Lane(asyncio.Protocol):
                 self._queue.popleft()
                 self._write(queued, self.edge.failed(queued.ex, engine="lane"))
                 continue
-            self._task = _Waiting(self, made, waiting, queued)
+            self._task = Waiting(
+                made,
+                waiting,
+                partial(self._finished, queued),
+                self.edge,
+                queued.ex,
+            )
             return
         if self._transport is None or self._task is not None:
             return
@@ -564,7 +511,7 @@ class Lane(asyncio.Protocol):
                 self._idle()
 
     def _finished(self, queued: _Queued, made: Response | None) -> None:
-        """The answer `_Waiting` waited for (None: nobody to give it to any more)."""
+        """The answer a `Waiting` waited for (None: nobody to give it to any more)."""
         self._task = None
         if self._queue and self._queue[0] is queued:
             self._queue.popleft()
@@ -678,129 +625,3 @@ class Lane(asyncio.Protocol):
 
     def _idle(self) -> None:
         self.deadline = time.monotonic() + self.settings.keepalive_timeout
-
-
-class _Waiting:
-    """An answer whose making waits: its coroutine, resumed when what it awaits is done.
-
-    The lane runs each answer's coroutine at once, in the parser's callback, and most
-    finish right there. One that suspends (a pooled call, a worker process, a hook)
-    is driven from here by done-callbacks, as a task would be, without a task's cost
-    per request. Nothing on the request core's path needs a current task.
-    """
-
-    __slots__ = ("coro", "lane", "queued", "waiting")
-
-    def __init__(
-        self, lane: Lane, coro: Coroutine[Any, Any, Response], waiting: Any, queued: _Queued
-    ) -> None:
-        self.lane = lane
-        self.coro = coro
-        self.queued = queued
-        self.waiting: Any = None
-        self._wait_for(waiting)
-
-    def _wait_for(self, waiting: Any) -> None:
-        self.waiting = waiting
-        if waiting is None:  # a bare `yield` (asyncio.sleep(0)): the next loop turn
-            asyncio.get_running_loop().call_soon(self._step, None)
-        else:
-            waiting.add_done_callback(self._step)
-
-    def _step(self, _: object) -> None:
-        try:
-            waiting = self.coro.send(None)
-        except StopIteration as done:
-            self.lane._finished(self.queued, done.value)
-            return
-        except asyncio.CancelledError:  # what it waited for was cancelled under it
-            self.lane._finished(self.queued, None)
-            return
-        except Exception:
-            self.lane._finished(self.queued, self.lane.edge.failed(self.queued.ex, engine="lane"))
-            return
-        self._wait_for(waiting)
-
-    def cancel(self) -> None:
-        """The client went away: the coroutine is cancelled where it waits."""
-        waiting = self.waiting
-        if waiting is not None:
-            waiting.remove_done_callback(self._step)
-        try:
-            self.coro.throw(asyncio.CancelledError())
-        except (asyncio.CancelledError, StopIteration):
-            pass
-        except Exception:
-            log.exception("request_failed", request_id=self.queued.ex.request_id, engine="lane")
-        else:  # it went on waiting after all (it caught the cancellation): let it finish
-            self.coro.close()
-        self.lane._finished(self.queued, None)
-
-
-class _Relaying:
-    """A request in aiohttp's hands (relay.py); its answer is written in its turn."""
-
-    __slots__ = ("_relay",)
-
-    def __init__(self, lane: Lane, queued: _Queued) -> None:
-        transport = lane._transport
-        assert transport is not None
-        loop = asyncio.get_running_loop()
-
-        def done(raw: bytes) -> None:
-            # Called from inside aiohttp's handler as it closes: answered next turn.
-            loop.call_soon(lane._relayed, queued, raw)
-
-        self._relay = Relay(
-            lane.settings.relay_protocol, transport, queued.relayed, done, head_only=queued.head
-        )
-
-    def cancel(self) -> None:
-        """The client went away: aiohttp's handler is cancelled (it records the 499)."""
-        self._relay.cancel()
-
-
-async def _traced(edge: Edge, ex: Exchange, match: Any, peer: str | None) -> Response:
-    """Answers `ex` inside its request span (see tracing.py)."""
-    span = edge.span(ex, peer)
-    status = CLIENT_GONE
-    try:
-        made = answer(edge.host, ex, match)
-        if not isinstance(made, Response):
-            made = await made
-        status = made.status
-        return made
-    except Exception:
-        status = 500
-        raise
-    finally:
-        tracing.request_finished(span, status, ex.request_id, ex.route)
-
-
-async def _in_task(coro: Coroutine[Any, Any, Response]) -> Response:
-    """`coro` run as a task: a span is current in its own context, which a task has."""
-    task = asyncio.get_running_loop().create_task(coro)
-    try:
-        return await task
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
-
-
-def _absolute_target(url: bytes) -> tuple[bytes, bytes]:
-    """The path and query of an absolute-form target, read as aiohttp (yarl) reads it."""
-    try:
-        parsed = yarl.URL(url.decode("utf-8", "surrogateescape"))
-        port = parsed.port
-    except (ValueError, UnicodeError) as e:
-        raise _Refused(400) from e
-    if not parsed.absolute or parsed.scheme not in ("http", "https") or port is None:
-        raise _Refused(400)
-    return (parsed.raw_path or "/").encode(), parsed.raw_query_string.encode()
-
-
-def _path(raw: bytes) -> str:
-    """The path as routes match it: percent-decoded exactly as aiohttp (yarl) does."""
-    if b"%" not in raw:
-        return raw.decode("utf-8", "surrogateescape")
-    return yarl.URL.build(path=raw.decode("utf-8", "surrogateescape"), encoded=True).path
