@@ -33,9 +33,9 @@ from backworks.errors import (
     PluginUnavailableError,
 )
 from backworks.isolation.backend import ProcessBackend
+from backworks.isolation.child import Channel, Worker
 from backworks.isolation.framing import WorkerInit
 from backworks.isolation.probe import probe
-from backworks.isolation.worker import Channel, Worker
 from backworks.plugins.loading import PluginSpec
 from backworks.runtime.breaker import CircuitBreaker
 from backworks.runtime.runner import PluginRunner

@@ -223,7 +223,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     configure_logging(config.logging.level, config.logging.format)
     if args.workers > 1:
-        from backworks.server.workers import serve_workers
+        from backworks.server.arbiter import serve_workers
 
         serve_workers(config, args.workers, source)
         return EXIT_OK

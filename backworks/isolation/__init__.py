@@ -8,8 +8,9 @@
 - process.py: one worker process as the host holds it (channel, running table,
   memory, signals, reaping);
 - framing.py: the wire codec between host and worker;
-- worker.py: the worker's own main (`python -m backworks.isolation.worker`).
+- child.py: the worker process's own main (`python -m backworks.isolation.child`):
+  it loads one plugin and serves the host's calls.
 
 This face imports nothing: a worker process imports the package on its way to
-worker.py, and must not pay for the host side.
+child.py, and must not pay for the host side.
 """

@@ -292,7 +292,7 @@ class ProcessBackend:
 
     def worker_ready(self, slot: Slot) -> None:
         self._running.setdefault(slot, {})
-        self._dispatch()
+        self._send_queued()
         settled = self._settled
         if settled is not None and not settled.done() and self._workers.all_ready():
             settled.set_result(None)
@@ -322,7 +322,7 @@ class ProcessBackend:
             if not running and slot.retired:
                 self._workers.retire(slot)
             if self._queue or self._suspects:
-                self._dispatch()
+                self._send_queued()
         elif kind == fr.CPU_EXCEEDED:
             call = running.get(call_id)
             if call is not None and call.cpu_used_ms is None:
@@ -435,7 +435,7 @@ class ProcessBackend:
         call.slot = slot
         slot.proc.send(call.frame)
 
-    def _dispatch(self) -> None:
+    def _send_queued(self) -> None:
         """Sends waiting calls to free workers, in order; a suspect waits for an idle one."""
         suspects = self._suspects
         while suspects:
@@ -477,7 +477,7 @@ class ProcessBackend:
             suspects=suspects,
             exit=exit_text,
         )
-        self._dispatch()
+        self._send_queued()
 
     def _on_every_state(
         self, kind: int, combine: Callable[[list[Response]], Response | None]

@@ -52,7 +52,7 @@ from backworks.spawn import python_child
 log = structlog.get_logger("backworks.isolation")
 
 FrameHandler = Callable[[int, int, bytes], None]
-WORKER_MODULE = "backworks.isolation.worker"
+WORKER_MODULE = "backworks.isolation.child"
 _READ_SIZE = 256 * 1024
 # A worker whose channel closed but which has not exited (it should not happen:
 # only exit closes it) is killed after this long, so no call can wait forever.
@@ -147,7 +147,7 @@ class WorkerProcess:
         env: dict[str, str] | None = None,
         threads: int = 1,
     ) -> WorkerProcess:
-        """Starts `python -P -m backworks.isolation.worker` with its channels and table.
+        """Starts `python -P -m backworks.isolation.child` with its channels and table.
 
         The calls channel carries calls and answers; the control channel carries
         cancellations, so they reach a worker whose main thread is inside a call. The

@@ -1,6 +1,6 @@
 """A server's workers as one service: what each `--workers` process shares with its siblings.
 
-The arbiter (server/workers.py) makes one private directory per server (mode 0700) and
+The arbiter (server/arbiter.py) makes one private directory per server (mode 0700) and
 hands it to every worker. In it each worker keeps:
 
 - `{type}_{pid}.db`: its metrics in prometheus_client's multiprocess format, rewritten

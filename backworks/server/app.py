@@ -17,7 +17,7 @@ changes and, under `serve`, on SIGHUP.
 
 One of several `--workers` is given its `cluster` (ops/cluster.py): it then opens its
 peer socket, writes its metrics for the service's /metrics, and its operator's routes
-answer for every worker. Config reloads are the arbiter's then (server/workers.py).
+answer for every worker. Config reloads are the arbiter's then (server/arbiter.py).
 Once a second each process stores its plugins' chart points (ops/series.py).
 """
 

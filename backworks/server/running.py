@@ -1,7 +1,7 @@
 """What one server process builds and runs: the app on its sockets until told to stop.
 
 `run_server` is the whole life of a serving process, the single-process `backworks
-serve` and each `--workers` process alike (server/worker.py hands it the sockets
+serve` and each `--workers` process alike (server/gunicorn_worker.py hands it the sockets
 gunicorn's arbiter opened): build the app, load the plugins, accept, and on SIGTERM
 stop in this order, so that a load balancer loses no request:
 

@@ -10,4 +10,4 @@ from aiohttp import web
 
 REQUEST_ID = web.RequestKey("request_id", str)
 PLUGIN = web.RequestKey("plugin", str)  # set by a handler: who answered, for the access log
-ROUTE = web.RequestKey("route", str)  # set by the dispatcher: the pattern, for the metrics
+ROUTE = web.RequestKey("route", str)  # set by the endpoint handler: the pattern, for the metrics

@@ -1,7 +1,7 @@
 """`backworks serve --workers N`: N worker processes on one port, one service.
 
 Gunicorn's arbiter is a well-known process manager: it opens the port, forks the
-workers (server/worker.py: each runs `run_server` and loads its own plugins after the
+workers (server/gunicorn_worker.py: each runs `run_server` and loads its own plugins after the
 fork, so the master never loads native code), restarts one that dies, and turns
 SIGTERM into a graceful stop. What makes the N workers one service:
 
@@ -36,7 +36,7 @@ from gunicorn.arbiter import Arbiter
 from backworks.config import Config, ConfigSource
 from backworks.lifecycle.reloader import reread_config
 from backworks.ops.cluster import forget_worker
-from backworks.server.worker import WorkerPlan
+from backworks.server.gunicorn_worker import WorkerPlan
 
 log = structlog.get_logger("backworks.server")
 
@@ -63,7 +63,7 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]  # an untyped base class
         settings: dict[str, Any] = {
             "bind": f"{server.host}:{server.port}",
             "workers": self._workers,
-            "worker_class": "backworks.server.worker.BackworksWorker",
+            "worker_class": "backworks.server.gunicorn_worker.BackworksWorker",
             # The worker keeps serving through its drain delay, then drains requests.
             "graceful_timeout": math.ceil(
                 (server.drain_delay_ms + server.shutdown_timeout_ms) / 1000 + 2

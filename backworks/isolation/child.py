@@ -1,6 +1,6 @@
-"""A worker process: loads one plugin with backworks.abi and serves the host's calls.
+"""The worker process's own main: loads one plugin with backworks.abi, serves the host's calls.
 
-The host starts it as `python -m backworks.isolation.worker CALLS CONTROL TABLE
+The host starts it as `python -m backworks.isolation.child CALLS CONTROL TABLE
 CRASH HOST_PID`: two file descriptors of socketpairs, two of shared memory files, and
 the host's pid:
 
@@ -379,9 +379,9 @@ class Worker:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m backworks.isolation.worker CALLS CONTROL TABLE CRASH HOST_PID`: its life."""
+    """`python -m backworks.isolation.child CALLS CONTROL TABLE CRASH HOST_PID`: its life."""
     if len(argv) != 6:
-        usage = "usage: python -m backworks.isolation.worker CALLS CONTROL TABLE CRASH HOST_PID"
+        usage = "usage: python -m backworks.isolation.child CALLS CONTROL TABLE CRASH HOST_PID"
         print(usage, file=sys.stderr)
         return 2
     calls_fd, control_fd, table_fd, crash_fd, host_pid = (int(a) for a in argv[1:])

@@ -1,6 +1,6 @@
 """One `--workers` process: gunicorn's worker protocol around `run_server`.
 
-The arbiter (server/workers.py) forks this worker; everything the worker builds and
+The arbiter (server/arbiter.py) forks this worker; everything the worker builds and
 runs is `run_server` (server/running.py), handed the listening sockets the arbiter
 opened and the server's shared directory. This class only adapts gunicorn's side:
 a fresh event loop after the fork, the heartbeat the arbiter watches, and the exit.
