@@ -22,7 +22,7 @@ from yarl import URL
 
 from backworks.config import load_config
 from backworks.server.app import create_app
-from backworks.server.engine import LaneSite, QuietAppRunner
+from backworks.server.listeners import LaneListener
 from tests.conftest import BuildPlugin
 
 KIT = (Path(__file__).parent / "plugins" / "testkit.c").read_text()
@@ -75,15 +75,14 @@ def engine() -> str:
     return "lane"
 
 
-class AiohttpTestServer(TestServer):
-    """aiohttp's TestServer with the runner `serve` uses (parse errors in the envelope)."""
+class LaneTestServer(TestServer):
+    """aiohttp's TestServer listening with the lane (server/listeners.py), as `serve` does.
 
-    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
-        return QuietAppRunner(self.app, **kwargs)
+    `server.engine` in the app's config says whether the lane answers the endpoints
+    itself or relays them to aiohttp's handler.
+    """
 
-
-class LaneTestServer(AiohttpTestServer):
-    """The same, listening with the plugin lane (server/engine.py) instead."""
+    _listener: LaneListener | None = None
 
     async def start_server(
         self, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any
@@ -97,9 +96,16 @@ class LaneTestServer(AiohttpTestServer):
         sock = self.socket_factory(self.host, self.port or 0, socket.AF_INET)
         self.host, self.port = sock.getsockname()[:2]
         assert isinstance(self.runner, web.AppRunner)
-        await LaneSite(self.runner, sock=sock).start()
+        self._listener = LaneListener(self.runner)
+        await self._listener.start(sock=sock)
         self.scheme = "http"
         self._root = URL(f"http://{self.host}:{self.port}")
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.stop(1.0)
+            self._listener = None
+        await super().close()
 
 
 @pytest.fixture
@@ -122,10 +128,11 @@ def serve(
             for library in plugins_dir.glob("lib*.*"):
                 name = library.name[3:].split(".")[0]
                 plugins.setdefault(name, {}).setdefault("isolation", isolation)
+        config.setdefault("server", {}).setdefault("engine", engine)
         path = tmp_path / "backworks.yaml"
         path.write_text(yaml.safe_dump(config))
         app = create_app(load_config(path), **options)
-        server = LaneTestServer(app) if engine == "lane" else AiohttpTestServer(app)
+        server = LaneTestServer(app)
         return cast(Client, await aiohttp_client(server))
 
     return start

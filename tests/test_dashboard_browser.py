@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
 
-from backworks.http.state import RELOADER
+from backworks.http.aio.state import RELOADER
 from tests.serving import Client, Kit, Serve
 
 CHROMIUM = Path(os.environ.get("BACKWORKS_BROWSER", "/usr/bin/chromium"))

@@ -1,6 +1,9 @@
 """The lane and the aiohttp engine answer the same: one corpus of requests (good, odd
 and malformed; whole, split into tiny writes, and pipelined), the same config served by
 both, every answer's status, body and the headers that matter compared.
+
+Both read requests through the lane's edge; what differs is who answers: the request
+core itself, or aiohttp's handler of the same app (relayed in memory).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from aiohttp.test_utils import TestServer
 
 from backworks.config import load_config
 from backworks.server.app import create_app
-from tests.serving import AiohttpTestServer, Kit, LaneTestServer
+from tests.serving import Kit, LaneTestServer
 from tests.wire import Answer, exchange
 
 CONFIG: dict[str, Any] = {
@@ -132,12 +135,12 @@ async def engines(
     monkeypatch.setenv("BACKWORKS_CACHE_DIR", str(tmp_path / "cache"))
     kit("kit")
     kit("guard")
-    path = tmp_path / "backworks.yaml"
-    path.write_text(yaml.safe_dump(CONFIG))
-    servers: dict[str, TestServer] = {
-        "lane": LaneTestServer(create_app(load_config(path))),
-        "aiohttp": AiohttpTestServer(create_app(load_config(path))),
-    }
+    servers: dict[str, TestServer] = {}
+    for engine in ("lane", "aiohttp"):
+        path = tmp_path / f"{engine}.yaml"
+        config = {**CONFIG, "server": {**CONFIG["server"], "engine": engine}}
+        path.write_text(yaml.safe_dump(config))
+        servers[engine] = LaneTestServer(create_app(load_config(path)))
     for server in servers.values():
         await server.start_server()
     yield {name: server.port or 0 for name, server in servers.items()}

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from backworks.http.state import HOST, RELOADER
+from backworks.http.aio.state import HOST, RELOADER
 from backworks.ops.views import plugin_rows
 from tests.conftest import BuildPlugin
 from tests.serving import Client, Kit, Serve, error_of

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from backworks.errors import PluginSaturatedError
-from backworks.http.state import HOST
+from backworks.http.aio.state import HOST
 from backworks.runtime.runner import PluginRunner
 from tests.conftest import BuildPlugin
 from tests.serving import Client, Serve, eventually

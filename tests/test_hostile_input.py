@@ -10,7 +10,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from backworks.http.state import HOST
+from backworks.http.aio.state import HOST
 from backworks.logs import REDACTED, configure_logging
 from tests.serving import Client, Kit, Serve, error_of, eventually
 

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from backworks.abi import Request, open_plugin_library
 from backworks.abi.hostlog import plugin_log_sink
-from backworks.http.state import HOST
+from backworks.http.aio.state import HOST
 from backworks.names import Dispatch
 from backworks.runtime import runner as runner_module
 from backworks.runtime.backend import ThreadBackend

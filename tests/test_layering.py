@@ -162,5 +162,45 @@ def test_the_checks_see_a_circle_and_an_upward_import() -> None:
     """The checks themselves: a made-up graph with one circle is caught, naming both."""
     edges = {"a": {"b": 1}, "b": {"a": 2}, "c": {"a": 3}}
     assert circles(edges) == [["a", "b"]]
-    assert room("backworks.http.keys") == "http"
-    assert LAYERS[room("backworks.ops.views")] > LAYERS[room("backworks.http.keys")]
+    assert room("backworks.http.aio.keys") == "http"
+    assert LAYERS[room("backworks.ops.views")] > LAYERS[room("backworks.http.aio.keys")]
+
+
+# Where aiohttp may be imported: its adapter in http/aio/, the operator's routes, and
+# the composition root. The HTTP core and the lane never see it.
+AIOHTTP_ROOMS = ("backworks.http.aio", "backworks.ops", "backworks.server", "backworks.cli")
+
+
+def third_party_imports(module: str) -> Iterator[tuple[str, int]]:
+    """The top-level names of everything `module` imports, with their lines."""
+    tree = ast.parse(MODULES[module].read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name.split(".")[0], node.lineno
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            yield node.module.split(".")[0], node.lineno
+
+
+def test_only_the_aiohttp_adapter_ops_and_server_import_aiohttp() -> None:
+    wrong = [
+        f"{module} imports aiohttp at line {line}"
+        for module in MODULES
+        if not module.startswith(AIOHTTP_ROOMS)
+        for name, line in third_party_imports(module)
+        if name == "aiohttp"
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_http_core_imports_neither_engine() -> None:
+    """http/ outside lane/ and aio/ is the core both engines call; it calls neither."""
+    engines = ("backworks.http.lane", "backworks.http.aio")
+    wrong = [
+        f"{module} imports {target} at line {line}"
+        for module, targets in graph().items()
+        if module.startswith("backworks.http.") and not module.startswith(engines)
+        for target, line in targets.items()
+        if target.startswith(engines)
+    ]
+    assert not wrong, "\n".join(wrong)

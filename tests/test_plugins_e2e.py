@@ -21,7 +21,7 @@ import pytest
 import structlog
 
 from backworks.cli.main import main
-from backworks.http.state import HOST
+from backworks.http.aio.state import HOST
 from tests.cbuild import EXT
 from tests.conftest import BuildPlugin
 from tests.rust_build import built_library, cargo_checked

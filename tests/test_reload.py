@@ -20,7 +20,7 @@ import yaml
 from structlog.testing import capture_logs
 
 from backworks.config import ConfigSource
-from backworks.http.state import HOST, RELOADER
+from backworks.http.aio.state import HOST, RELOADER
 from backworks.ops.views import plugin_rows
 from tests.cbuild import EXT, compile_library
 from tests.serving import KIT, Client, Kit, Serve, error_of, eventually

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from backworks.http.state import HOST
+from backworks.http.aio.state import HOST
 from tests.conftest import BuildPlugin
 from tests.serving import Client, Serve, error_of
 

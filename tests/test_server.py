@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from backworks.http.state import HOST
+from backworks.http.aio.state import HOST
 from tests.cbuild import EXT
 from tests.serving import Client, Kit, Serve, error_of, eventually
 

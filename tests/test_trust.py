@@ -17,7 +17,7 @@ from typing import Protocol
 import pytest
 
 from backworks.errors import PluginLoadError
-from backworks.http.state import HOST
+from backworks.http.aio.state import HOST
 from backworks.isolation.probe import probe
 from backworks.plugins.copies import LibraryCopies
 from backworks.plugins.loading import PluginSpec, check_file, open_file

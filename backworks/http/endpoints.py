@@ -1,7 +1,7 @@
 """What an endpoint does with a request: a plugin call wrapped in hooks, or a static answer.
 
 Engine-neutral: both HTTP engines hand an `Exchange` in and write the `Response` that
-comes out (http/reply.py). Plugin errors propagate as PluginError; dispatch.py turns
+comes out (http/reply.py). Plugin errors propagate as PluginError; answer.py turns
 them into the error envelope.
 """
 
@@ -41,7 +41,10 @@ def answer_static(endpoint: StaticEndpoint, request_id: str) -> Response:
     return Response(endpoint.status, body.encode(), endpoint.content_type, endpoint.headers)
 
 
-def _request(ex: Exchange, endpoint: PluginEndpoint, params: Params, timeout_ms: int) -> Request:
+def plugin_request(
+    ex: Exchange, endpoint: PluginEndpoint, params: Params, timeout_ms: int
+) -> Request:
+    """What the plugin is handed for `ex`: its fields, the route's pattern and parameters."""
     return Request(
         ex.method,
         ex.path,
@@ -55,19 +58,6 @@ def _request(ex: Exchange, endpoint: PluginEndpoint, params: Params, timeout_ms:
     )
 
 
-def answer_plugin_now(
-    plugins: Plugins, endpoint: PluginEndpoint, ex: Exchange, params: Params
-) -> Response | None:
-    """The handler's answer at once when it runs inline (no hooks around it), else None.
-
-    None means "await answer_plugin": the call has to wait for a thread, a worker or
-    a free slot.
-    """
-    ex.plugin = endpoint.handler
-    runner = plugins.runner(endpoint.handler)
-    return runner.handle_now(_request(ex, endpoint, params, runner.timeout_ms))
-
-
 async def answer_plugin(
     plugins: Plugins,
     endpoint: PluginEndpoint,
@@ -78,7 +68,7 @@ async def answer_plugin(
     """Request hooks in order, then the handler, then response hooks in reverse."""
     ex.plugin = handler = endpoint.handler
     runner = plugins.runner(handler)
-    req = _request(ex, endpoint, params, runner.timeout_ms)
+    req = plugin_request(ex, endpoint, params, runner.timeout_ms)
     hooks = (*global_hooks, *endpoint.hooks) if endpoint.hooks else global_hooks
     if not hooks:
         return await runner.handle(req)

@@ -53,6 +53,9 @@ MESSAGES = {
     "request_timeout": "the request did not arrive in time",
     "payload_too_large": "the request body is larger than the server accepts",
     "header_fields_too_large": "the request's header fields are too large",
+    "expectation_failed": "the server cannot meet the request's Expect field",
+    "not_implemented": "the server does not take this method",
+    "http_version_not_supported": "the server speaks HTTP/1.0 and HTTP/1.1 only",
     "internal": "internal server error",
 }
 STATUS_CODES = {
@@ -61,7 +64,10 @@ STATUS_CODES = {
     405: "method_not_allowed",
     408: "request_timeout",
     413: "payload_too_large",
+    417: "expectation_failed",
     431: "header_fields_too_large",
+    501: "not_implemented",
+    505: "http_version_not_supported",
     500: "internal",
 }
 

@@ -16,8 +16,6 @@ import time
 from collections import deque
 from typing import Any
 
-from aiohttp import web
-
 from backworks.names import ALL_METHODS
 from backworks.runtime.stats import LatencyHistogram
 
@@ -28,7 +26,6 @@ UNMATCHED = "<unmatched>"  # the route label of requests no endpoint matched (40
 # the recent list, so admin routes are counted in the metrics but not listed.
 _ADMIN_PREFIX = "/_backworks/"
 _METRICS_ROUTE = "/metrics"
-CATCH_ALL = "/{path:.*}"  # the aiohttp route of the dispatcher (http/dispatch.py)
 
 
 class Traffic:
@@ -91,11 +88,3 @@ class Traffic:
             return None
         when, status, path, rid = last
         return {"time": when, "status": status, "path": path[:512], "request_id": rid}
-
-
-def registered_route(request: web.Request) -> str:
-    """The pattern of an aiohttp route (the admin routes); UNMATCHED when none matched."""
-    resource = request.match_info.route.resource
-    if resource is None or resource.canonical == CATCH_ALL:
-        return UNMATCHED
-    return resource.canonical

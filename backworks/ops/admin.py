@@ -12,9 +12,9 @@ import time
 from aiohttp import web
 
 from backworks.errors import NotReloadable
-from backworks.http.envelope import envelope
-from backworks.http.keys import REQUEST_ID
-from backworks.http.state import HOST, RELOADER
+from backworks.http.aio.envelope import envelope
+from backworks.http.aio.keys import REQUEST_ID
+from backworks.http.aio.state import HOST, RELOADER
 from backworks.ops.auth import is_admin, requires_admin_token
 from backworks.ops.cluster import cluster_of, json_body
 from backworks.ops.views import plugin_rows

@@ -17,9 +17,9 @@ import hmac
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from backworks.http.envelope import envelope
-from backworks.http.keys import REQUEST_ID
-from backworks.http.state import HOST
+from backworks.http.aio.envelope import envelope
+from backworks.http.aio.keys import REQUEST_ID
+from backworks.http.aio.state import HOST
 
 NOT_CONFIGURED = "admin.token is not configured"
 UNAUTHORIZED = "this admin route needs the header Authorization: Bearer <admin.token>"

@@ -23,9 +23,9 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from backworks.http.envelope import envelope
-from backworks.http.keys import REQUEST_ID
-from backworks.http.state import HOST, RELOADER, TRAFFIC
+from backworks.http.aio.envelope import envelope
+from backworks.http.aio.keys import REQUEST_ID
+from backworks.http.aio.state import HOST, RELOADER, TRAFFIC
 from backworks.ops.auth import is_admin
 from backworks.ops.cluster import cluster_of
 from backworks.ops.series import SERIES, WINDOW_S, chart_json, merge

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -102,24 +102,24 @@ class PluginRunner:
 
     # -- the calls ---------------------------------------------------------------
 
-    def handle_now(self, req: Request) -> Response | None:
-        """The plugin's answer at once, when it runs inline and may be called now.
+    def call(self, req: Request) -> Response | Coroutine[Any, Any, Response]:
+        """The plugin's answer now when it runs inline and may be called now, else the
+        coroutine of `handle(req)` to await.
 
-        None when the call has to wait (it is pooled, or no slot is free, or it is
-        traced): then `await handle(req)`. Raises what `handle` raises. For the HTTP
-        engines' hot path: no coroutine is made for an answer that needs none.
+        One entry for the HTTP engines' hot path: no coroutine is made for an answer
+        that needs none, and nothing is done twice for one that does. Raises what
+        `handle` raises.
         """
         inline = self._inline
-        if inline is None or self.closed or tracing.TRACER is not None:
-            return None
-        ticket = self.breaker.allow()
-        if not ticket:
-            raise self._refused()
-        if not self.gate.try_enter():
+        if inline is not None and not self.closed and tracing.TRACER is None:
+            ticket = self.breaker.allow()
+            if not ticket:
+                raise self._refused()
+            if self.gate.try_enter():
+                resp: Response = self._call_inline(inline.handle, (req,), ticket)
+                return resp
             self.breaker.record_neutral(ticket)  # `handle` will ask again
-            return None
-        resp: Response = self._call_inline(inline.handle, (req,), ticket)
-        return resp
+        return self.handle(req)
 
     # Tracing (backworks/tracing.py): with OpenTelemetry on, the same `_call` runs inside
     # a span; without it, the one check below is all it costs.

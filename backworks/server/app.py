@@ -33,10 +33,11 @@ import structlog
 from aiohttp import web
 
 from backworks.config import Config, ConfigSource
-from backworks.http.dispatch import add_dispatch_route
-from backworks.http.middleware import request_middleware
+from backworks.http.aio.handler import add_endpoint_route
+from backworks.http.aio.middleware import edge_middleware
+from backworks.http.aio.state import EDGE, HOST, METRICS, RECORDER, RELOADER, TRAFFIC
+from backworks.http.edge import Edge
 from backworks.http.record import Recorder
-from backworks.http.state import HOST, METRICS, RECORDER, RELOADER, TRAFFIC
 from backworks.http.traffic import Traffic
 from backworks.lifecycle.host import Host
 from backworks.lifecycle.reloader import Reloader
@@ -46,7 +47,7 @@ from backworks.ops.dashboard import add_dashboard_routes
 from backworks.ops.metrics import BackworksCollector, add_metrics_route, new_registry
 from backworks.ops.peers import peer_listener
 from backworks.ops.series import SERIES, Series
-from backworks.server.engine import QuietAppRunner
+from backworks.server.listeners import LaneListener
 
 log = structlog.get_logger("backworks.server")
 
@@ -68,11 +69,12 @@ def create_app(
     traffic = Traffic()
     recorder = Recorder(traffic)
     host = Host(config)
+    edge = Edge(host, recorder)
     app = web.Application(
-        client_max_size=config.server.max_body_bytes,
-        middlewares=[request_middleware(lambda: host.config.global_headers, recorder)],
+        client_max_size=config.server.max_body_bytes, middlewares=[edge_middleware(edge)]
     )
     app[HOST] = host
+    app[EDGE] = edge
     app[RELOADER] = Reloader(host, source)
     app[TRAFFIC] = traffic
     app[RECORDER] = recorder
@@ -88,17 +90,15 @@ def create_app(
         app.cleanup_ctx.append(_admin_listener)  # after the plugins: closed before them
     app.on_shutdown.append(_start_draining)
     _add_operations_routes(app)
-    add_dispatch_route(app)
+    add_endpoint_route(app)
     return app
 
 
 def create_admin_app(main: web.Application) -> web.Application:
     """The admin routes, /metrics and the dashboard alone, answering from `main`'s state."""
-    host = main[HOST]
-    app = web.Application(
-        middlewares=[request_middleware(lambda: host.config.global_headers, main[RECORDER])]
-    )
-    app[HOST] = host
+    app = web.Application(middlewares=[edge_middleware(main[EDGE])])
+    app[HOST] = main[HOST]
+    app[EDGE] = main[EDGE]
     app[RELOADER] = main[RELOADER]
     app[TRAFFIC] = main[TRAFFIC]
     app[RECORDER] = main[RECORDER]
@@ -165,21 +165,19 @@ async def _admin_listener(app: web.Application) -> AsyncIterator[None]:
     config = app[HOST].config
     host = config.dashboard.host or config.server.host
     port = config.dashboard.port
-    runner = QuietAppRunner(
-        create_admin_app(app),
-        access_log=None,
-        # Admin requests are short; the dashboard's keep-alive polls must not hold
-        # the shutdown for aiohttp's default minute.
-        shutdown_timeout=1.0,
-    )
+    assert port is not None  # this context is added only when it is set
+    runner = web.AppRunner(create_admin_app(app), access_log=None, handler_cancellation=True)
     await runner.setup()
+    # The lane reads the admin port's connections too: every request is relayed.
+    listener = LaneListener(runner, relay_all=True)
     try:
-        await web.TCPSite(runner, host, port).start()
+        await listener.start(host, port)
     except BaseException:
         await runner.cleanup()
         raise
     log.info("admin_listening", url=f"http://{host}:{port}")
     yield
+    await listener.stop(1.0)  # the dashboard's keep-alive polls do not hold the stop
     await runner.cleanup()
 
 

@@ -12,7 +12,7 @@ stop in this order, so that a load balancer loses no request:
    `server.shutdown_timeout_ms`;
 3. each plugin drains and its `shutdown` runs once (the app's cleanup context).
 
-The HTTP engine (`server.engine`) is chosen here, its sites made by `_sites`.
+Every socket is the lane's (server/listeners.py); `server.engine` says what it relays.
 """
 
 from __future__ import annotations
@@ -29,15 +29,14 @@ from aiohttp import web
 
 from backworks import tracing
 from backworks.config import Config, ConfigSource
-from backworks.http.state import HOST
+from backworks.http.aio.state import HOST
 from backworks.ops.cluster import Cluster
 from backworks.server.app import create_app, reload_on_sighup
-from backworks.server.engine import LaneSite, QuietAppRunner, engine_of
+from backworks.server.listeners import LaneListener
 
 log = structlog.get_logger("backworks.server")
 
 HEARTBEAT_S = 1.0
-ACCEPTED_GRACE_S = 0.25
 
 
 @attrs.frozen
@@ -72,7 +71,7 @@ async def run_server(
         if source is not None:
             app.cleanup_ctx.append(reload_on_sighup)
     server = config.server
-    runner = QuietAppRunner(
+    runner = web.AppRunner(
         app,
         handle_signals=False,
         access_log=None,
@@ -83,14 +82,15 @@ async def run_server(
         handler_cancellation=True,
     )
     await runner.setup()  # loads the plugins: a critical one that fails raises here
+    listeners: list[LaneListener] = []
     try:
-        engine = engine_of(server)
-        for site in _sites(runner, listen, engine):
-            await site.start()
+        listeners = await _listen(runner, listen)
         # Everything made so far (the interpreter's modules, aiohttp, the plugins' Python
         # side) lives as long as the server: the cyclic collector need not walk it again.
         gc.freeze()
-        log.info("server_listening", url=f"http://{listen.host}:{listen.port}", engine=engine)
+        log.info(
+            "server_listening", url=f"http://{listen.host}:{listen.port}", engine=server.engine
+        )
         if cluster is not None:
             cluster.mark_ready()
         signals, stop = await _wait_for_stop(heartbeat)
@@ -102,24 +102,26 @@ async def run_server(
             log.info("server_drain_delay", delay_ms=server.drain_delay_ms)
             await _wait_or_signal(signals, delay)
     finally:
-        # Stop accepting first. A connection accepted just before has its request on
-        # the way: it gets ACCEPTED_GRACE_S to arrive, or aiohttp's shutdown would close
-        # the connection as idle, and its client would see it dropped unanswered.
-        for site in list(runner.sites):
-            await site.stop()
-        await asyncio.sleep(ACCEPTED_GRACE_S)
-        await runner.cleanup()  # drains requests, closes idle connections, then the plugins
+        # Stop accepting first, on every socket; then each listener's connections drain
+        # (a connection accepted just before gets lane.FRESH_GRACE_S for its request).
+        for listener in listeners:
+            listener.close()
+        for listener in listeners:
+            await listener.stop(server.shutdown_timeout_ms / 1000)
+        await runner.cleanup()  # then the app shuts down, and the plugins
 
 
-def _sites(runner: web.AppRunner, listen: Listen, engine: str) -> list[web.BaseSite]:
-    """The listeners of `engine` on `listen`'s sockets, or on its host and port."""
-    if engine == "lane":
-        if listen.sockets:
-            return [LaneSite(runner, sock=sock) for sock in listen.sockets]
-        return [LaneSite(runner, listen.host, listen.port)]
-    if listen.sockets:
-        return [web.SockSite(runner, sock) for sock in listen.sockets]
-    return [web.TCPSite(runner, listen.host, listen.port, reuse_address=True)]
+async def _listen(runner: web.AppRunner, listen: Listen) -> list[LaneListener]:
+    """The lane on `listen`'s sockets, or on its host and port."""
+    listeners = []
+    for sock in listen.sockets or (None,):
+        listener = LaneListener(runner)
+        if sock is not None:
+            await listener.start(sock=sock)
+        else:
+            await listener.start(listen.host, listen.port)
+        listeners.append(listener)
+    return listeners
 
 
 async def _wait_for_stop(

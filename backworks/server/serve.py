@@ -1,8 +1,8 @@
 """`backworks serve` in one process: the app on its port until SIGTERM/SIGINT.
 
-The shape of aiohttp's `web.run_app`, with the configured engine's site
-(server/engine.py): plugins load before the port opens, a signal stops accepting and
-drains, and a cancelled main task runs the cleanup that shuts the plugins down.
+The shape of aiohttp's `web.run_app`, with the lane's listener (server/listeners.py):
+plugins load before the port opens, a signal stops accepting and drains, and a
+cancelled main task runs the cleanup that shuts the plugins down.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from backworks.http.dispatch import to_web_response
+from backworks.http.aio.handler import to_web_response
 from backworks.http.reply import error_reply
 
 

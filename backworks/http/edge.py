@@ -1,0 +1,177 @@
+"""Every rule at the border between a client and the request core, written once.
+
+Both engines call the one `Edge` of a server: the lane (lane/) for what it reads off
+the socket, and aiohttp's middleware (aio/) for the operations routes and for an app
+that embeds Backworks. What lives here and nowhere else:
+
+- the limits of a request's head (each line and field, the field count, the whole
+  head) and of its body, and the verdict on a head once it is read (`refusal`): the
+  Host rule, single-valued fields, the request target, the version, `Expect`, CONNECT;
+- the request id (the client's when it is plain, else ours);
+- the config's global headers, added to every answer;
+- a request's span (tracing.py) and its record (access log, metrics, dashboard:
+  record.py), 499 for a client that went away;
+- an exception no layer below expected: logged with its traceback, answered 500.
+
+The framing itself (reading bytes as they arrive, backpressure, pipelining, lingering
+close) is the lane's: it is the only engine that reads bytes from clients. aiohttp
+never sees a request the lane has not read whole and checked here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import structlog
+
+from backworks import tracing
+from backworks.abi import Response
+from backworks.http.exchange import Exchange
+from backworks.http.record import CLIENT_GONE, Recorder
+from backworks.http.reply import error_reply
+from backworks.http.traffic import UNMATCHED
+from backworks.lifecycle.host import Host
+
+log = structlog.get_logger("backworks.server")
+
+# Limits on a request's head: a longer request line or field, more fields, or a head
+# larger than MAX_HEAD in all is refused with 431 as its bytes arrive.
+MAX_LINE = 8190
+MAX_FIELD = 8190
+MAX_FIELDS = 128
+MAX_HEAD = 64 * 1024
+
+# Fields a request may carry once (as aiohttp's parser holds them): two of them are
+# two opinions, and a front that reads the other one is desynchronised from us. Two
+# Transfer-Encoding fields are refused for that reason, whatever their values.
+SINGLE_VALUED = frozenset(
+    {
+        "authorization",
+        "content-length",
+        "content-location",
+        "content-range",
+        "content-type",
+        "etag",
+        "host",
+        "max-forwards",
+        "server",
+        "transfer-encoding",
+        "user-agent",
+    }
+)
+
+VERSIONS = frozenset({"1.0", "1.1"})
+
+
+def refusal(version: str, method: str, target: bytes, fields: Sequence[tuple[str, str]]) -> int:
+    """The status a request head is refused with, or 0 when it may be answered.
+
+    `fields`: the head's (lower-case name, value) pairs, trailing whitespace stripped.
+    """
+    if version not in VERSIONS:
+        return 505
+    if method == "CONNECT":
+        return 501  # a tunnel: nothing here takes one, and its bytes are no request
+    if b"#" in target:
+        return 400  # a request target has no fragment (RFC 9112 3.2)
+    if target == b"*" and method != "OPTIONS":
+        return 400
+    seen: set[str] = set()
+    expect = None
+    for name, value in fields:
+        if name in SINGLE_VALUED:
+            if name in seen:
+                return 400
+            seen.add(name)
+        elif name == "expect":
+            expect = value
+    if version == "1.1":
+        if "host" not in seen:
+            return 400  # RFC 9112 3.2: exactly one Host in HTTP/1.1
+        if expect is not None and expect.lower() != "100-continue":
+            return 417
+    return 0
+
+
+def expects_continue(version: str, fields: Sequence[tuple[str, str]]) -> bool:
+    """Whether the client waits for `100 Continue` before it sends the body (HTTP/1.1)."""
+    return version == "1.1" and any(
+        name == "expect" and value.lower() == "100-continue" for name, value in fields
+    )
+
+
+class Edge:
+    """The rules above, for one server (see the module's doc)."""
+
+    def __init__(self, host: Host, recorder: Recorder) -> None:
+        self.host = host
+        self.recorder = recorder
+        self._globals: tuple[object, bytes, frozenset[str]] = (None, b"", frozenset())
+
+    @property
+    def max_body(self) -> int:
+        """The body limit; read at start (a reload cannot change it)."""
+        return self.host.config.server.max_body_bytes
+
+    def request_id(self, incoming: str | None) -> str:
+        """The client's X-Request-Id when it is plain, else a new one."""
+        return self.recorder.request_id(incoming)
+
+    def global_headers(self) -> Mapping[str, str]:
+        """The config's global headers, as of now (a reload replaces them)."""
+        return self.host.config.global_headers
+
+    def global_block(self) -> tuple[bytes, frozenset[str]]:
+        """The global headers as wire bytes, and their lower-case names.
+
+        Rebuilt only when a config reload replaced them.
+        """
+        current = self.host.config.global_headers
+        cached, block, names = self._globals
+        if cached is not current:
+            block = b"".join(f"{k}: {v}\r\n".encode() for k, v in current.items())
+            names = frozenset(k.lower() for k in current)
+            self._globals = (current, block, names)
+        return block, names
+
+    def refused(self, status: int, request_id: str) -> Response:
+        """The envelope of a request refused at the edge (400, 408, 413, 431, ...)."""
+        return error_reply(status, request_id)
+
+    def failed(self, ex: Exchange, **context: Any) -> Response:
+        """An exception nobody below expected: logged with its traceback, answered 500.
+
+        Call from an `except` block.
+        """
+        log.exception("request_failed", request_id=ex.request_id, path=ex.path[:512], **context)
+        return error_reply(500, ex.request_id)
+
+    def span(self, ex: Exchange) -> Any:
+        """The request's span when tracing is on (tracing.py), else None."""
+        if tracing.TRACER is None:
+            return None
+        return tracing.request_started(ex.method, ex.path, dict(ex.headers))
+
+    def record(self, ex: Exchange, status: int, started: float, span: Any = None) -> None:
+        """What an answered request leaves: its record, and the end of its span.
+
+        `status` CLIENT_GONE (499): its client went away before the answer was written.
+        """
+        route = ex.route or UNMATCHED
+        self.recorder.answered(
+            ex.method,
+            ex.path,
+            route,
+            status,
+            time.perf_counter() - started,
+            ex.plugin,
+            ex.request_id,
+        )
+        if span is not None:
+            tracing.request_finished(span, status, ex.request_id, route)
+
+    def gone(self, ex: Exchange, started: float, span: Any = None) -> None:
+        """The client went away before its answer: recorded as 499."""
+        self.record(ex, CLIENT_GONE, started, span)

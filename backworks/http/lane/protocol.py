@@ -1,0 +1,796 @@
+"""The lane: the HTTP/1.1 engine that reads every connection, for both engines.
+
+An asyncio protocol on httptools (llhttp, the parser of Node.js and uvicorn) that
+reads requests straight off the socket under the edge's rules (http/edge.py), answers
+them through the request core (http/answer.py) and writes each answer with one
+`write` of prebuilt bytes (wire.py). Requests for the operations surface
+(/_backworks/..., /metrics), and every request under `server.engine: aiohttp`, are
+answered by aiohttp's handler in memory (relay.py), in their turn.
+
+What a hostile client can and cannot make the lane do, per connection:
+- a request head is bounded as its bytes arrive: each line and field, the field
+  count, and the whole head (edge.MAX_HEAD), refused with 431 at once; bytes that
+  move no request on (an endless field, an endless trailer) count against it too;
+- at most MAX_QUEUED requests, QUEUE_BYTES of them, are read ahead of their answers;
+  while the client reads nothing the transport goes over its high-water mark, and
+  then the lane stops reading and starts no answer (flow.py), so it holds at most one
+  answer beyond the transport's buffer; a client that reads nothing for the body
+  timeout is dropped;
+- a refused request (400, 408, 413, 417, 431, 501, 505) is answered after the ones
+  before it, with `Connection: close`, then the connection is closed lingering: the
+  lane half-closes, reads and discards up to LINGER_BYTES for LINGER_S, then
+  closes, so the client reads the answer instead of a reset;
+- nothing is read after a request that closes the connection, and only the last
+  answer says `Connection: close`;
+- trailer fields are dropped, never merged into the head; an `Upgrade` nobody takes
+  is an ordinary request whose body is read by its framing; CONNECT is refused.
+
+A request is answered eagerly: the core's answer is made at once, in the parser's
+callback, and most (inline calls, static endpoints) are done there. One that waits
+(a pooled call, a worker process, a hook) is driven by done-callbacks (`_Waiting`);
+the connection's later requests queue behind it, so answers leave in order. With
+tracing on, every request runs as a task: its span is current in its own context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine
+from email.utils import formatdate
+from typing import Any, cast
+
+import httptools
+import structlog
+import yarl
+
+from backworks import tracing
+from backworks.abi import Response
+from backworks.http.answer import answer
+from backworks.http.edge import (
+    MAX_FIELD,
+    MAX_FIELDS,
+    MAX_HEAD,
+    MAX_LINE,
+    Edge,
+    expects_continue,
+    refusal,
+)
+from backworks.http.exchange import Exchange
+from backworks.http.lane.flow import QUEUE_FULL, REFUSED, WRITE_FULL, Flow
+from backworks.http.lane.relay import Relay
+from backworks.http.lane.wire import (
+    CLOSE,
+    CONTINUE,
+    KEEP_ALIVE,
+    relayed_answer,
+    relayed_request,
+    render,
+)
+from backworks.http.record import CLIENT_GONE
+from backworks.http.routing import is_operations_path, route
+from backworks.http.traffic import UNMATCHED
+
+log = structlog.get_logger("backworks.lane")
+
+# Requests read ahead of their answers, in count and in bytes; past either the lane
+# stops reading.
+MAX_QUEUED = 32
+QUEUE_BYTES = 1024 * 1024
+# The lingering close after a refusal or a closing answer.
+LINGER_S = 2.0
+LINGER_BYTES = 1024 * 1024
+# When the server drains, how long a connection accepted just before, with nothing
+# read yet, is given for its first request to arrive: closing it at once would drop a
+# request its client has already sent.
+FRESH_GRACE_S = 0.25
+
+# Where the connection is in the request it reads.
+_IDLE, _HEAD, _BODY = 0, 1, 2
+
+
+class _Refused(Exception):
+    """A request the lane answers with an error and a closed connection."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        super().__init__(status)
+
+
+class _Stop(Exception):
+    """Raised from a parser callback: nothing more is read on this connection."""
+
+
+class LaneSettings:
+    """What every connection of one listener shares: the edge, timeouts, the clock."""
+
+    def __init__(
+        self,
+        edge: Edge,
+        relay_protocol: Callable[[], asyncio.Protocol],
+        *,
+        header_timeout: float,
+        body_timeout: float,
+        keepalive_timeout: float,
+        relay_all: bool = False,
+    ) -> None:
+        self.edge = edge
+        self.host = edge.host
+        self.relay_protocol = relay_protocol  # aiohttp's protocol, for relayed requests
+        self.relay_all = relay_all  # every request is aiohttp's (`server.engine: aiohttp`)
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.connections: set[Lane] = set()
+        self.draining = False
+        self.date = b""
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._tick()
+
+    def _tick(self) -> None:
+        """Once per sweep: the Date header, and every connection's deadline."""
+        self.date = formatdate(usegmt=True).encode()
+        self._time_out()
+        shortest = min(self.header_timeout, self.body_timeout, self.keepalive_timeout)
+        interval = min(1.0, max(0.05, shortest / 5))
+        self._sweeper = asyncio.get_running_loop().call_later(interval, self._tick)
+
+    def _time_out(self) -> None:
+        now = time.monotonic()
+        for lane in list(self.connections):
+            if lane.deadline and now >= lane.deadline:
+                lane.timed_out()
+
+    def close(self) -> None:
+        """Stops the sweep (the listener is gone)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+
+    async def drain(self, timeout: float) -> None:
+        """Closes idle connections now, busy ones after their answer; waits up to `timeout`."""
+        self.draining = True
+        for lane in list(self.connections):
+            lane.drain()
+        deadline = time.monotonic() + timeout
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            self._time_out()
+        for lane in list(self.connections):
+            lane.abort()
+
+
+# A queued request's match when aiohttp answers it.
+RELAY: Any = object()
+
+
+class _Queued:
+    """A request read whole and waiting for its turn to be answered."""
+
+    __slots__ = ("ex", "head", "http10", "keep_alive", "match", "relayed", "size", "started")
+
+    def __init__(
+        self, ex: Exchange, match: Any, *, keep_alive: bool, started: float, size: int = 0
+    ) -> None:
+        self.ex = ex
+        self.match = match  # the route, a ready answer, or RELAY
+        self.head = ex.method == "HEAD"
+        self.keep_alive = keep_alive
+        self.http10 = False  # an HTTP/1.0 client that asked to keep the connection
+        self.started = started
+        self.size = size  # bytes it holds, against QUEUE_BYTES
+        self.relayed = b""  # the request as aiohttp is to read it
+
+
+class Lane(asyncio.Protocol):
+    """One client connection (see the module's doc)."""
+
+    def __init__(self, settings: LaneSettings) -> None:
+        self.settings = settings
+        self.edge = settings.edge
+        self.deadline = 0.0  # monotonic time this connection times out; 0: never
+        self._transport: asyncio.Transport | None = None
+        self._flow: Flow | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._queue: deque[_Queued] = deque()
+        self._queued_bytes = 0
+        self._task: _Waiting | _Relaying | None = None  # the answer being made
+        self._closing = False  # no request after the ones read will be read
+        self._broken = False  # the parser is done with: nothing more is fed to it
+        self._lingering = 0  # > 0: closing lingering; bytes discarded so far, plus one
+        # The request being read.
+        self._phase = _IDLE
+        self._moved = False  # a read moved a request on (see data_received)
+        self._stalled = 0  # bytes read in a row that moved no request on
+        self._head_size = 0
+        self._url = b""
+        self._fields: list[tuple[str, str]] = []
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._ex: Exchange | None = None
+        self._match: Any = None
+        self._keep_alive = True
+        self._continue = False  # `100 Continue` owed once the request is the one answered
+        self._upgrade: tuple[int, bool] | None = None  # an upgrade's body framing
+        self._resync: tuple[Exchange, Any] | None = None
+        self._resyncing = False
+        self._started = 0.0  # when the request being read began; 0: none yet
+
+    # -- the connection ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+        self._flow = Flow(self._transport)
+        self.settings.connections.add(self)
+        self._idle()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.settings.connections.discard(self)
+        self._transport = None
+        self.deadline = 0.0
+        ex = self._ex
+        if self._phase != _IDLE and ex is not None:  # gone in the middle of its request
+            ex.route = ex.route or UNMATCHED
+            self.edge.gone(ex, self._started)
+        task = self._task
+        if task is not None:
+            # The client went away while its answer was being made: cancelling it sets
+            # the plugin call's cancel word (the runner's cancellation path).
+            task.cancel()
+        for queued in self._queue:
+            if queued.match is not RELAY:
+                self.edge.gone(queued.ex, queued.started)
+        self._queue.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            self._lingering += len(data)
+            if self._lingering > LINGER_BYTES:
+                self.abort()
+            return
+        if self._broken:
+            return
+        self._moved = False
+        self._feed(data)
+        if self._broken or self._phase == _IDLE or self._moved:
+            self._stalled = 0
+            return
+        # Bytes that moved no request on: a head still being read, a trailer, a chunk
+        # extension. httptools keeps them out of sight until they end, so they are
+        # counted here, per read, never after a field ends.
+        self._stalled += len(data)
+        if self._stalled > MAX_HEAD:
+            self._refuse(431)
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            self._after_upgrade(data[e.args[0] :])
+        except httptools.HttpParserCallbackError as e:
+            cause = e.__context__
+            if isinstance(cause, _Refused):
+                self._refuse(cause.status)
+            elif isinstance(cause, _Stop):
+                self._broken = True
+            else:
+                raise
+        except httptools.HttpParserError as e:
+            log.info("bad_request", reason=type(e).__name__, engine="lane")
+            self._refuse(400)
+
+    def pause_writing(self) -> None:
+        """The client reads slower than we answer: stop reading, start no answer."""
+        assert self._flow is not None
+        self._flow.stop(WRITE_FULL)
+        # A client that reads nothing at all is not waited for forever.
+        self.deadline = time.monotonic() + self.settings.body_timeout
+
+    def resume_writing(self) -> None:
+        """The client caught up."""
+        if self._flow is not None:
+            self._flow.go(WRITE_FULL)
+            if self._phase == _IDLE and not self._lingering:
+                self.deadline = 0.0
+            self._next()
+
+    def timed_out(self) -> None:
+        """The sweep found this connection past its deadline."""
+        self.deadline = 0.0
+        flow = self._flow
+        if self._lingering or (flow is not None and not flow.writable):
+            self.abort()
+        elif self._phase != _IDLE:
+            log.info("request_timeout", engine="lane")
+            self._refuse(408)
+        elif self._task is None and not self._queue:
+            self.abort()  # idle past the keep-alive timeout
+
+    def drain(self) -> None:
+        """The server is stopping: close after the answers owed; now, if idle.
+
+        A connection with nothing read yet gets FRESH_GRACE_S for its request, which
+        is then answered with `Connection: close`.
+        """
+        if self._phase != _IDLE or self._task is not None or self._queue:
+            self._closing = True
+        elif not self._started:  # nothing read yet
+            self.deadline = min(self.deadline, time.monotonic() + FRESH_GRACE_S)
+        else:
+            self.abort()
+
+    def abort(self) -> None:
+        """Closes the connection now."""
+        transport = self._transport
+        if transport is not None:
+            transport.close()
+
+    # -- the parser's callbacks ----------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._resyncing:
+            return
+        if self._closing:  # pipelined after a request that closes: never read
+            raise _Stop
+        self._phase = _HEAD
+        self._head_size = 0
+        self._url = b""
+        self._fields = []
+        self._body = []
+        self._body_size = 0
+        self._continue = False
+        self._upgrade = None
+        self._started = time.perf_counter()
+        self.deadline = time.monotonic() + self.settings.header_timeout
+
+    def on_url(self, url: bytes) -> None:
+        if self._resyncing:
+            return
+        self._url += url
+        if len(self._url) > MAX_LINE:
+            raise _Refused(431)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._resyncing:
+            return
+        size = len(name) + len(value) + 4
+        if self._phase == _BODY:
+            # A trailer field (RFC 9110 6.5): never merged into the head; counted.
+            self._head_size += size
+            if self._head_size > MAX_HEAD:
+                raise _Refused(431)
+            return
+        self._head_size += size
+        if (
+            len(name) > MAX_FIELD
+            or len(value) > MAX_FIELD
+            or len(self._fields) >= MAX_FIELDS
+            or self._head_size > MAX_HEAD
+        ):
+            raise _Refused(431)
+        # Trailing whitespace is not part of a value (RFC 9112 5); the bytes are kept
+        # losslessly (surrogateescape), as aiohttp would decode them.
+        self._fields.append(
+            (
+                name.decode("latin-1").lower(),
+                value.rstrip(b" \t").decode("utf-8", "surrogateescape"),
+            )
+        )
+
+    def on_headers_complete(self) -> None:
+        self._moved = True
+        settings = self.settings
+        now = time.monotonic()
+        if self._resyncing:  # the stand-in head of an upgrade's body: the request goes on
+            self._resyncing = False
+            assert self._resync is not None
+            self._ex, self._match = self._resync
+            self._resync = None
+            self._phase = _BODY
+            self.deadline = now + settings.body_timeout
+            return
+        parser = self._parser
+        version = parser.get_http_version()
+        method = parser.get_method().decode("ascii", "replace")
+        url = self._url
+        fields = self._fields
+        status = refusal(version, method, url, fields)
+        if status:
+            raise _Refused(status)
+        if url[:1] == b"/":
+            raw_path, _, query = url.partition(b"?")
+        elif url == b"*":
+            raw_path, query = url, b""
+        else:  # absolute-form (`GET http://host/path`), as a proxy would send it
+            raw_path, query = _absolute_target(url)
+        request_id = None
+        declared = 0
+        chunked = False
+        for name, value in fields:
+            if name == "content-length":
+                declared = int(value)  # llhttp checked it is a number
+            elif name == "transfer-encoding":
+                chunked = True
+            elif name == "x-request-id":
+                request_id = value
+        path = _path(raw_path)
+        ex = self._ex = Exchange(
+            method, path, query.decode("utf-8", "surrogateescape"), tuple(fields), b"",
+            self.edge.request_id(request_id),
+        )  # fmt: skip
+        if settings.relay_all or is_operations_path(path):
+            self._match = RELAY
+        else:
+            self._match = route(settings.host, ex)
+        if declared > self.edge.max_body:
+            raise _Refused(413)
+        self._keep_alive = parser.should_keep_alive()
+        if parser.should_upgrade() and (declared or chunked):
+            self._upgrade = (declared, chunked)
+        self._phase = _BODY
+        if declared or chunked:
+            self.deadline = now + settings.body_timeout
+            if expects_continue(version, fields):
+                if self._task is None and not self._queue:
+                    self._write_raw(CONTINUE)
+                else:
+                    self._continue = True  # once the answers before it are out
+        else:
+            self.deadline = 0.0
+
+    def on_body(self, body: bytes) -> None:
+        self._moved = True
+        self._body_size += len(body)
+        if self._body_size > self.edge.max_body:
+            raise _Refused(413)
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._moved = True
+        ex = self._ex
+        assert ex is not None
+        if self._upgrade is not None:
+            # llhttp stops at an upgrade's head and would take its body for the next
+            # request: the body is read by its framing instead (_after_upgrade).
+            self._resync = (ex, self._match)
+            return
+        self._phase = _IDLE
+        self.deadline = 0.0
+        self._ex = None
+        body = self._body
+        if body:
+            ex.body = body[0] if len(body) == 1 else b"".join(body)
+        match, self._match = self._match, None
+        keep_alive = self._keep_alive and not self.settings.draining
+        if not keep_alive:
+            self._closing = True
+        size = len(ex.body) + self._head_size
+        queued = _Queued(ex, match, keep_alive=keep_alive, started=self._started, size=size)
+        version = self._parser.get_http_version()
+        queued.http10 = keep_alive and version == "1.0"
+        if match is RELAY:
+            queued.relayed = relayed_request(ex.method, self._url, version, ex.headers, ex.body)
+        self._queue.append(queued)
+        self._queued_bytes += size
+        if self._task is None and len(self._queue) == 1:
+            self._next()
+        elif len(self._queue) >= MAX_QUEUED or self._queued_bytes >= QUEUE_BYTES:
+            assert self._flow is not None
+            self._flow.stop(QUEUE_FULL)
+
+    def _after_upgrade(self, rest: bytes) -> None:
+        """llhttp stopped at an upgrade nobody here takes: the connection goes on as HTTP.
+
+        A fresh parser reads on. When the upgrade had a body, the parser is first given
+        a stand-in head with the same framing (and its callbacks are skipped), so the
+        body is read as the body it is, never as a request of its own.
+        """
+        self._parser = httptools.HttpRequestParser(self)
+        if self._resync is None:
+            if rest:
+                self._feed(rest)
+            return
+        declared, chunked = self._upgrade or (0, False)
+        self._upgrade = None
+        framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % declared
+        self._resyncing = True
+        self._feed(b"PUT / HTTP/1.1\r\n%s\r\n\r\n%s" % (framing, rest))
+
+    # -- answering -----------------------------------------------------------------
+
+    def _next(self) -> None:
+        """Answers queued requests in order, each at once unless it has to wait."""
+        flow = self._flow
+        host = self.settings.host
+        while self._queue and self._task is None and self._transport is not None:
+            if flow is not None and not flow.writable:
+                return  # resume_writing goes on
+            queued = self._queue[0]
+            match = queued.match
+            if match is RELAY:
+                self._task = _Relaying(self, queued)
+                return
+            if isinstance(match, Response):
+                self._queue.popleft()
+                self._write(queued, match)
+                continue
+            made: Any
+            if tracing.TRACER is not None:
+                made = _in_task(_traced(self.edge, queued.ex, match))
+            else:
+                try:
+                    made = answer(host, queued.ex, match)
+                except Exception:
+                    made = self.edge.failed(queued.ex, engine="lane")
+                if isinstance(made, Response):
+                    self._queue.popleft()
+                    self._write(queued, made)
+                    continue
+            try:
+                waiting = made.send(None)
+            except StopIteration as done:
+                self._queue.popleft()
+                self._write(queued, done.value)
+                continue
+            except Exception:
+                self._queue.popleft()
+                self._write(queued, self.edge.failed(queued.ex, engine="lane"))
+                continue
+            self._task = _Waiting(self, made, waiting, queued)
+            return
+        if self._transport is None or self._task is not None:
+            return
+        if flow is not None and len(self._queue) < MAX_QUEUED and self._queued_bytes < QUEUE_BYTES:
+            flow.go(QUEUE_FULL)
+        if self._queue:
+            return
+        if self._phase == _BODY and self._continue:
+            self._continue = False
+            self._write_raw(CONTINUE)
+        if self._phase == _IDLE:
+            if self._closing:
+                self._linger()
+            else:
+                self._idle()
+
+    def _finished(self, queued: _Queued, made: Response | None) -> None:
+        """The answer `_Waiting` waited for (None: nobody to give it to any more)."""
+        self._task = None
+        if self._queue and self._queue[0] is queued:
+            self._queue.popleft()
+        if made is None:
+            self._queued_bytes -= queued.size
+            self.edge.gone(queued.ex, queued.started)
+            return
+        self._write(queued, made)
+        self._next()
+
+    def _relayed(self, queued: _Queued, raw: bytes) -> None:
+        """aiohttp's answer to a relayed request (it recorded the request itself)."""
+        self._task = None
+        if self._queue and self._queue[0] is queued:
+            self._queue.popleft()
+        self._queued_bytes -= queued.size
+        if self._transport is None:
+            return
+        out = relayed_answer(raw, self._connection_field(queued), queued.head)
+        if out is None:  # aiohttp gave no answer: ours, and the connection ends
+            log.error("relay_failed", request_id=queued.ex.request_id, path=queued.ex.path[:512])
+            self._closing = True
+            answer500 = self.edge.refused(500, queued.ex.request_id)
+            self._write(
+                _Queued(queued.ex, None, keep_alive=False, started=queued.started), answer500
+            )
+        else:
+            self._write_raw(out)
+        self._next()
+
+    def _connection_field(self, queued: _Queued) -> bytes:
+        """The Connection field of `queued`'s answer: close on the last answer only."""
+        if not queued.keep_alive or (self._closing and not self._queue and self._phase == _IDLE):
+            self._closing = True
+            return CLOSE
+        return KEEP_ALIVE if queued.http10 else b""
+
+    def _write(self, queued: _Queued, made: Response) -> None:
+        self._queued_bytes -= queued.size
+        transport = self._transport
+        if transport is None:
+            self.edge.gone(queued.ex, queued.started)
+            return
+        settings = self.settings
+        ex = queued.ex
+        block, names = self.edge.global_block()
+        transport.write(
+            render(
+                made,
+                ex.request_id.encode(),
+                settings.date,
+                block,
+                names,
+                settings.host.config.global_headers,
+                self._connection_field(queued),
+                queued.head,
+            )
+        )
+        self.edge.record(ex, made.status, queued.started)
+
+    def _write_raw(self, data: bytes) -> None:
+        if self._transport is not None:
+            self._transport.write(data)
+
+    def _refuse(self, status: int) -> None:
+        """Answers a request that cannot be read with `status`, after the ones before it,
+        then closes the connection lingering."""
+        self._broken = self._closing = True
+        self._phase = _IDLE
+        self._resyncing = False
+        self.deadline = 0.0
+        if self._flow is not None:
+            self._flow.stop(REFUSED)
+        ex = self._ex or Exchange("", "", "", (), b"", self.edge.request_id(None))
+        self._ex = None
+        ex.route = UNMATCHED
+        queued = _Queued(
+            ex,
+            self.edge.refused(status, ex.request_id),
+            keep_alive=False,
+            started=self._started or time.perf_counter(),
+        )
+        self._queue.append(queued)
+        if self._task is None and len(self._queue) == 1:
+            self._next()
+
+    def _linger(self) -> None:
+        """The last answer is out: half-close, discard what the client still sends, close.
+
+        Closing with unread bytes would make the kernel send a reset, and a client that
+        is still sending would lose the answer it has not read yet.
+        """
+        transport = self._transport
+        if transport is None or self._lingering:
+            return
+        self._lingering = 1
+        self.deadline = time.monotonic() + LINGER_S
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        try:
+            transport.write_eof()
+        except OSError:  # the client is gone already
+            transport.close()
+            return
+        if self._flow is not None:
+            self._flow.reasons = 0
+        transport.resume_reading()
+
+    def _idle(self) -> None:
+        self.deadline = time.monotonic() + self.settings.keepalive_timeout
+
+
+class _Waiting:
+    """An answer whose making waits: its coroutine, resumed when what it awaits is done.
+
+    The lane runs each answer's coroutine at once, in the parser's callback, and most
+    finish right there. One that suspends (a pooled call, a worker process, a hook)
+    is driven from here by done-callbacks, as a task would be, without a task's cost
+    per request. Nothing on the request core's path needs a current task.
+    """
+
+    __slots__ = ("coro", "lane", "queued", "waiting")
+
+    def __init__(
+        self, lane: Lane, coro: Coroutine[Any, Any, Response], waiting: Any, queued: _Queued
+    ) -> None:
+        self.lane = lane
+        self.coro = coro
+        self.queued = queued
+        self.waiting: Any = None
+        self._wait_for(waiting)
+
+    def _wait_for(self, waiting: Any) -> None:
+        self.waiting = waiting
+        if waiting is None:  # a bare `yield` (asyncio.sleep(0)): the next loop turn
+            asyncio.get_running_loop().call_soon(self._step, None)
+        else:
+            waiting.add_done_callback(self._step)
+
+    def _step(self, _: object) -> None:
+        try:
+            waiting = self.coro.send(None)
+        except StopIteration as done:
+            self.lane._finished(self.queued, done.value)
+            return
+        except asyncio.CancelledError:  # what it waited for was cancelled under it
+            self.lane._finished(self.queued, None)
+            return
+        except Exception:
+            self.lane._finished(self.queued, self.lane.edge.failed(self.queued.ex, engine="lane"))
+            return
+        self._wait_for(waiting)
+
+    def cancel(self) -> None:
+        """The client went away: the coroutine is cancelled where it waits."""
+        waiting = self.waiting
+        if waiting is not None:
+            waiting.remove_done_callback(self._step)
+        try:
+            self.coro.throw(asyncio.CancelledError())
+        except (asyncio.CancelledError, StopIteration):
+            pass
+        except Exception:
+            log.exception("request_failed", request_id=self.queued.ex.request_id, engine="lane")
+        else:  # it went on waiting after all (it caught the cancellation): let it finish
+            self.coro.close()
+        self.lane._finished(self.queued, None)
+
+
+class _Relaying:
+    """A request in aiohttp's hands (relay.py); its answer is written in its turn."""
+
+    __slots__ = ("_relay",)
+
+    def __init__(self, lane: Lane, queued: _Queued) -> None:
+        transport = lane._transport
+        assert transport is not None
+        loop = asyncio.get_running_loop()
+
+        def done(raw: bytes) -> None:
+            # Called from inside aiohttp's handler as it closes: answered next turn.
+            loop.call_soon(lane._relayed, queued, raw)
+
+        self._relay = Relay(
+            lane.settings.relay_protocol, transport, queued.relayed, done, head_only=queued.head
+        )
+
+    def cancel(self) -> None:
+        """The client went away: aiohttp's handler is cancelled (it records the 499)."""
+        self._relay.cancel()
+
+
+async def _traced(edge: Edge, ex: Exchange, match: Any) -> Response:
+    """Answers `ex` inside its request span (see tracing.py)."""
+    span = edge.span(ex)
+    status = CLIENT_GONE
+    try:
+        made = answer(edge.host, ex, match)
+        if not isinstance(made, Response):
+            made = await made
+        status = made.status
+        return made
+    except Exception:
+        status = 500
+        raise
+    finally:
+        tracing.request_finished(span, status, ex.request_id, ex.route)
+
+
+async def _in_task(coro: Coroutine[Any, Any, Response]) -> Response:
+    """`coro` run as a task: a span is current in its own context, which a task has."""
+    task = asyncio.get_running_loop().create_task(coro)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+
+
+def _absolute_target(url: bytes) -> tuple[bytes, bytes]:
+    """The path and query of an absolute-form target, read as aiohttp (yarl) reads it."""
+    try:
+        parsed = yarl.URL(url.decode("utf-8", "surrogateescape"))
+        port = parsed.port
+    except (ValueError, UnicodeError) as e:
+        raise _Refused(400) from e
+    if not parsed.absolute or parsed.scheme not in ("http", "https") or port is None:
+        raise _Refused(400)
+    return (parsed.raw_path or "/").encode(), parsed.raw_query_string.encode()
+
+
+def _path(raw: bytes) -> str:
+    """The path as routes match it: percent-decoded exactly as aiohttp (yarl) does."""
+    if b"%" not in raw:
+        return raw.decode("utf-8", "surrogateescape")
+    return yarl.URL.build(path=raw.decode("utf-8", "surrogateescape"), encoded=True).path
