@@ -136,10 +136,16 @@ async def test_a_field_that_never_ends_is_431_after_about_64_kib(serve: Serve, k
     sent = 0
     started = time.monotonic()
     try:
-        while not first.done() and sent < 16 << 20:
+        # 64 KiB writes, each given 50 ms for an answer: the bytes sent before the
+        # answer are about what the server read before it refused, not what the
+        # kernel's socket buffers took in.
+        while sent < 16 << 20:
             writer.write(b"a" * 65536)
-            sent += 65536
             await asyncio.wait_for(writer.drain(), 10)
+            sent += 65536
+            done, _ = await asyncio.wait([first], timeout=0.05)
+            if done:
+                break
     except (ConnectionResetError, BrokenPipeError):
         pass  # the server closed: what it wrote before is still to be read
     data = await asyncio.wait_for(first, 10) + await asyncio.wait_for(reader.read(), 10)
@@ -147,7 +153,7 @@ async def test_a_field_that_never_ends_is_431_after_about_64_kib(serve: Serve, k
     assert data.startswith(b"HTTP/1.1 431 "), data[:100]
     assert json.loads(data.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "header_fields_too_large"
     # Refused as the bytes arrive: not after megabytes, not at the 10 s header timeout.
-    assert sent <= 2 << 20, f"{sent} bytes sent before the refusal"
+    assert sent <= 1 << 20, f"{sent >> 10} KiB sent before the refusal"
     assert time.monotonic() - started < 8
 
 
@@ -531,23 +537,31 @@ async def test_requests_behind_a_bodiless_upgrade_are_answered(serve: Serve, kit
     assert [a.status for a in answers] == [200, 200, 201]
 
 
+# The issue allows either clear error for HTTP/0.9 and an unknown major version: 400
+# (not HTTP/1.x) or 505 (a version this server does not speak).
+REFUSED_VERSION = {400: "bad_request", 505: "http_version_not_supported"}
+
+
 @pytest.mark.parametrize(
-    ("request_bytes", "status", "code"),
+    ("request_bytes", "statuses"),
     [
-        (b"GET /static\r\n\r\n", 400, "bad_request"),
-        (req("GET /static HTTP/2.0"), 505, "http_version_not_supported"),
-        (req("GET /static HTTP/3.0"), 505, "http_version_not_supported"),
+        (b"GET /static\r\n\r\n", (400, 505)),
+        (req("GET /static HTTP/2.0"), (505,)),
+        (req("GET /static HTTP/3.0"), (400, 505)),
     ],
     ids=["HTTP/0.9", "HTTP/2.0", "HTTP/3.0"],
 )
 async def test_an_unknown_http_version_is_refused_never_answered_in_kind(
-    serve: Serve, kit: Kit, request_bytes: bytes, status: int, code: str
+    serve: Serve, kit: Kit, request_bytes: bytes, statuses: tuple[int, ...]
 ) -> None:
     port = await edge(serve, kit)
     data, closed = await converse(port, request_bytes)
     assert data.startswith((b"HTTP/1.1 ", b"HTTP/1.0 ")), data[:40]
     answers, _ = parse(data)
-    assert_refused(answers, closed, status, code)
+    assert answers, data[:80]
+    status = answers[0].status
+    assert status in statuses, answers
+    assert_refused(answers, closed, status, REFUSED_VERSION[status])
 
 
 @pytest.mark.parametrize(
