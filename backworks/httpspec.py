@@ -21,7 +21,9 @@ FIELD_VALUE = re.compile(rb"(?:[\x21-\x7e\x80-\xff](?:[ \t]*[\x21-\x7e\x80-\xff]
 MEDIA_TYPE = re.compile(
     rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+/[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
     rb"(?:[ \t]*;[ \t]*[!#$%&'*+\-.^_`|~0-9A-Za-z]+="
-    rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+|\"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\\\.)*\"))*"
+    rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+|\"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]"
+    # a quoted-pair (RFC 9110 5.6.4): a backslash, then HTAB, SP, VCHAR or obs-text
+    rb"|\\[\t \x21-\x7e\x80-\xff])*\"))*"
 )
 
 # The statuses a final answer may have. 1xx are interim (a client would wait for the

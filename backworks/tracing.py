@@ -13,14 +13,20 @@ Configured means: a tracer provider set for the process (by `opentelemetry-instr
 or by code embedding Backworks), or the standard `OTEL_TRACES_EXPORTER` variable
 (`console`, or `otlp` with the `opentelemetry-exporter-otlp` package) naming an
 exporter, with `OTEL_SERVICE_NAME` (default `backworks`).
+
+The console exporter writes one JSON object per span and line, to stdout or to the
+file `BACKWORKS_SPANS_FILE` names: never to stderr, which is the log's stream
+(logs.py), so neither stream mixes the two.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import structlog
@@ -82,7 +88,7 @@ def _provider_from_environment() -> Any:
 
     exporter: Any
     if exporter_name == "console":
-        exporter = ConsoleSpanExporter()
+        exporter = ConsoleSpanExporter(out=_spans_stream(), formatter=_one_line)
     elif exporter_name == "otlp":
         try:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -102,21 +108,70 @@ def _provider_from_environment() -> Any:
     return provider
 
 
+def _spans_stream() -> Any:
+    path = os.environ.get("BACKWORKS_SPANS_FILE")
+    if not path:
+        return sys.stdout
+    # Line-buffered and appended to: the workers of `--workers N` share the file, and
+    # one write per line keeps their spans whole.
+    return Path(path).open("a", buffering=1, encoding="utf-8")  # open for the process
+
+
+def _one_line(span: Any) -> str:
+    return str(span.to_json(indent=None)) + "\n"
+
+
 # -- the request span (the HTTP path) ---------------------------------------------------
 
 
-def request_started(method: str, path: str, headers: Mapping[str, str]) -> tuple[Any, ...]:
-    """Starts a request's server span, continuing its `traceparent`; makes it current."""
+def request_started(
+    method: str,
+    path: str,
+    headers: Mapping[str, str],
+    *,
+    client_address: str | None = None,
+    scheme: str = "http",
+) -> tuple[Any, ...]:
+    """Starts a request's server span, continuing its `traceparent`; makes it current.
+
+    It carries OpenTelemetry's HTTP server attributes: method, scheme, path, the Host
+    header's name and port, `client_address` (the peer, or whom a trusted proxy names),
+    the user agent; the route and status come with `request_finished`.
+    """
     api = _api
     parent = api.propagate.extract(headers)
+    attributes: dict[str, Any] = {
+        "http.request.method": method,
+        "url.scheme": scheme,
+        "url.path": path,
+        "process.pid": os.getpid(),
+    }
+    host = headers.get("host")
+    if host:
+        name, _, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
+        if name and port.isdigit():
+            attributes["server.address"], attributes["server.port"] = name, int(port)
+        else:
+            attributes["server.address"] = host
+    if client_address:
+        attributes["client.address"] = client_address
+    agent = headers.get("user-agent")
+    if agent:
+        attributes["user_agent.original"] = agent
     span = TRACER.start_span(
         method,  # named by its route once it is known, never by its raw path
         context=parent,
         kind=api.trace.SpanKind.SERVER,
-        attributes={"http.request.method": method, "url.path": path, "process.pid": os.getpid()},
+        attributes=attributes,
     )
     token = api.context.attach(api.trace.set_span_in_context(span, parent))
     return span, token, method
+
+
+def ids(started: tuple[Any, ...]) -> tuple[str, str]:
+    """The (trace id, span id) of `request_started`'s span, as hex, for the access log."""
+    context = started[0].get_span_context()
+    return f"{context.trace_id:032x}", f"{context.span_id:016x}"
 
 
 def request_finished(

@@ -87,7 +87,10 @@ async def test_admin_port_serves_the_admin_routes_and_only_them(kit: Kit, serve:
     kit("kit")
     port = free_port()
     client = await serve(
-        {"dashboard": {"enabled": True, "host": "127.0.0.1", "port": port}},
+        {
+            "dashboard": {"enabled": True, "host": "127.0.0.1", "port": port},
+            "admin": {"token": TOKEN},
+        },
         admin_listener=True,
     )
     assert (await client.get("/plugins/kit/status?code=200")).status == 200
@@ -102,7 +105,8 @@ async def test_admin_port_serves_the_admin_routes_and_only_them(kit: Kit, serve:
         async with session.get(f"{admin}/_backworks/") as resp:
             assert resp.status == 200
             assert resp.content_type == "text/html"
-        async with session.get(f"{admin}/_backworks/api/state") as resp:
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        async with session.get(f"{admin}/_backworks/api/state", headers=bearer) as resp:
             state = await resp.json()
             assert [r["path"] for r in state["recent"]] == ["/plugins/kit/status"]
         async with session.get(f"{admin}/plugins/kit/status?code=200") as resp:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import re
 import time
 from typing import Any
@@ -67,16 +68,18 @@ async def test_state_lists_plugins_endpoints_and_recent_requests(kit: Kit, serve
                 },
             },
             "plugins": {"kit": {}, "off": {"enabled": False}},
+            "admin": {"token": "t0ken"},
         }
     )
     await client.get("/echo/1", headers={"X-Request-Id": "first"})
     await client.get("/plugins/kit/fail", headers={"X-Request-Id": "second"})
     await client.get("/ping")
-    state = await (await client.get("/_backworks/api/state")).json()
+    admin = {"Authorization": "Bearer t0ken"}
+    state = await (await client.get("/_backworks/api/state", headers=admin)).json()
 
     assert state["server"]["name"] == "demo"
     assert state["server"]["status"] == "serving"
-    assert state["admin"] == {"token_configured": False}
+    assert state["admin"] == {"token_configured": True}
 
     plugins = {p["name"]: p for p in state["plugins"]}
     kit_row = plugins["kit"]
@@ -123,6 +126,16 @@ async def test_state_lists_plugins_endpoints_and_recent_requests(kit: Kit, serve
     assert recent[0]["plugin"] is None
     assert all(r["duration_ms"] >= 0 and r["time"] > 0 for r in recent)
 
+    anonymous = await (await client.get("/_backworks/api/state")).json()
+    assert anonymous["recent"] == [], "other clients' paths and request ids are not shown"
+    assert anonymous["recent_counts"] == {"200": 2, "502": 1}
+    hidden_kit = next(p for p in anonymous["plugins"] if p["name"] == "kit")
+    assert hidden_kit["last_error"] == {
+        "time": kit_row["last_error"]["time"],
+        "status": 502,
+    }
+    assert "second" not in json.dumps(anonymous)
+
 
 async def test_state_says_a_token_is_configured_without_showing_it(serve: Serve) -> None:
     client = await serve({"admin": {"token": "do-not-leak-me"}})
@@ -132,10 +145,12 @@ async def test_state_says_a_token_is_configured_without_showing_it(serve: Serve)
 
 
 async def test_recent_requests_keep_only_the_last_hundred(serve: Serve) -> None:
-    client = await serve({})
+    client = await serve({"admin": {"token": "t0ken"}})
     for i in range(RECENT_REQUESTS + 20):
         await client.get(f"/missing/{i}")
-    recent = (await (await client.get("/_backworks/api/state")).json())["recent"]
+    admin = {"Authorization": "Bearer t0ken"}
+    state = await (await client.get("/_backworks/api/state", headers=admin)).json()
+    recent = state["recent"]
     assert len(recent) == RECENT_REQUESTS == 100
     assert recent[0]["path"] == f"/missing/{RECENT_REQUESTS + 19}"
     assert recent[-1]["path"] == "/missing/20"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -49,7 +50,8 @@ async def browser() -> AsyncIterator[Browser]:
 
 async def open_dashboard(browser: Browser, client: Client) -> tuple[Page, list[str]]:
     """The page at a laptop's size, and the errors it reports (script errors, CSP)."""
-    page = await browser.new_page(viewport={"width": 1440, "height": 900})
+    # 1,280 px: the width of a common laptop, the narrowest the layout must fit whole.
+    page = await browser.new_page(viewport={"width": 1280, "height": 900})
     problems: list[str] = []
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
 
@@ -120,7 +122,12 @@ async def test_dashboard_shows_plugins_and_follows_requests(
     await client.get("/health")
     await client.get("/nowhere")
 
-    # The page catches up by itself, within a poll or two.
+    # The page catches up by itself, within a poll or two. Anonymous, it shows how many
+    # requests got which status; with the token, the requests themselves.
+    await page.get_by_text("404: 1").wait_for(timeout=5000)
+    assert "type the admin token to see them" in await page.locator("#recent").inner_text()
+    assert "/nowhere" not in await page.locator("#recent").inner_text()
+    await page.fill("#token", TOKEN)
     await page.locator("#recent tr").nth(9).wait_for(timeout=5000)
     first = await page.locator("#recent tr").first.inner_text()
     assert "/nowhere" in first
@@ -166,6 +173,69 @@ async def test_dashboard_shows_plugins_and_follows_requests(
     assert await page.locator('svg[data-chart="breaker"][data-plugin="weather"] rect').count() == 0
     (worker,) = await page.locator("#workers tr").all()
     assert str(os.getpid()) in await worker.inner_text()
+
+    # The window fits the data: seconds of traffic fill the chart, not a sliver at its
+    # right edge of 15 minutes; the x axis says how far back it goes, the y axis how high.
+    weather_svg = page.locator('svg[data-chart="rate"][data-plugin="weather"]')
+    assert int(await weather_svg.get_attribute("data-span") or 0) <= 120
+    assert "15 minutes" not in await page.locator("#charts-title").inner_text()
+    x_axis = page.locator('.chart-row[data-plugin="weather"] [data-axis="x"]').first
+    ticks = await x_axis.locator("span").all_text_contents()
+    assert ticks[-1] == "now"
+    assert re.fullmatch(r"-[0-9]+ s", ticks[0]), ticks
+    first_x = await page.evaluate(
+        """() => {
+          const d = document.querySelector('svg[data-chart="rate"][data-plugin="weather"] path')
+            .getAttribute("d");
+          return Number(d.match(/^M([0-9.]+)/)[1]);
+        }"""
+    )
+    assert first_x < 900 * 0.9, f"the first point starts at x={first_x} of 900, not at the edge"
+    y_axis = page.locator('svg[data-chart="errors"][data-plugin="weather"]').locator("..")
+    y_ticks = await y_axis.locator('[data-axis="y"] span').all_text_contents()
+    assert y_ticks[-1] == "0%"
+    assert y_ticks[0] != "100%", "the error axis fits the errors there were (none: 1%)"
+    # p50 and p99 are told apart by hue and by dash, and named in their colours.
+    colours = await page.evaluate(
+        """() => ["p50", "p99", "rate", "errors"].map((c) => {
+          const path = document.querySelector(`#charts path.${c}`);
+          const style = getComputedStyle(path);
+          return [style.stroke, style.strokeDasharray];
+        })"""
+    )
+    strokes = [stroke for stroke, _ in colours]
+    assert len(set(strokes)) == 4, strokes
+    assert colours[0][1] != colours[1][1], "p99 is dashed, p50 is not"
+    legend = page.locator('.chart-row[data-plugin="weather"] .key')
+    assert "p99 ms" in await legend.all_text_contents()
+
+    # 404s and 5xx by route: one line per route and status, counted.
+    summary = page.locator("#errors-by-route")
+    await summary.locator('tr[data-route="<unmatched>"][data-status="404"]').wait_for()
+    by_route = {
+        (await row.get_attribute("data-route"), await row.get_attribute("data-status")): (
+            await row.locator("td").nth(2).inner_text()
+        )
+        for row in await summary.locator("tr").all()
+    }
+    assert by_route[("<unmatched>", "404")] == "1"
+    assert by_route[("/plugins/{plugin}/{tail:.*}", "504")] == "1"
+    assert by_route[("/plugins/{plugin}/{tail:.*}", "502")] == "2"
+    assert by_route[("/orders/{id}", "503")] == "1"
+    assert ("/orders/{id}", "401") not in by_route, "only 404 and 5xx"
+
+    # Everything fits 1,280 px: no page-wide scrolling, no table wider than its box.
+    overflow = await page.evaluate(
+        """() => [document.documentElement.scrollWidth,
+                  ...[...document.querySelectorAll(".table-wrap")]
+                      .filter((w) => w.scrollWidth > w.clientWidth + 1)
+                      .map((w) => w.closest("section").querySelector("h2").textContent)]"""
+    )
+    widths = await page.evaluate(
+        """() => [...document.querySelectorAll("#plugins tr:first-child td, thead th")]
+                  .map((c) => c.textContent.slice(0, 20) + "=" + c.offsetWidth)"""
+    )
+    assert overflow == [1280], " ".join(widths)
 
     before = await updates(page)
     points = int(await rows.first.get_attribute("data-points") or 0)

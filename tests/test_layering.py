@@ -30,6 +30,7 @@ LAYERS = {
     "isolation": 4,
     "lifecycle": 5,
     "http": 6,
+    "testing": 6,  # a plugin author's harness: builds a plugin as the lifecycle does
     "ops": 7,
     "server": 8,
     "cli": 9,

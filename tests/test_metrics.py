@@ -197,3 +197,53 @@ async def test_worker_restarts_come_from_the_process_backend(
     assert value(samples, calls, plugin="crashy", outcome="crashed") == 1
     assert value(samples, calls, plugin="crashy", outcome="failed") == 0, "disjoint outcomes"
     assert value(samples, calls, plugin="crashy", outcome="ok") == 1
+
+
+async def test_process_python_and_build_series_sit_beside_the_plugins(
+    kit: Kit, serve: Serve
+) -> None:
+    """What a Prometheus user expects of any Python service: CPU, memory, fds, GC, version."""
+    kit("kit")
+    client = await serve({})
+    samples = await scrape(client)
+    names = {name for name, _ in samples}
+    for expected in (
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+        "python_gc_collections_total",
+    ):
+        assert expected in names, expected
+    assert value(samples, "process_resident_memory_bytes") > 1_000_000
+    assert value(samples, "process_open_fds") >= 3
+    pythons = [labels for name, labels in samples if name == "python_info"]
+    assert len(pythons) == 1
+    assert dict(pythons[0])["implementation"] == "CPython"
+    builds = [dict(labels) for name, labels in samples if name == "backworks_build_info"]
+    assert len(builds) == 1
+    assert builds[0]["abi"] == "1.0"
+    assert builds[0]["version"][0].isdigit(), builds[0]
+
+
+async def test_latency_buckets_start_at_ten_microseconds(kit: Kit, serve: Serve) -> None:
+    """A fast plugin's calls spread over buckets below 0.5 ms, so its p50 can be read."""
+    kit("kit")
+    client = await serve({})
+    assert (await client.get("/plugins/kit/status?code=200")).status == 200
+    samples = await scrape(client)
+    for name, labels in (
+        ("backworks_plugin_call_duration_seconds_bucket", {"plugin": "kit"}),
+        (
+            "backworks_http_request_duration_seconds_bucket",
+            {"method": "GET", "route": PLUGIN_ROUTE},
+        ),
+    ):
+        bounds = sorted(
+            float(dict(found)["le"])
+            for n, found in samples
+            if n == name and all(dict(found).get(k) == v for k, v in labels.items())
+        )
+        assert bounds[0] == 0.00001, name
+        assert sum(b < 0.0005 for b in bounds) >= 5, f"{name}: {bounds}"
+        assert value(samples, name, le="+Inf", **labels) == 1

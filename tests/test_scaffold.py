@@ -115,20 +115,13 @@ def test_an_unknown_language_is_a_usage_error(
     assert "invalid choice: 'go'" in err
 
 
-def test_without_the_sdk_folder_the_manifest_asks_for_a_version_and_says_why(
+def test_without_the_sdk_a_rust_project_is_refused_never_pointed_at_an_unpublished_crate(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(scaffold, "sdk_crate_dir", lambda: None)
-    create_plugin_project("lonely", "rust", tmp_path / "lonely")
-    manifest = (tmp_path / "lonely" / "Cargo.toml").read_text()
-    dependencies = manifest.split("[dependencies]\n")[1].split("\n\n")[0].splitlines()
-    assert (
-        dependencies[0]
-        == "# The Backworks Rust SDK was not found beside this Backworks installation: point"
-    )
-    assert [line for line in dependencies if not line.startswith("#")] == [
-        'backworks-plugin-sdk = "1"'
-    ]
+    with pytest.raises(ScaffoldError, match="Rust SDK is missing from this installation"):
+        create_plugin_project("lonely", "rust", tmp_path / "lonely")
+    assert not (tmp_path / "lonely").exists(), "nothing is written"
 
 
 @pytest.mark.parametrize(

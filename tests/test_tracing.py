@@ -12,6 +12,7 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from structlog.testing import capture_logs
 
 from backworks import tracing
 from tests.serving import Kit, Serve
@@ -135,3 +136,47 @@ async def test_without_a_configured_provider_nothing_is_traced(
     resp = await client.get("/plugins/kit/echo", headers={"traceparent": TRACEPARENT})
     echoed = dict((await resp.json())["headers"])
     assert echoed["traceparent"] == TRACEPARENT, "handed on untouched, as any header"
+
+
+async def test_the_request_span_has_the_http_semantic_convention_attributes(
+    kit: Kit, serve: Serve, spans: InMemorySpanExporter
+) -> None:
+    kit("kit")
+    client = await serve({"server": {"trusted_proxies": ["127.0.0.1"]}})
+    resp = await client.get(
+        "/plugins/kit/status?code=201",
+        headers={"User-Agent": "probe/1.0", "X-Forwarded-For": "203.0.113.9"},
+    )
+    assert resp.status == 201
+    (server,) = [s for s in spans.get_finished_spans() if s.kind.name == "SERVER"]
+    assert server.attributes is not None
+    attributes = dict(server.attributes)
+    expected = {
+        "http.request.method": "GET",
+        "http.response.status_code": 201,
+        "http.route": "/plugins/{plugin}/{tail:.*}",
+        "url.scheme": "http",
+        "url.path": "/plugins/kit/status",
+        "server.address": "127.0.0.1",
+        "server.port": client.port,
+        "client.address": "203.0.113.9",
+        "user_agent.original": "probe/1.0",
+    }
+    assert expected.items() <= attributes.items(), attributes
+
+
+async def test_the_access_log_carries_the_trace_and_span_ids(
+    kit: Kit, serve: Serve, spans: InMemorySpanExporter
+) -> None:
+    kit("kit")
+    client = await serve({})
+    with capture_logs() as logs:
+        resp = await client.get(
+            "/plugins/kit/status?code=200", headers={"traceparent": TRACEPARENT}
+        )
+    assert resp.status == 200
+    (line,) = [e for e in logs if e["event"] == "request"]
+    (server,) = [s for s in spans.get_finished_spans() if s.kind.name == "SERVER"]
+    assert server.context is not None
+    assert line["trace_id"] == TRACE_ID
+    assert line["span_id"] == f"{server.context.span_id:016x}"

@@ -7,6 +7,7 @@ arrive on fresh connections, so the kernel spreads them over the workers.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -169,6 +170,13 @@ def test_one_scrape_on_any_worker_reports_the_whole_service(
     assert sample(text, "backworks_plugin_ready", plugin="kit") == 1
     assert sample(text, "backworks_plugin_circuit_state", plugin="kit", state="closed") == 2
     assert sample(text, "backworks_plugin_info", plugin="kit", version="0.1.1", abi="1.0") == 1
+    # prometheus_client's process and Python series: one per worker, told apart by pid.
+    for pid in pids:
+        assert sample(text, "process_resident_memory_bytes", pid=str(pid)) > 1_000_000
+        assert sample(text, "process_cpu_seconds_total", pid=str(pid)) > 0
+        assert sample(text, "process_open_fds", pid=str(pid)) >= 3
+        assert sample(text, "python_info", pid=str(pid), implementation="CPython") == 1
+    assert sample(text, "backworks_build_info", abi="1.0") == 1
 
     # The charts' points are summed over the workers too.
     def charted() -> int:
@@ -195,7 +203,13 @@ def test_one_scrape_on_any_worker_reports_the_whole_service(
         ),
         what="the dead worker's gauges gone, the new worker's in",
     )
+    text = get(f"{service.url}/metrics")[1].decode()
+    for gone in ("process_resident_memory_bytes", "process_cpu_seconds_total"):
+        assert math.isnan(sample(text, gone, pid=str(victim))), f"{gone} of the dead worker"
     assert service.stop() == 0
+    # gunicorn's own lines (the killed worker) are JSON like every other line.
+    events = [json.loads(line) for line in service.log.read_text().splitlines()]
+    assert any(e.get("logger") == "gunicorn.error" and str(victim) in e["event"] for e in events)
 
 
 def test_admin_reload_and_reset_reach_every_worker(

@@ -2,8 +2,10 @@
 
 A template is a file whose `@key@` placeholders are filled in; the project's names are
 derived from the plugin name, which must be a valid plugin name. A Rust project
-depends on the SDK of this checkout by absolute path when there is one; a C project's
-Makefile points `-I` at this installation's headers.
+depends on the Rust SDK by absolute path: the checkout's (an editable install) or the
+copy inside the installed package (the wheel ships it); the crate is published to no
+registry, so a manifest never names it by version. A C project's Makefile points `-I`
+at this installation's headers.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import attrs
 
-from backworks.abi import ABI_MAJOR, include_dir
+from backworks.abi import include_dir
 from backworks.names import invalid_name_reason
 from backworks.spawn import package_root
 
@@ -53,24 +55,33 @@ class Scaffold:
     files: tuple[str, ...]
 
 
+_SDK_CRATE = ("sdk-rust", "backworks-plugin-sdk")
+
+
 def sdk_crate_dir() -> Path | None:
-    """The Rust SDK crate beside this installation (a checkout or an editable install),
-    or None when Backworks was installed without its repository."""
-    crate = Path(package_root()) / "sdk-rust" / "backworks-plugin-sdk"
-    return crate if (crate / "Cargo.toml").is_file() else None
+    """The Rust SDK crate of this installation: the checkout's for a checkout or an
+    editable install, else the copy the wheel ships inside the package; None if neither
+    is there (a damaged installation)."""
+    for crate in (
+        Path(package_root()).joinpath(*_SDK_CRATE),
+        Path(str(resources.files("backworks"))).joinpath(*_SDK_CRATE),
+    ):
+        if (crate / "Cargo.toml").is_file():
+            return crate.resolve()
+    return None
 
 
 def _sdk_dependency() -> str:
     crate = sdk_crate_dir()
-    if crate is not None:
-        # A TOML basic string has JSON's escapes, so any path survives json.dumps.
-        return f"backworks-plugin-sdk = {{ path = {json.dumps(crate.as_posix())} }}"
-    return (
-        "# The Backworks Rust SDK was not found beside this Backworks installation: point\n"
-        "# this at your copy of sdk-rust/backworks-plugin-sdk, for example\n"
-        '#   backworks-plugin-sdk = { path = "../backworks/sdk-rust/backworks-plugin-sdk" }\n'
-        f'backworks-plugin-sdk = "{ABI_MAJOR}"'
-    )
+    if crate is None:
+        msg = (
+            "the Backworks Rust SDK is missing from this installation (looked for "
+            f"{'/'.join(_SDK_CRATE)} beside and inside the backworks package): "
+            "reinstall backworks"
+        )
+        raise ScaffoldError(msg)
+    # A TOML basic string has JSON's escapes, so any path survives json.dumps.
+    return f"backworks-plugin-sdk = {{ path = {json.dumps(crate.as_posix())} }}"
 
 
 def _crate_name(name: str) -> str:

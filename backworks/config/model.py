@@ -153,6 +153,7 @@ class ServerConfig:
     `drain_delay_ms`: after SIGTERM the server keeps serving this long while its health
     route answers 503, so a load balancer routes around it before it stops accepting;
     then calls in flight get up to `shutdown_timeout_ms`.
+    `trusted_proxies`: see `http/forwarded.py`.
     """
 
     host: str = "127.0.0.1"
@@ -165,6 +166,9 @@ class ServerConfig:
     shutdown_timeout_ms: int = 10_000
     inline_calls: bool = True  # false: no plugin is ever called on the event loop
     drain_delay_ms: int = 0
+    # The proxies (addresses or CIDR networks) whose X-Forwarded-For is believed: the
+    # access log's and the span's client address. From anyone else it is ignored.
+    trusted_proxies: tuple[str, ...] = ()
 
 
 @attrs.frozen

@@ -8,6 +8,7 @@ and `path`, `endpoints` with `runtime`), so configs written for it load unchange
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -335,8 +336,17 @@ def _server(sec: Reader) -> ServerConfig:
             shutdown_timeout_ms=sec.integer("shutdown_timeout_ms", d.shutdown_timeout_ms, low=0),
             inline_calls=sec.flag("inline_calls", d.inline_calls),
             drain_delay_ms=sec.integer("drain_delay_ms", d.drain_delay_ms, low=0),
+            trusted_proxies=sec.strings("trusted_proxies", _network_problem),
         )
     )
+
+
+def _network_problem(value: str) -> str | None:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return f"must be an IP address or network such as 10.0.0.0/8 (got {show(value)})"
+    return None
 
 
 def _logging(sec: Reader) -> LoggingConfig:

@@ -148,16 +148,43 @@ class Edge:
         log.exception("request_failed", request_id=ex.request_id, path=ex.path[:512], **context)
         return error_reply(500, ex.request_id)
 
-    def span(self, ex: Exchange) -> Any:
-        """The request's span when tracing is on (tracing.py), else None."""
+    def client(self, ex: Exchange, peer: str | None) -> str | None:
+        """The client's address: the peer, or whom a trusted proxy names (forwarded.py)."""
+        forwarded = ", ".join(v for n, v in ex.headers if n == "x-forwarded-for") or None
+        return self.recorder.client.resolve(peer, forwarded)
+
+    def span(self, ex: Exchange, peer: str | None = None, scheme: str = "http") -> Any:
+        """The request's span when tracing is on (tracing.py), else None.
+
+        Its ids are noted on `ex` for the access log.
+        """
         if tracing.TRACER is None:
             return None
-        return tracing.request_started(ex.method, ex.path, dict(ex.headers))
+        span = tracing.request_started(
+            ex.method,
+            ex.path,
+            dict(ex.headers),
+            client_address=self.client(ex, peer),
+            scheme=scheme,
+        )
+        ex.trace = tracing.ids(span)
+        return span
 
-    def record(self, ex: Exchange, status: int, started: float, span: Any = None) -> None:
+    def record(
+        self,
+        ex: Exchange,
+        status: int,
+        started: float,
+        *,
+        peer: str | None = None,
+        bytes_in: int | None = None,
+        bytes_out: int = 0,
+        span: Any = None,
+    ) -> None:
         """What an answered request leaves: its record, and the end of its span.
 
         `status` CLIENT_GONE (499): its client went away before the answer was written.
+        `bytes_in`: the body's size, when `ex.body` does not hold it.
         """
         route = ex.route or UNMATCHED
         self.recorder.answered(
@@ -168,10 +195,17 @@ class Edge:
             time.perf_counter() - started,
             ex.plugin,
             ex.request_id,
+            peer=peer,
+            headers=ex.headers,
+            bytes_in=len(ex.body) if bytes_in is None else bytes_in,
+            bytes_out=bytes_out,
+            trace=ex.trace,
         )
         if span is not None:
             tracing.request_finished(span, status, ex.request_id, route)
 
-    def gone(self, ex: Exchange, started: float, span: Any = None) -> None:
+    def gone(
+        self, ex: Exchange, started: float, *, peer: str | None = None, span: Any = None
+    ) -> None:
         """The client went away before its answer: recorded as 499."""
-        self.record(ex, CLIENT_GONE, started, span)
+        self.record(ex, CLIENT_GONE, started, peer=peer, span=span)

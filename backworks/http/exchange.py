@@ -22,6 +22,7 @@ class Exchange:
         "query",
         "request_id",
         "route",
+        "trace",
     )
 
     def __init__(
@@ -41,3 +42,4 @@ class Exchange:
         self.request_id = request_id
         self.route: str | None = None  # the matched pattern; UNMATCHED when none
         self.plugin: str | None = None  # who answered: a handler, or a hook that did
+        self.trace: tuple[str, str] | None = None  # (trace id, span id) while tracing

@@ -2,8 +2,11 @@
 
 A request id (the client's X-Request-Id when it is short and plain, else a random
 per-app prefix and a counter), one access-log line, and its entry in the Traffic
-record that /metrics and the dashboard read. Both HTTP engines call `Recorder`, so a
-request is counted and logged the same way on the lane and on aiohttp.
+record that /metrics and the dashboard read. The access log names the route pattern,
+the client (forwarded.py: X-Forwarded-For only from a trusted proxy), its user agent,
+the bytes in and out, and the trace and span ids when tracing is on. Both HTTP
+engines call `Recorder`, so a request is counted and logged the same way on the lane
+and on aiohttp.
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ import itertools
 import logging
 import re
 import secrets
+from collections.abc import Iterable
 
 import structlog
 
+from backworks.http.forwarded import ClientAddress
 from backworks.http.traffic import Traffic
 
 access_log = structlog.get_logger("backworks.access")
@@ -30,8 +35,9 @@ CLIENT_GONE = 499
 class Recorder:
     """Hands out request ids and records each answered request (see the module doc)."""
 
-    def __init__(self, traffic: Traffic) -> None:
+    def __init__(self, traffic: Traffic, trusted_proxies: Iterable[str] = ()) -> None:
         self.traffic = traffic
+        self.client = ClientAddress(trusted_proxies)
         # Asked once: logging is configured before the app is made and only a restart
         # changes it; asking structlog per request costs more than the record itself.
         self._log_access = access_log.bind().is_enabled_for(logging.INFO)
@@ -55,16 +61,39 @@ class Recorder:
         seconds: float,
         plugin: str | None,
         request_id: str,
+        *,
+        peer: str | None = None,
+        headers: Iterable[tuple[str, str]] = (),
+        bytes_in: int = 0,
+        bytes_out: int = 0,
+        trace: tuple[str, str] | None = None,
     ) -> None:
-        """One access-log line (when the level lets it through) and the traffic record."""
+        """One access-log line (when the level lets it through) and the traffic record.
+
+        `headers`: (lower-case name, value) pairs; only user-agent and x-forwarded-for
+        are read, and only when the line is written. `trace`: (trace id, span id).
+        """
         if self._log_access:
-            access_log.info(
-                "request" if status != CLIENT_GONE else "client_gone",
-                request_id=request_id,
-                method=method[:16],
-                path=path[:512],
-                status=status,
-                duration_ms=round(seconds * 1000, 3),
-                plugin=plugin,
-            )
+            agent = forwarded = None
+            for name, value in headers:
+                if name == "user-agent":
+                    agent = value
+                elif name == "x-forwarded-for":
+                    forwarded = value if forwarded is None else f"{forwarded}, {value}"
+            fields = {
+                "request_id": request_id,
+                "method": method[:16],
+                "path": path[:512],
+                "route": route,
+                "status": status,
+                "duration_ms": round(seconds * 1000, 3),
+                "plugin": plugin,
+                "client": self.client.resolve(peer, forwarded),
+                "user_agent": agent[:256] if agent else None,
+                "bytes_in": bytes_in,
+                "bytes_out": bytes_out,
+            }
+            if trace is not None:
+                fields["trace_id"], fields["span_id"] = trace
+            access_log.info("request" if status != CLIENT_GONE else "client_gone", **fields)
         self.traffic.record(method, route, path, status, seconds, plugin, request_id)

@@ -82,6 +82,14 @@ class Traffic:
             for when, method, path, status, seconds, plugin, rid in reversed(self.recent)
         ]
 
+    def recent_counts(self) -> dict[str, int]:
+        """How many of the recent requests got each status: what anyone may see."""
+        counts: dict[str, int] = {}
+        for entry in self.recent:
+            status = str(entry[3])
+            counts[status] = counts.get(status, 0) + 1
+        return counts
+
     def last_error_json(self, plugin: str) -> dict[str, Any] | None:
         last = self.last_error.get(plugin)
         if last is None:

@@ -41,9 +41,15 @@ log = structlog.get_logger("backworks.cluster")
 
 PEER_TIMEOUT_S = 5.0
 
+# prometheus_client's own series of one process (ops/metrics.runtime_registry): kept per
+# worker, never summed, and forgotten with the worker (`forget_worker`).
+PER_WORKER_PREFIXES = ("process_", "python_")
+PER_WORKER_COUNTERS = "counter_process"  # a file of its own, so it can go with its worker
+
 # How a gauge of one worker combines with its siblings' (prometheus_client's modes; the
 # `live` ones forget a dead worker). Counters and histograms are summed.
 GAUGE_MODES: dict[str, str] = {
+    "backworks_build_info": "livemax",
     "backworks_plugin_info": "livemax",  # loaded somewhere in the service
     "backworks_plugin_ready": "livemin",  # ready in every worker
     "backworks_plugin_in_flight": "livesum",
@@ -129,8 +135,22 @@ class Cluster:
         """
         written: dict[str, set[str]] = {}
         for family in families:
-            if family.type == "counter":
+            per_worker = family.name.startswith(PER_WORKER_PREFIXES)
+            if family.type == "counter" and per_worker:
+                # Counters have no per-process mode: the pid goes into the labels.
+                pid = str(self.pid)
+                kind, samples = (
+                    PER_WORKER_COUNTERS,
+                    [
+                        s._replace(labels={**s.labels, "pid": pid})
+                        for s in family.samples
+                        if s.name.endswith("_total")
+                    ],
+                )
+            elif family.type == "counter":
                 kind, samples = "counter", [s for s in family.samples if s.name.endswith("_total")]
+            elif family.type == "gauge" and per_worker:
+                kind, samples = "gauge_liveall", family.samples  # the reader adds `pid`
             elif family.type == "gauge":
                 kind, samples = f"gauge_{GAUGE_MODES.get(family.name, 'livesum')}", family.samples
             elif family.type == "histogram":
@@ -166,9 +186,10 @@ class Cluster:
 
 
 def forget_worker(directory: Path, pid: int) -> None:
-    """The arbiter's bookkeeping for a worker that exited: its live gauges and files go."""
+    """The arbiter's bookkeeping for a worker that exited: its live gauges and files go,
+    and its process series (a gone process has no CPU or memory of its own to show)."""
     mark_process_dead(pid, str(directory))
-    for name in (f"peer-{pid}.sock", f"ready-{pid}"):
+    for name in (f"peer-{pid}.sock", f"ready-{pid}", f"{PER_WORKER_COUNTERS}_{pid}.db"):
         (directory / name).unlink(missing_ok=True)
 
 

@@ -9,17 +9,28 @@ never see each other's series.
 Scrapes run on the event-loop thread, the only thread that writes those counters, so
 a scrape reads a consistent state without a lock.
 
+Beside our own series, prometheus_client's process and platform collectors report
+`process_*` (CPU, resident memory, open fds, start time) and `python_*` (version, GC)
+series, and `backworks_build_info` says which Backworks and ABI answered.
+
 Under `--workers N` each worker also writes what this collector reads into its
 prometheus_client multiprocess files, and /metrics reads all of them (ops/cluster.py):
-one scrape, any worker, the whole service.
+one scrape, any worker, the whole service. The `process_*` and `python_*` series are
+one per worker there, told apart by a `pid` label.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from importlib import metadata
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.aiohttp import make_aiohttp_handler
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -29,6 +40,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from backworks.abi import ABI_MAJOR, ABI_MINOR
 from backworks.http.traffic import Traffic
 from backworks.lifecycle.host import Host
 from backworks.plugins.loading import PluginState
@@ -38,10 +50,32 @@ OUTCOMES = ("ok", "failed", "timed_out", "crashed", "rejected")
 
 
 def new_registry(host: Host, traffic: Traffic) -> CollectorRegistry:
-    """A registry of its own for one app, reading `host` and `traffic` at scrape time."""
-    registry = CollectorRegistry(auto_describe=False)
+    """A registry of its own for one app, reading `host` and `traffic` at scrape time,
+    with this process's `process_*` and `python_*` series."""
+    registry = runtime_registry()
     registry.register(BackworksCollector(host, traffic))
     return registry
+
+
+def runtime_registry() -> CollectorRegistry:
+    """prometheus_client's own collectors of this process: `process_*` and `python_*`.
+
+    A registry of their own (never the global one), so a worker can also write them
+    into its multiprocess files (ops/cluster.py), where the global one is not read.
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+def backworks_version() -> str:
+    """The installed distribution's version ("unknown" when run from a bare checkout)."""
+    try:
+        return metadata.version("backworks")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def add_metrics_route(
@@ -75,6 +109,13 @@ class BackworksCollector(Collector):
         return ()  # the series depend on the plugins loaded: nothing to check at register
 
     def collect(self) -> Iterator[Metric]:
+        build = GaugeMetricFamily(
+            "backworks_build_info",
+            "The Backworks that answers (always 1): its version and the plugin ABI it hosts.",
+            labels=["version", "abi"],
+        )
+        build.add_metric([backworks_version(), f"{ABI_MAJOR}.{ABI_MINOR}"], 1)
+        yield build
         yield from self._plugins()
         yield from self._endpoints()
 

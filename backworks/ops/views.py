@@ -67,7 +67,10 @@ def state_json(
     plugins = plugin_rows(host, reloader, details=details)
     for row in plugins:
         row["error_rate"] = _error_rate(row.get("counters"))
-        row["last_error"] = traffic.last_error_json(row["name"])
+        last = traffic.last_error_json(row["name"])
+        if last is not None and not details:  # another client's path and request id
+            last = {"time": last["time"], "status": last["status"]}
+        row["last_error"] = last
     return {
         "server": {
             "name": config.name,
@@ -81,8 +84,29 @@ def state_json(
         "endpoints": [
             _endpoint_json(r.pattern, r.methods, r.target, config.hooks) for r in host.routes.routes
         ],
-        "recent": traffic.recent_json(),
+        # Anonymous readers get counts only: other clients' paths and ids are theirs.
+        "recent": traffic.recent_json() if details else [],
+        "recent_counts": traffic.recent_counts(),
+        "errors_by_route": errors_by_route(traffic),
     }
+
+
+def errors_by_route(traffic: Traffic) -> list[dict[str, Any]]:
+    """The 404 and 5xx answers since start, counted by route pattern and status.
+
+    What the recent list cannot show: 860 404s are 860 rows there, one line here.
+    Unmatched requests count under one `<unmatched>` route, never by raw path.
+    """
+    counts: dict[tuple[str, int], int] = {}
+    for (_, route, status), count in traffic.requests.items():
+        if status == 404 or status >= 500:
+            counts[route, status] = counts.get((route, status), 0) + count
+    return _error_rows(counts)
+
+
+def _error_rows(counts: dict[tuple[str, int], int]) -> list[dict[str, Any]]:
+    rows = [{"route": r, "status": s, "count": n} for (r, s), n in counts.items()]
+    return sorted(rows, key=lambda row: (-row["count"], row["route"], row["status"]))
 
 
 def _error_rate(counters: dict[str, Any] | None) -> float | None:
@@ -151,7 +175,18 @@ def merge_states(states: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
     merged["plugins"] = [rows[name] for name in sorted(rows)]
     recent = [r for _, state in states for r in state["recent"]]
     merged["recent"] = sorted(recent, key=lambda r: r["time"], reverse=True)[:RECENT_REQUESTS]
+    counts: dict[str, int] = {}
+    for _, state in states:
+        for status, n in state.get("recent_counts", {}).items():
+            counts[status] = counts.get(status, 0) + n
+    merged["recent_counts"] = counts
     merged["workers"] = [worker_json(p, state) for p, state in states]
+    errors: dict[tuple[str, int], int] = {}
+    for _, state in states:
+        for row in state.get("errors_by_route", ()):
+            key = (row["route"], row["status"])
+            errors[key] = errors.get(key, 0) + row["count"]
+    merged["errors_by_route"] = _error_rows(errors)
     return merged
 
 

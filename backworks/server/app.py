@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -44,7 +45,12 @@ from backworks.lifecycle.reloader import Reloader
 from backworks.ops.admin import add_admin_routes
 from backworks.ops.cluster import CLUSTER, Cluster, cluster_of
 from backworks.ops.dashboard import add_dashboard_routes
-from backworks.ops.metrics import BackworksCollector, add_metrics_route, new_registry
+from backworks.ops.metrics import (
+    BackworksCollector,
+    add_metrics_route,
+    new_registry,
+    runtime_registry,
+)
 from backworks.ops.peers import peer_listener
 from backworks.ops.series import SERIES, Series
 from backworks.server.listeners import LaneListener
@@ -67,7 +73,7 @@ def create_app(
     of several workers of one server.
     """
     traffic = Traffic()
-    recorder = Recorder(traffic)
+    recorder = Recorder(traffic, config.server.trusted_proxies)
     host = Host(config)
     edge = Edge(host, recorder)
     app = web.Application(
@@ -118,8 +124,9 @@ def _add_operations_routes(app: web.Application) -> None:
 def _metrics_writer(app: web.Application) -> Callable[[], None]:
     """Writes this worker's figures where the service's /metrics reads them."""
     collector = BackworksCollector(app[HOST], app[TRAFFIC])
+    runtime = runtime_registry()
     cluster = app[CLUSTER]
-    return lambda: cluster.write_metrics(collector.collect())
+    return lambda: cluster.write_metrics(itertools.chain(collector.collect(), runtime.collect()))
 
 
 async def _every_second(app: web.Application) -> AsyncIterator[None]:

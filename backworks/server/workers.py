@@ -70,6 +70,7 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]  # an untyped base class
             ),
             "accesslog": None,  # Backworks writes its own structured access log
             "errorlog": "-",
+            "logger_class": "backworks.server.gunicorn_log.StructuredLogger",  # JSON lines
             "loglevel": "warning",
             "proc_name": "backworks",
             # gunicorn's control socket is one per user: two servers would share it.

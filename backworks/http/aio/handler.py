@@ -42,7 +42,9 @@ async def endpoint_handler(request: web.Request) -> web.StreamResponse:
     rid = request[REQUEST_ID]
     ex = Exchange(
         request.method,
-        request.path,
+        # The path below the app's mount point: the whole path on a server's own app,
+        # the rest after the prefix when the app is mounted in another (server/embed.py).
+        "/" + request.match_info.get("path", request.path.lstrip("/")),
         # From the request line itself: yarl re-quotes the query (%2F becomes /).
         request.raw_path.partition("?")[2],
         tuple((name.lower(), value) for name, value in request.headers.items()),

@@ -17,8 +17,10 @@ from backworks.http.aio.handler import CATCH_ALL, to_web_response
 from backworks.http.aio.keys import PLUGIN, REQUEST_ID, ROUTE
 from backworks.http.edge import Edge
 from backworks.http.exchange import Exchange
+from backworks.http.forwarded import peer_of
 from backworks.http.reply import error_reply
 from backworks.http.traffic import UNMATCHED
+from backworks.httpspec import EMPTY_BODY_STATUSES
 
 # What an answer says of the server: nothing that names software or versions.
 SERVER = "backworks"
@@ -38,7 +40,8 @@ def edge_middleware(edge: Edge) -> Middleware:
         rid = request[REQUEST_ID] = edge.request_id(request.headers.get("X-Request-Id"))
         ex = Exchange(request.method, request.path, "", (), b"", rid)
         ex.headers = tuple((k.lower(), v) for k, v in request.headers.items())
-        span = edge.span(ex)
+        peer = peer_of(request.transport)
+        span = edge.span(ex, peer, request.scheme)
         try:
             response = await handler(request)
         except web.HTTPException as e:
@@ -48,7 +51,7 @@ def edge_middleware(edge: Edge) -> Middleware:
             # The client went away (mid-body, for a ConnectionError): nobody reads an
             # answer, and a cancelled handler's cancellation goes on.
             _note(ex, request)
-            edge.gone(ex, started, span)
+            edge.gone(ex, started, peer=peer, span=span)
             if isinstance(gone, asyncio.CancelledError):
                 raise
             return to_web_response(error_reply(400, rid))
@@ -59,7 +62,18 @@ def edge_middleware(edge: Edge) -> Middleware:
         for name, value in edge.global_headers().items():
             response.headers.setdefault(name, value)
         _note(ex, request)
-        edge.record(ex, response.status, started, span)
+        body = getattr(response, "body", None)
+        if request.method == "HEAD" or response.status in EMPTY_BODY_STATUSES:
+            body = None  # aiohttp writes no body for these
+        edge.record(
+            ex,
+            response.status,
+            started,
+            peer=peer,
+            bytes_in=request.content_length or 0,
+            bytes_out=len(body) if isinstance(body, bytes) else 0,
+            span=span,
+        )
         return response
 
     return middleware

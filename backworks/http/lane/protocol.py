@@ -58,6 +58,7 @@ from backworks.http.edge import (
     refusal,
 )
 from backworks.http.exchange import Exchange
+from backworks.http.forwarded import peer_of
 from backworks.http.lane.flow import QUEUE_FULL, REFUSED, WRITE_FULL, Flow
 from backworks.http.lane.relay import Relay
 from backworks.http.lane.wire import (
@@ -71,6 +72,7 @@ from backworks.http.lane.wire import (
 from backworks.http.record import CLIENT_GONE
 from backworks.http.routing import is_operations_path, route
 from backworks.http.traffic import UNMATCHED
+from backworks.httpspec import EMPTY_BODY_STATUSES
 
 log = structlog.get_logger("backworks.lane")
 
@@ -191,6 +193,7 @@ class Lane(asyncio.Protocol):
         self.edge = settings.edge
         self.deadline = 0.0  # monotonic time this connection times out; 0: never
         self._transport: asyncio.Transport | None = None
+        self._peer: str | None = None  # the client's IP, for the access log and the span
         self._flow: Flow | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._queue: deque[_Queued] = deque()
@@ -222,6 +225,7 @@ class Lane(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
+        self._peer = peer_of(transport)
         self._flow = Flow(self._transport)
         self.settings.connections.add(self)
         self._idle()
@@ -233,7 +237,7 @@ class Lane(asyncio.Protocol):
         ex = self._ex
         if self._phase != _IDLE and ex is not None:  # gone in the middle of its request
             ex.route = ex.route or UNMATCHED
-            self.edge.gone(ex, self._started)
+            self.edge.gone(ex, self._started, peer=self._peer)
         task = self._task
         if task is not None:
             # The client went away while its answer was being made: cancelling it sets
@@ -241,7 +245,7 @@ class Lane(asyncio.Protocol):
             task.cancel()
         for queued in self._queue:
             if queued.match is not RELAY:
-                self.edge.gone(queued.ex, queued.started)
+                self.edge.gone(queued.ex, queued.started, peer=self._peer)
         self._queue.clear()
 
     def data_received(self, data: bytes) -> None:
@@ -518,7 +522,7 @@ class Lane(asyncio.Protocol):
                 continue
             made: Any
             if tracing.TRACER is not None:
-                made = _in_task(_traced(self.edge, queued.ex, match))
+                made = _in_task(_traced(self.edge, queued.ex, match, self._peer))
             else:
                 try:
                     made = answer(host, queued.ex, match)
@@ -562,7 +566,7 @@ class Lane(asyncio.Protocol):
             self._queue.popleft()
         if made is None:
             self._queued_bytes -= queued.size
-            self.edge.gone(queued.ex, queued.started)
+            self.edge.gone(queued.ex, queued.started, peer=self._peer)
             return
         self._write(queued, made)
         self._next()
@@ -598,7 +602,7 @@ class Lane(asyncio.Protocol):
         self._queued_bytes -= queued.size
         transport = self._transport
         if transport is None:
-            self.edge.gone(queued.ex, queued.started)
+            self.edge.gone(queued.ex, queued.started, peer=self._peer)
             return
         settings = self.settings
         ex = queued.ex
@@ -615,7 +619,8 @@ class Lane(asyncio.Protocol):
                 queued.head,
             )
         )
-        self.edge.record(ex, made.status, queued.started)
+        sent = 0 if queued.head or made.status in EMPTY_BODY_STATUSES else len(made.body)
+        self.edge.record(ex, made.status, queued.started, peer=self._peer, bytes_out=sent)
 
     def _write_raw(self, data: bytes) -> None:
         if self._transport is not None:
@@ -750,9 +755,9 @@ class _Relaying:
         self._relay.cancel()
 
 
-async def _traced(edge: Edge, ex: Exchange, match: Any) -> Response:
+async def _traced(edge: Edge, ex: Exchange, match: Any, peer: str | None) -> Response:
     """Answers `ex` inside its request span (see tracing.py)."""
-    span = edge.span(ex)
+    span = edge.span(ex, peer)
     status = CLIENT_GONE
     try:
         made = answer(edge.host, ex, match)
