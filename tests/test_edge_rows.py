@@ -15,16 +15,18 @@ client reads the whole answer, then EOF, never a reset (`converse` raises on a r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from tests.conftest import BuildPlugin
 from tests.serving import Client, Kit, Serve
-from tests.wire import Answer, converse, exchange, parse
+from tests.wire import Answer, closed_quietly, converse, exchange, parse
 
 ADMIN_TOKEN = "edge-admin-t0ken"
 CONFIG: dict[str, Any] = {
@@ -119,6 +121,16 @@ async def refused(port: int, request: bytes, status: int, code: str) -> None:
     assert_refused(answers, closed, status, code)
 
 
+@contextlib.asynccontextmanager
+async def connection(port: int) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A raw connection to `port`, closed however the test ends."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        yield reader, writer
+    finally:
+        await closed_quietly(writer)
+
+
 def echoed(answer: Answer) -> dict[str, Any]:
     """What the kit's echo route saw: method, path, headers, body_len..."""
     assert answer.status == 200, answer
@@ -130,26 +142,25 @@ def echoed(answer: Answer) -> dict[str, Any]:
 
 async def test_a_field_that_never_ends_is_431_after_about_64_kib(serve: Serve, kit: Kit) -> None:
     port = await edge(serve, kit)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /static HTTP/1.1\r\nHost: t\r\nX-Endless: ")
-    first = asyncio.ensure_future(reader.read(1))
-    sent = 0
-    started = time.monotonic()
-    try:
-        # 64 KiB writes, each given 50 ms for an answer: the bytes sent before the
-        # answer are about what the server read before it refused, not what the
-        # kernel's socket buffers took in.
-        while sent < 16 << 20:
-            writer.write(b"a" * 65536)
-            await asyncio.wait_for(writer.drain(), 10)
-            sent += 65536
-            done, _ = await asyncio.wait([first], timeout=0.05)
-            if done:
-                break
-    except (ConnectionResetError, BrokenPipeError):
-        pass  # the server closed: what it wrote before is still to be read
-    data = await asyncio.wait_for(first, 10) + await asyncio.wait_for(reader.read(), 10)
-    writer.close()
+    async with connection(port) as (reader, writer):
+        writer.write(b"GET /static HTTP/1.1\r\nHost: t\r\nX-Endless: ")
+        first = asyncio.ensure_future(reader.read(1))
+        sent = 0
+        started = time.monotonic()
+        try:
+            # 64 KiB writes, each given 50 ms for an answer: the bytes sent before the
+            # answer are about what the server read before it refused, not what the
+            # kernel's socket buffers took in.
+            while sent < 16 << 20:
+                writer.write(b"a" * 65536)
+                await asyncio.wait_for(writer.drain(), 10)
+                sent += 65536
+                done, _ = await asyncio.wait([first], timeout=0.05)
+                if done:
+                    break
+        except (ConnectionResetError, BrokenPipeError):
+            pass  # the server closed: what it wrote before is still to be read
+        data = await asyncio.wait_for(first, 10) + await asyncio.wait_for(reader.read(), 10)
     assert data.startswith(b"HTTP/1.1 431 "), data[:100]
     assert json.loads(data.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "header_fields_too_large"
     # Refused as the bytes arrive: not after megabytes, not at the 10 s header timeout.
@@ -259,17 +270,16 @@ async def read_answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
 
 async def test_100_continue_waits_for_the_answers_before_it(serve: Serve, kit: Kit) -> None:
     port = await edge(serve, kit)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    slow = req("GET /plugins/kit/sleep?ms=300 HTTP/1.1")
-    expecting = req("POST /echo HTTP/1.1", "Content-Length: 4", "Expect: 100-continue")
-    writer.write(slow + expecting)
-    first, _ = await read_answer(reader)
-    assert first.startswith(b"HTTP/1.1 200 "), "the slow answer first, not a 100 Continue"
-    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    assert interim.startswith(b"HTTP/1.1 100 ")
-    writer.write(b"data")
-    head, body = await read_answer(reader)
-    writer.close()
+    async with connection(port) as (reader, writer):
+        slow = req("GET /plugins/kit/sleep?ms=300 HTTP/1.1")
+        expecting = req("POST /echo HTTP/1.1", "Content-Length: 4", "Expect: 100-continue")
+        writer.write(slow + expecting)
+        first, _ = await read_answer(reader)
+        assert first.startswith(b"HTTP/1.1 200 "), "the slow answer first, not a 100 Continue"
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert interim.startswith(b"HTTP/1.1 100 ")
+        writer.write(b"data")
+        head, body = await read_answer(reader)
     assert head.startswith(b"HTTP/1.1 200 ")
     assert json.loads(body)["body_len"] == 4
 
@@ -375,13 +385,12 @@ async def test_trailing_whitespace_of_a_field_value_is_stripped(serve: Serve, ki
 
 async def test_an_expect_with_trailing_whitespace_still_gets_100(serve: Serve, kit: Kit) -> None:
     port = await edge(serve, kit)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(req("POST /echo HTTP/1.1", "Content-Length: 4", "Expect: 100-continue \t"))
-    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    assert interim.startswith(b"HTTP/1.1 100 ")
-    writer.write(b"data")
-    head, body = await read_answer(reader)
-    writer.close()
+    async with connection(port) as (reader, writer):
+        writer.write(req("POST /echo HTTP/1.1", "Content-Length: 4", "Expect: 100-continue \t"))
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert interim.startswith(b"HTTP/1.1 100 ")
+        writer.write(b"data")
+        head, body = await read_answer(reader)
     assert head.startswith(b"HTTP/1.1 200 ")
     assert json.loads(body)["body_len"] == 4
 
@@ -479,20 +488,19 @@ async def test_a_head_sent_a_byte_at_a_time_gets_408_at_the_header_timeout(
     serve: Serve, kit: Kit
 ) -> None:
     port = await edge(serve, kit, header_timeout_ms=500)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    answer = asyncio.ensure_future(reader.read())
-    started = time.monotonic()
-    try:
-        for byte in b"GET /static HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"a" * 200:
-            if answer.done():
-                break
-            writer.write(bytes([byte]))
-            await asyncio.sleep(0.05)  # the hostile client's pace, not a wait for the server
-    except (ConnectionResetError, BrokenPipeError):
-        pass
-    data = await asyncio.wait_for(answer, 10)
-    elapsed = time.monotonic() - started
-    writer.close()
+    async with connection(port) as (reader, writer):
+        answer = asyncio.ensure_future(reader.read())
+        started = time.monotonic()
+        try:
+            for byte in b"GET /static HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"a" * 200:
+                if answer.done():
+                    break
+                writer.write(bytes([byte]))
+                await asyncio.sleep(0.05)  # the hostile client's pace, not a wait for the server
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        data = await asyncio.wait_for(answer, 10)
+        elapsed = time.monotonic() - started
     answers, _ = parse(data)
     assert_refused(answers, True, 408, "request_timeout")
     assert elapsed < 5, f"answered after {elapsed:.1f} s, the header timeout is 0.5 s"

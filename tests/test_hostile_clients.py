@@ -275,16 +275,15 @@ def server(
 def refused_as_it_arrives(server: Server, start: bytes, more: bytes) -> tuple[bytes, int]:
     """Sends `start`, then `more` over and over, until the server answers or 16 MiB
     went out; returns what the server wrote before its close, and the bytes sent."""
-    sock = server.connect()
-    sock.sendall(start)
-    sent = len(start)
-    try:
-        while sent < 16 << 20 and not select.select([sock], [], [], 0)[0]:
-            sock.sendall(more)
-            sent += len(more)
-    except (BrokenPipeError, ConnectionResetError):
-        pass  # the server closed after its answer: read the answer
-    with sock:
+    with server.connect() as sock:
+        sock.sendall(start)
+        sent = len(start)
+        try:
+            while sent < 16 << 20 and not select.select([sock], [], [], 0)[0]:
+                sock.sendall(more)
+                sent += len(more)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server closed after its answer: read the answer
         return read_to_eof(sock), sent
 
 
@@ -321,17 +320,16 @@ def test_a_trickled_head_or_body_is_408_at_its_timeout(
     server: Server, start: bytes, trickle: bytes
 ) -> None:
     watch = Watch(server)
-    sock = server.connect()
-    sock.sendall(start)
-    started = time.monotonic()
-    try:
-        for byte in trickle:  # 20 bytes a second: a few within every read timeout
-            if select.select([sock], [], [], 0.05)[0]:
-                break
-            sock.sendall(bytes([byte]))
-    except (BrokenPipeError, ConnectionResetError):
-        pass
-    with sock:
+    with server.connect() as sock:
+        sock.sendall(start)
+        started = time.monotonic()
+        try:
+            for byte in trickle:  # 20 bytes a second: a few within every read timeout
+                if select.select([sock], [], [], 0.05)[0]:
+                    break
+                sock.sendall(bytes([byte]))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
         data = read_to_eof(sock)
     elapsed = time.monotonic() - started
     assert data.startswith(b"HTTP/1.1 408 "), data[:80]
@@ -365,14 +363,14 @@ def test_a_pipeline_nobody_reads_is_not_buffered(
 ) -> None:
     watch = Watch(server)
     sock, sender = flood(server, path, count)
-    # The server writes until the connection's buffers are full, then stops: wait
-    # until neither the client's unread bytes nor the server's RSS move any more.
-    settled(lambda: (unread(sock), server.memory()[0] >> 20))
-    watch.check()
-    answers = read_answers(sock, 3)
-    assert [(a.status, len(a.body)) for a in answers] == [(200, size)] * 3
-    sock.close()
+    with sock:
+        # The server writes until the connection's buffers are full, then stops: wait
+        # until neither the client's unread bytes nor the server's RSS move any more.
+        settled(lambda: (unread(sock), server.memory()[0] >> 20))
+        watch.check()
+        answers = read_answers(sock, 3)
     sender.join(10)
+    assert [(a.status, len(a.body)) for a in answers] == [(200, size)] * 3
 
 
 def test_a_half_closed_client_gets_its_answers_then_eof(server: Server) -> None:
@@ -403,10 +401,10 @@ def test_a_client_half_closed_mid_head_is_closed_at_once(server: Server) -> None
 def test_a_half_closed_client_that_never_reads_costs_no_memory(server: Server) -> None:
     watch = Watch(server)
     sock, sender = flood(server, "/big", 200)
-    sender.join(10)
-    sock.shutdown(socket.SHUT_WR)
-    settled(lambda: (unread(sock), server.memory()[0] >> 20))
-    watch.check()
-    answers = read_answers(sock, 2)
+    with sock:
+        sender.join(10)
+        sock.shutdown(socket.SHUT_WR)
+        settled(lambda: (unread(sock), server.memory()[0] >> 20))
+        watch.check()
+        answers = read_answers(sock, 2)
     assert [(a.status, len(a.body)) for a in answers] == [(200, BIG)] * 2
-    sock.close()

@@ -5,6 +5,7 @@ split writes, half-sent bodies, garbage, and the exact bytes of an answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import NamedTuple
 
 
@@ -74,7 +75,15 @@ async def converse(
                 read_timeout = linger
         return data, closed
     finally:
-        writer.close()
+        await closed_quietly(writer)
+
+
+async def closed_quietly(writer: asyncio.StreamWriter) -> None:
+    """Closes `writer` and waits until it is: a test that failed half-way leaves no
+    transport for the garbage collector to warn about."""
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
 
 
 def parse(data: bytes, heads: tuple[int, ...] = ()) -> tuple[list[Answer], bytes]:
