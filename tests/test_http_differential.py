@@ -369,7 +369,8 @@ def answers_what_h11_read(engine: str, outcome: Outcome, reading: Reading) -> No
             continue
         wanted = reading.requests[i]
         assert seen["method"].encode("latin-1") == wanted.method, (engine, i, seen, wanted)
-        assert f"?{seen['query']}".encode() in wanted.target, (engine, i, seen, wanted)
+        query = wanted.target.partition(b"?")[2].partition(b"#")[0]
+        assert seen["query"].encode("latin-1") == query, (engine, i, seen, wanted)
         assert seen["body_len"] == len(wanted.body), (
             f"{engine}: request {i}'s body is {len(wanted.body)} bytes to h11, "
             f"{seen['body_len']} to the plugin"
