@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CC ?= cc
 PLUGIN_EXT := $(shell $(PYTHON) -c "import sys; print({'darwin': 'dylib', 'win32': 'dll'}.get(sys.platform, 'so'))")
 
-.PHONY: setup test test-stress lint lint-rust run hello-plugin weather-plugin clean
+.PHONY: setup test test-stress fuzz lint lint-rust run hello-plugin weather-plugin clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,15 @@ STRESS_TESTS := tests/test_isolation.py tests/test_fault_containment.py tests/te
 
 test-stress: $(STAMP)
 	PYTHON=$(PYTHON) scripts/with-cpu-load 2 $(BIN)/python -m pytest -q -p no:cacheprovider $(STRESS_TESTS)
+
+# The generated differential test of both HTTP engines (h11 as the oracle), run long:
+# `make test` runs it bounded; `make fuzz FUZZ_EXAMPLES=20000` runs as many cases as asked,
+# with fresh randomness each run (the bounded run is derandomized for CI stability).
+FUZZ_EXAMPLES ?= 5000
+
+fuzz: $(STAMP)
+	BACKWORKS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -p no:cacheprovider \
+	  --timeout 0 tests/test_http_differential.py
 
 lint: $(STAMP) lint-rust
 	$(BIN)/ruff check .

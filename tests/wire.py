@@ -5,6 +5,7 @@ split writes, half-sent bodies, garbage, and the exact bytes of an answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import NamedTuple
 
 
@@ -33,6 +34,23 @@ async def exchange(
     server closed the connection (within `linger` s after the last complete answer, or
     `read_timeout` s while an answer is incomplete). `heads`: the indexes of the answers
     to HEAD requests (they have a Content-Length but no body)."""
+    data, closed = await converse(
+        port, *chunks, pause=pause, read_timeout=read_timeout, linger=linger, heads=heads
+    )
+    return parse(data, heads)[0], closed
+
+
+async def converse(
+    port: int,
+    *chunks: bytes,
+    pause: float = 0.0,
+    read_timeout: float = 10.0,
+    linger: float = 0.3,
+    heads: tuple[int, ...] = (),
+) -> tuple[bytes, bool]:
+    """`exchange`, but the bytes as they came (interim answers and all) instead of the
+    answers: for tests about what exactly was written, and in which order. A reset by
+    the server raises ConnectionResetError: a clean close is EOF."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         for chunk in chunks:
@@ -55,10 +73,17 @@ async def exchange(
             if rest == b"" and answers:
                 # Keep reading briefly: more answers or the close may follow.
                 read_timeout = linger
-        answers, _ = parse(data, heads)
-        return answers, closed
+        return data, closed
     finally:
-        writer.close()
+        await closed_quietly(writer)
+
+
+async def closed_quietly(writer: asyncio.StreamWriter) -> None:
+    """Closes `writer` and waits until it is: a test that failed half-way leaves no
+    transport for the garbage collector to warn about."""
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
 
 
 def parse(data: bytes, heads: tuple[int, ...] = ()) -> tuple[list[Answer], bytes]:
