@@ -82,6 +82,8 @@ QUEUE_BYTES = 1024 * 1024
 # The lingering close after a refusal or a closing answer.
 LINGER_S = 2.0
 LINGER_BYTES = 1024 * 1024
+# How long a client that half-closed is given the answers to the requests it sent.
+EOF_GRACE_S = 1.0
 # When the server drains, how long a connection accepted just before, with nothing
 # read yet, is given for its first request to arrive: closing it at once would drop a
 # request its client has already sent.
@@ -142,6 +144,7 @@ class Lane(asyncio.Protocol):
         self._closing = False  # no request after the ones read will be read
         self._broken = False  # the parser is done with: nothing more is fed to it
         self._lingering = 0  # > 0: closing lingering; bytes discarded so far, plus one
+        self._eof = False  # the client half-closed (or closed): it sends nothing more
         # The request being read.
         self._phase = _IDLE
         self._moved = False  # a read moved a request on (see data_received)
@@ -188,6 +191,19 @@ class Lane(asyncio.Protocol):
                 self.edge.gone(queued.ex, queued.started, peer=self._peer)
         self._queue.clear()
 
+    def eof_received(self) -> bool:
+        """The client sends nothing more (it half-closed, or closed).
+
+        The requests it sent whole are still answered, for EOF_GRACE_S: a client that
+        only half-closed reads them. What is still waiting then is cancelled, as for a
+        client that went away (its calls' cancel words are set, 499).
+        """
+        if self._lingering or self._phase != _IDLE or not (self._queue or self._task):
+            return False  # nothing owed (or a request cut short): close now
+        self._closing = self._broken = self._eof = True
+        self.deadline = time.monotonic() + EOF_GRACE_S
+        return True
+
     def data_received(self, data: bytes) -> None:
         if self._lingering:
             self._lingering += len(data)
@@ -209,10 +225,11 @@ class Lane(asyncio.Protocol):
             self._refuse(431)
 
     def _feed(self, data: bytes) -> None:
+        upgraded = None
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
-            self._after_upgrade(data[e.args[0] :])
+            upgraded = data[e.args[0] :]
         except httptools.HttpParserCallbackError as e:
             cause = e.__context__
             if isinstance(cause, _Refused):
@@ -222,8 +239,17 @@ class Lane(asyncio.Protocol):
             else:
                 raise
         except httptools.HttpParserError as e:
+            if self._closing:
+                # Bytes behind a request that closes the connection (llhttp's "data
+                # after Connection: close"): never read, never answered.
+                self._broken = True
+                return
             log.info("bad_request", reason=type(e).__name__, engine="lane")
             self._refuse(400)
+        if upgraded is not None:
+            # Outside the handler: a callback's exception is then the __context__ of
+            # httptools' error, which is how _feed tells a refusal from a stop.
+            self._after_upgrade(upgraded)
 
     def pause_writing(self) -> None:
         """The client reads slower than we answer: stop reading, start no answer."""
@@ -244,7 +270,7 @@ class Lane(asyncio.Protocol):
         """The sweep found this connection past its deadline."""
         self.deadline = 0.0
         flow = self._flow
-        if self._lingering or (flow is not None and not flow.writable):
+        if self._lingering or self._eof or (flow is not None and not flow.writable):
             self.abort()
         elif self._phase != _IDLE:
             log.info("request_timeout", engine="lane")
@@ -349,7 +375,7 @@ class Lane(asyncio.Protocol):
             raise _Refused(400) from e
         request_id = None
         declared = 0
-        chunked = False
+        chunked = expecting = False
         for name, value in fields:
             if name == "content-length":
                 declared = int(value)  # llhttp checked it is a number
@@ -357,6 +383,11 @@ class Lane(asyncio.Protocol):
                 chunked = True
             elif name == "x-request-id":
                 request_id = value
+            elif name == "expect":
+                expecting = True
+        wants_continue = expecting and expects_continue(version, fields)
+        if expecting:  # the edge answers Expect itself: no plugin sees it
+            fields = [field for field in fields if field[0] != "expect"]
         ex = self._ex = Exchange(
             method, path, query, tuple(fields), b"", self.edge.request_id(request_id)
         )
@@ -372,7 +403,7 @@ class Lane(asyncio.Protocol):
         self._phase = _BODY
         if declared or chunked:
             self.deadline = now + settings.body_timeout
-            if expects_continue(version, fields):
+            if wants_continue:
                 if self._task is None and not self._queue:
                     self._write_raw(CONTINUE)
                 else:
@@ -581,6 +612,8 @@ class Lane(asyncio.Protocol):
     def _refuse(self, status: int) -> None:
         """Answers a request that cannot be read with `status`, after the ones before it,
         then closes the connection lingering."""
+        if self._lingering or self._transport is None:
+            return  # the last answer is out already: nothing more is written
         self._broken = self._closing = True
         self._phase = _IDLE
         self._resyncing = False
@@ -608,6 +641,9 @@ class Lane(asyncio.Protocol):
         """
         transport = self._transport
         if transport is None or self._lingering:
+            return
+        if self._eof:  # the client sends nothing more: nothing to linger for
+            transport.close()
             return
         self._lingering = 1
         self.deadline = time.monotonic() + LINGER_S
