@@ -15,7 +15,7 @@ import secrets
 
 import structlog
 
-from backworks.http.traffic import Traffic
+from backworks.http.traffic import Answered, Traffic
 
 access_log = structlog.get_logger("backworks.access")
 
@@ -39,6 +39,8 @@ class Recorder:
         # prefix per app (each server process builds its own) and a counter.
         self._prefix = secrets.token_hex(6)
         self._counter = itertools.count(1)
+        if self._log_access:
+            traffic.on_flush = _log_lines
 
     def request_id(self, incoming: str | None) -> str:
         """The client's id when it is plain, else a new one."""
@@ -56,15 +58,20 @@ class Recorder:
         plugin: str | None,
         request_id: str,
     ) -> None:
-        """One access-log line (when the level lets it through) and the traffic record."""
-        if self._log_access:
-            access_log.info(
-                "request" if status != CLIENT_GONE else "client_gone",
-                request_id=request_id,
-                method=method[:16],
-                path=path[:512],
-                status=status,
-                duration_ms=round(seconds * 1000, 3),
-                plugin=plugin,
-            )
+        """The traffic record, and one access-log line (when the level lets it through),
+        both written when this loop turn ends (traffic.py)."""
         self.traffic.record(method, route, path, status, seconds, plugin, request_id)
+
+
+def _log_lines(answered: list[Answered]) -> None:
+    """One access-log line per answered request."""
+    for method, _, path, status, seconds, plugin, request_id in answered:
+        access_log.info(
+            "request" if status != CLIENT_GONE else "client_gone",
+            request_id=request_id,
+            method=method[:16],
+            path=path[:512],
+            status=status,
+            duration_ms=round(seconds * 1000, 3),
+            plugin=plugin,
+        )
