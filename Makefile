@@ -10,7 +10,9 @@ PLUGIN_EXT := $(shell $(PYTHON) -c "import sys; print({'darwin': 'dylib', 'win32
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The compiled step (backworks/abi/step.c) is built by `pip install -e .`: again
+# whenever its source changes.
+$(STAMP): pyproject.toml hatch_build.py backworks/abi/step.c backworks/abi/step_build.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'

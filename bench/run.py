@@ -12,7 +12,7 @@ its load generator pinned to another (cpu.py):
    spreads over all of them. Per measurement: requests/s, and the server's CPU µs
    per request (its whole process tree's CPU time over the window / answers). The
    tables show medians and ratios to the baseline of the same run; the targets
-   table holds them to issue 13's targets.
+   table holds them to the targets of issues 13 and 19.
 2. open loop (bench/loadgen.py): the work plugin (bench/plugins/work.c) at a fixed
    offered rate, latency from each request's due time: p50, p99, max.
 3. the host's cost per call over a raw cffi call (bench/dispatch_cost.py).
@@ -35,6 +35,7 @@ from typing import Any
 
 import attrs
 import dispatch_cost
+import hotspots
 import load
 import report
 from cplugins import build_work_plugins
@@ -57,6 +58,7 @@ class Settings:
     open_warmup: float
     open_connections: int
     dispatch_calls: int
+    profile_seconds: float = 4.0
 
 
 def _log(message: str) -> None:
@@ -122,7 +124,7 @@ def _selected(variants: Sequence[Variant], only: str | None) -> list[Variant]:
 def settings(args: argparse.Namespace) -> Settings:
     """The measurement settings from the command line (`--quick` shortens every one)."""
     if args.quick:
-        return Settings(1, 1.0, 0.5, args.connections, 2.0, 0.5, 64, 5_000)
+        return Settings(1, 1.0, 0.5, args.connections, 2.0, 0.5, 64, 5_000, 1.0)
     return Settings(args.rounds, args.duration, args.warmup, args.connections,
                     args.open_duration, 1.0, 64, 20_000)  # fmt: skip
 
@@ -143,6 +145,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-secondary", action="store_true")
     parser.add_argument("--skip-open-loop", action="store_true")
     parser.add_argument("--skip-dispatch", action="store_true")
+    parser.add_argument("--skip-profile", action="store_true", help="no py-spy profile per row")
     return parser.parse_args(argv)
 
 
@@ -177,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
             failed.update(broken)
             http = closed_loop_rounds(servers, s, wrk, place)
             served = {srv.variant.name: srv.dispatch() for srv in servers}
+            profiles = (
+                {}
+                if args.skip_profile
+                else hotspots.profile_all(servers, s.profile_seconds, wrk, place)
+            )
         with running([r.variant for r in work_rows], ctx) as (servers, broken):
             failed.update(broken)
             open_loop = open_loop_rounds(work_rows, servers, s, place)
@@ -203,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         out = RESULTS / f"{stamp}.json"
         out.write_text(json.dumps(record, indent=2, default=str))
         print(f"\n(saved {out.relative_to(REPO)})")
+        if profiles:
+            beside = RESULTS / f"{stamp}-profiles.md"
+            beside.write_text(hotspots.markdown(profiles))
+            print(f"(profiles: {beside.relative_to(REPO)})")
     return 0
 
 
@@ -223,7 +235,7 @@ def print_report(
     main_rows = {v.name: http[v.name] for v in MAIN if v.name in http}
     base = http.get(BASELINE)
     out(report.throughput_table(main_rows, base, served))
-    out("\n### Targets (issue 13), throughput over the reference row\n")
+    out("\n### Targets (issues 13 and 19), throughput over the reference row\n")
     out(report.targets_table(http)[0])
     secondary = {v.name: http[v.name] for v in SECONDARY if v.name in http}
     if secondary:

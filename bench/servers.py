@@ -54,6 +54,7 @@ class Variant:
     otel: Otel = "off"
     expect: Mapping[str, Any] | None = None
     measured: str | None = None
+    compiled_step: bool = True  # server.compiled_step: false measures the pure-Python path
 
 
 @attrs.frozen
@@ -96,7 +97,12 @@ def backworks_config(variant: Variant, ctx: Context, port: int) -> dict[str, Any
             "/block": {**plugin_route, "runtime": {"type": "plugin", "handler": "block"}},
             "/static": {"method": "GET", "response": {"status": 200, "body": '{"hello": "world"}'}},
         },
-        "server": {"host": "127.0.0.1", "port": port, "engine": variant.engine},
+        "server": {
+            "host": "127.0.0.1",
+            "port": port,
+            "engine": variant.engine,
+            "compiled_step": variant.compiled_step,
+        },
         # Access logs are off in every row: the baseline writes none either.
         "logging": {"level": "warning", "format": "json"},
     }

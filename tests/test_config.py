@@ -384,7 +384,8 @@ def test_an_unknown_key_is_a_problem_with_a_did_you_mean_hint(tmp_path: Path) ->
         "plugins.weather.timeout: unknown key (did you mean 'timeout_ms'?)",
         "server.colour: unknown key (expected one of 'host', 'port', 'engine', 'max_body_bytes', "
         "'header_timeout_ms', 'body_timeout_ms', 'keepalive_timeout_ms', 'shutdown_timeout_ms', "
-        "'inline_calls', 'drain_delay_ms', 'trusted_proxies', 'stall_timeout_ms')",
+        "'inline_calls', 'compiled_step', 'drain_delay_ms', 'trusted_proxies',"
+        " 'stall_timeout_ms')",
         "endpoint: unknown key (did you mean 'endpoints'?)",
     ]
 

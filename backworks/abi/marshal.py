@@ -108,7 +108,16 @@ class _Scratch:
     and slicing write it at native speed.
     """
 
-    __slots__ = ("address", "c_request", "c_response", "cdata", "response", "size", "view")
+    __slots__ = (
+        "address",
+        "c_request",
+        "c_response",
+        "cdata",
+        "out",
+        "response",
+        "size",
+        "view",
+    )
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -116,6 +125,7 @@ class _Scratch:
         self.cdata = ffi.from_buffer(self.view)
         self.address = _address(self.cdata)
         self.c_request = ffi.cast("bw_request *", self.cdata)
+        self.out = memoryview(self.view)  # where the compiled step renders an answer
         self.response = bytearray(_FRESH_RESPONSE)
         self.c_response = ffi.cast("bw_response *", ffi.from_buffer(self.response))
 

@@ -157,6 +157,8 @@ class ServerConfig:
     send a request's head and its body, and how long a kept-alive connection may idle.
     `inline_calls: false` runs every plugin's calls off the event loop, whatever its
     flags and `dispatch` say (the inline path is for plugins one trusts).
+    `compiled_step: false` (or BACKWORKS_COMPILED_STEP=0 in the environment) makes
+    inline calls without the compiled step (abi/step.py), on the pure-Python path.
     `drain_delay_ms`: after SIGTERM the server keeps serving this long while its health
     route answers 503, so a load balancer routes around it before it stops accepting;
     then calls in flight get up to `shutdown_timeout_ms`.
@@ -175,6 +177,7 @@ class ServerConfig:
     keepalive_timeout_ms: int = 75_000
     shutdown_timeout_ms: int = 10_000
     inline_calls: bool = True  # false: no plugin is ever called on the event loop
+    compiled_step: bool = True  # false: inline calls take the pure-Python path
     drain_delay_ms: int = 0
     # The proxies (addresses or CIDR networks) whose X-Forwarded-For is believed: the
     # access log's and the span's client address. From anyone else it is ignored.

@@ -337,6 +337,7 @@ def _server(sec: Reader) -> ServerConfig:
             keepalive_timeout_ms=sec.integer("keepalive_timeout_ms", d.keepalive_timeout_ms),
             shutdown_timeout_ms=sec.integer("shutdown_timeout_ms", d.shutdown_timeout_ms, low=0),
             inline_calls=sec.flag("inline_calls", d.inline_calls),
+            compiled_step=sec.flag("compiled_step", d.compiled_step),
             drain_delay_ms=sec.integer("drain_delay_ms", d.drain_delay_ms, low=0),
             trusted_proxies=sec.strings("trusted_proxies", _network_problem),
             stall_timeout_ms=sec.integer("stall_timeout_ms", d.stall_timeout_ms, low=0),

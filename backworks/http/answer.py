@@ -11,11 +11,12 @@ request id; the client only ever gets the fixed message.
 from __future__ import annotations
 
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, overload
 
 import structlog
 
 from backworks.abi import Response
+from backworks.abi.step import Wire
 from backworks.errors import PluginCallError, PluginCancelledError, PluginCrashedError, PluginError
 from backworks.http.endpoints import answer_plugin, answer_static, plugin_request
 from backworks.http.exchange import Exchange
@@ -28,11 +29,30 @@ log = structlog.get_logger("backworks.server")
 
 Answer = Response | Coroutine[Any, Any, Response]
 
+# What the lane's answer bytes need beside the answer: the Date, the global headers'
+# block, the Connection field, and whether the request was a HEAD (wire.render).
+WireFields = tuple[bytes, bytes, bytes, bool]
 
-def answer(host: Host, ex: Exchange, match: Match[Any] | Response | None = None) -> Answer:
+
+@overload
+def answer(
+    host: Host, ex: Exchange, match: Match[Any] | Response | None = None, wire: None = None
+) -> Answer: ...
+@overload
+def answer(
+    host: Host, ex: Exchange, match: Match[Any] | Response | None, wire: WireFields
+) -> Answer | Wire: ...
+def answer(
+    host: Host,
+    ex: Exchange,
+    match: Match[Any] | Response | None = None,
+    wire: WireFields | None = None,
+) -> Answer | Wire:
     """The answer to `ex`, or a coroutine that makes it (never raises a PluginError).
 
-    `match`: the result of `route(host, ex)` when the caller already has it.
+    `match`: the result of `route(host, ex)` when the caller already has it. `wire`:
+    the caller writes answers as lane/wire.py renders them, with these fields; an
+    inline plugin call may then answer with the rendered bytes (a Wire).
     """
     if match is None:
         match = route(host, ex)
@@ -52,10 +72,11 @@ def answer(host: Host, ex: Exchange, match: Match[Any] | Response | None = None)
             return _settled(answer_plugin(host, target, ex, params, host.config.hooks), ex)
         ex.plugin = target.handler
         runner = host.runner(target.handler)
-        made = runner.call(plugin_request(ex, target, params, runner.timeout_ms))
+        req = plugin_request(ex, target, params, runner.timeout_ms)
+        made = runner.call(req) if wire is None else runner.call_wire(req, *wire)
     except PluginError as e:
         return failed(e, ex)
-    return made if isinstance(made, Response) else _settled(made, ex)
+    return made if isinstance(made, Response | Wire) else _settled(made, ex)
 
 
 async def answered(

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 import structlog
 
 from backworks.http.forwarded import ClientAddress
-from backworks.http.traffic import Traffic
+from backworks.http.traffic import Answered, Traffic
 
 access_log = structlog.get_logger("backworks.access")
 
@@ -30,6 +30,13 @@ _GOOD_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 # Answers to clients that went away before their answer was written (nginx's 499).
 CLIENT_GONE = 499
+
+# What an access-log line is made of, kept until the loop turn's flush: method, path,
+# route, status, seconds, plugin, request id, peer, headers, bytes in, bytes out, trace.
+_Line = tuple[
+    str, str, str, int, float, str | None, str, str | None, Iterable[tuple[str, str]], int, int,
+    tuple[str, str] | None,
+]  # fmt: skip
 
 
 class Recorder:
@@ -45,6 +52,11 @@ class Recorder:
         # prefix per app (each server process builds its own) and a counter.
         self._prefix = secrets.token_hex(6)
         self._counter = itertools.count(1)
+        # The access-log lines of this loop turn, written when the turn's requests are
+        # counted (Traffic.flush).
+        self._lines: list[_Line] = []
+        if self._log_access:
+            traffic.on_flush = self._log_lines
 
     def request_id(self, incoming: str | None) -> str:
         """The client's id when it is plain, else a new one."""
@@ -68,12 +80,25 @@ class Recorder:
         bytes_out: int = 0,
         trace: tuple[str, str] | None = None,
     ) -> None:
-        """One access-log line (when the level lets it through) and the traffic record.
+        """The traffic record, and one access-log line (when the level lets it through),
+        both written when this loop turn ends (traffic.py).
 
         `headers`: (lower-case name, value) pairs; only user-agent and x-forwarded-for
         are read, and only when the line is written. `trace`: (trace id, span id).
         """
         if self._log_access:
+            self._lines.append(
+                (method, path, route, status, seconds, plugin, request_id, peer, headers,
+                 bytes_in, bytes_out, trace)
+            )  # fmt: skip
+        self.traffic.record(method, route, path, status, seconds, plugin, request_id)
+
+    def _log_lines(self, _: list[Answered]) -> None:
+        """One access-log line per request answered since the last flush."""
+        lines, self._lines = self._lines, []
+        for line in lines:
+            method, path, route, status, seconds, plugin, request_id = line[:7]
+            peer, headers, bytes_in, bytes_out, trace = line[7:]
             agent = forwarded = None
             for name, value in headers:
                 if name == "user-agent":
@@ -96,4 +121,3 @@ class Recorder:
             if trace is not None:
                 fields["trace_id"], fields["span_id"] = trace
             access_log.info("request" if status != CLIENT_GONE else "client_gone", **fields)
-        self.traffic.record(method, route, path, status, seconds, plugin, request_id)

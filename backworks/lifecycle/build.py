@@ -67,13 +67,15 @@ class Builder:
         *,
         examine: bool = False,
         inline_calls: bool = True,
+        compiled_step: bool = True,
     ) -> PluginVersion:
         """Makes one version of a plugin ready to serve; raises BackworksError if it cannot.
 
         `examine`: test-load the private copy in a child process before this process
         loads it (reloads: the file may be half-written, or replaced by anyone who can
         write the plugin folder). `inline_calls` False: never on the event loop
-        (`server.inline_calls`).
+        (`server.inline_calls`). `compiled_step` False: inline calls without the
+        compiled step (`server.compiled_step`).
         """
         loop = asyncio.get_running_loop()
         copy = await loop.run_in_executor(None, self._private_copy, spec)
@@ -98,6 +100,7 @@ class Builder:
                 settings.circuit_breaker.recovery_timeout_ms,
             ),
             dispatch=settings.dispatch if inline_calls else "pool",
+            compiled_step=compiled_step,
         )
         plugin = LoadedPlugin(spec.name, PluginState.READY, str(spec.path), backend.info)
         health = HealthMonitor(

@@ -161,8 +161,14 @@ class Host:
         self, spec: PluginSpec, settings: PluginConfig, *, examine: bool = False
     ) -> PluginVersion:
         """Makes one version of a plugin ready to serve (build.py); switches nothing."""
-        inline = self.config.server.inline_calls
-        return await self._builder.build(spec, settings, examine=examine, inline_calls=inline)
+        server = self.config.server
+        return await self._builder.build(
+            spec,
+            settings,
+            examine=examine,
+            inline_calls=server.inline_calls,
+            compiled_step=server.compiled_step,
+        )
 
     # -- switching versions --------------------------------------------------------
 

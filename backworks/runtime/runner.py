@@ -17,6 +17,8 @@ import structlog
 
 from backworks import tracing
 from backworks.abi import CancelFlag, Request, Response
+from backworks.abi.step import CompiledStep, Wire
+from backworks.abi.step import compiled_step as make_step
 from backworks.errors import (
     CircuitOpenError,
     PluginCrashedError,
@@ -30,7 +32,7 @@ from backworks.names import Dispatch
 from backworks.runtime.backend import Backend, PluginCalls
 from backworks.runtime.breaker import CircuitBreaker
 from backworks.runtime.gate import CallGate
-from backworks.runtime.stats import PluginStats
+from backworks.runtime.stats import LATENCY_BUCKETS, PluginStats
 from backworks.runtime.watchdog import inline_watchdog
 
 log = structlog.get_logger("backworks.runner")
@@ -77,6 +79,7 @@ class PluginRunner:
         queue_timeout_ms: int,
         breaker: CircuitBreaker,
         dispatch: Dispatch = "auto",
+        compiled_step: bool = True,
     ) -> None:
         self.backend = backend
         self.info = backend.info
@@ -86,7 +89,7 @@ class PluginRunner:
         self.timeout_ms = timeout_ms
         self.queue_timeout = queue_timeout_ms / 1000
         self.breaker = breaker
-        self.stats = PluginStats()
+        self._stats = PluginStats()
         self.closed = False
         wants_inline = dispatch == "inline" or (dispatch == "auto" and self.info.nonblocking)
         self._inline: PluginCalls | None = backend.inline_calls() if wants_inline else None
@@ -97,6 +100,31 @@ class PluginRunner:
         self._strikes = 0
         self._measuring = 0  # calls left to measure in CPU time (see _judge_inline)
         self._first_strike = 0  # the call that made the first of the current strikes
+        # The compiled step (abi/step.py) for inline calls whose answer the lane writes
+        # as rendered bytes; None without the extension, or when it is turned off.
+        self._retired_step: CompiledStep | None = None
+        self._step = (
+            make_step(self._inline, self._inline_cancel, INLINE_BUDGET_S, LATENCY_BUCKETS)
+            if self._inline is not None and compiled_step
+            else None
+        )
+
+    @property
+    def stats(self) -> PluginStats:
+        """The counters, with what the compiled step counted folded in first."""
+        step = self._step_counted
+        if step is not None:
+            self._stats.absorb(*step.take_counts())
+        return self._stats
+
+    @property
+    def _step_counted(self) -> CompiledStep | None:
+        # The step that counted calls: kept after a demotion, whose calls it counted.
+        return self._step or self._retired_step
+
+    def _inline_handle(self) -> Any:
+        inline = self._inline
+        return inline.handle if inline is not None else None
 
     @property
     def dispatch(self) -> str:
@@ -122,6 +150,58 @@ class PluginRunner:
                 return resp
             self.breaker.record_neutral(ticket)  # `handle` will ask again
         return self.handle(req)
+
+    def call_wire(
+        self, req: Request, date: bytes, global_block: bytes, connection: bytes, head_only: bool
+    ) -> Wire | Response | Coroutine[Any, Any, Response]:
+        """`call`, with the answer rendered to the wire when the compiled step can.
+
+        The lane's hot path: for an inline call it hands the rendering's pieces (the
+        Date, the global headers' block, the Connection field, HEAD) to the compiled
+        step (abi/step.py), which answers with the whole answer's bytes, or with a
+        Response when it left the answer to the Python path. Same guards as `call`.
+        """
+        step = self._step
+        if step is None or self.closed or self._measuring or tracing.TRACER is not None:
+            return self.call(req)
+        breaker = self.breaker
+        ticket = breaker.allow()
+        if not ticket:
+            raise self._refused()
+        gate = self.gate
+        if not gate.try_enter():
+            breaker.record_neutral(ticket)  # `handle` will ask again
+            return self.handle(req)
+        watchdog = self._watchdog
+        if watchdog is not None:  # the stall guard names the call it finds held
+            # the plugin's `handle`, as the step calls it
+            watchdog.current = (self, time.perf_counter(), self._inline_handle(), req)
+        try:
+            made = step.call(req, date, global_block, connection, head_only)
+        except PluginError as e:
+            self._stats.calls += 1
+            self._failed(e, ticket)
+            raise
+        except BaseException:
+            self._stats.calls += 1
+            breaker.record_neutral(ticket)  # the host failed around the call
+            raise
+        finally:
+            if watchdog is not None:
+                watchdog.current = None
+            gate.leave()
+            self._inline_calls += 1
+        if type(made) is Wire:  # counted by the step itself
+            if made.overran:
+                self._judge_inline(step.last_seconds, None)
+            breaker.record_success(ticket)
+            return made
+        self._stats.calls += 1
+        elapsed = step.last_seconds
+        if elapsed > INLINE_BUDGET_S:
+            self._judge_inline(elapsed, None)
+        self._succeeded(elapsed, ticket)
+        return made
 
     # Tracing (backworks/tracing.py): with OpenTelemetry on, the same `_call` runs inside
     # a span; without it, the one check below is all it costs.
@@ -196,7 +276,7 @@ class PluginRunner:
         return await self._call_pooled(start, args, ticket)
 
     def _refused(self) -> CircuitOpenError:
-        self.stats.rejected += 1
+        self._stats.rejected += 1
         breaker = self.breaker
         msg = (
             f"circuit open after {breaker.consecutive_failures} consecutive failures; "
@@ -211,7 +291,7 @@ class PluginRunner:
             self.breaker.record_neutral(ticket)
             if not isinstance(e, TimeoutError):
                 raise
-            self.stats.rejected += 1
+            self._stats.rejected += 1
             msg = (
                 f"all {self.gate.limit} concurrency slots stayed busy for "
                 f"{self.queue_timeout * 1000:.0f} ms"
@@ -219,7 +299,7 @@ class PluginRunner:
             raise PluginSaturatedError(self.name, msg) from None
 
     def _call_inline(self, fn: Callable[..., Any], args: tuple[Any, ...], ticket: int) -> Any:
-        stats = self.stats
+        stats = self._stats
         stats.calls += 1
         measuring = self._measuring
         cpu_started = time.thread_time() if measuring else 0.0
@@ -286,6 +366,7 @@ class PluginRunner:
         if self._inline is None:
             return
         self._inline = None
+        self._retired_step, self._step = self._step, None
         log.warning(
             "plugin_demoted_to_pool",
             plugin=self.name,
@@ -298,8 +379,8 @@ class PluginRunner:
         self, start: Callable[..., asyncio.Future[Any]], args: tuple[Any, ...], ticket: int
     ) -> Any:
         cancel = CancelFlag()
-        self.stats.calls += 1
-        self.stats.in_flight += 1
+        self._stats.calls += 1
+        self._stats.in_flight += 1
         started = time.perf_counter()
         fut = start(*args, cancel)
         fut.add_done_callback(self._returned)
@@ -310,7 +391,7 @@ class PluginRunner:
             # plugin through the cancel word, keep the slot until the call returns.
             cancel.set()
             self.backend.abandon(fut)
-            self.stats.cancelled += 1
+            self._stats.cancelled += 1
             self.breaker.record_neutral(ticket)
             raise
         if not finished:
@@ -318,7 +399,7 @@ class PluginRunner:
             if self.backend.abandon(fut):
                 # It waited for a worker all along (they were restarting): not a timeout,
                 # the plugin never saw it; the client may try again at once.
-                self.stats.rejected += 1
+                self._stats.rejected += 1
                 self.breaker.record_neutral(ticket)
                 log.warning(
                     "plugin_call_not_started",
@@ -329,7 +410,7 @@ class PluginRunner:
                 )
                 msg = f"no worker took the call within its timeout_ms of {self.timeout_ms}"
                 raise PluginRestartingError(self.name, msg)
-            self.stats.timed_out += 1
+            self._stats.timed_out += 1
             self.breaker.record_failure(ticket)
             log.warning(
                 "plugin_timeout",
@@ -350,16 +431,16 @@ class PluginRunner:
         return result
 
     def _succeeded(self, elapsed: float, ticket: int) -> None:
-        self.stats.ok += 1
-        self.stats.observe(elapsed)
+        self._stats.ok += 1
+        self._stats.observe(elapsed)
         self.breaker.record_success(ticket)
 
     def _failed(self, error: PluginError, ticket: int) -> None:
-        self.stats.failed += 1
+        self._stats.failed += 1
         if isinstance(error, PluginCrashedError):
-            self.stats.crashed += 1
+            self._stats.crashed += 1
             if isinstance(error, PluginOutcomeUnknownError):
-                self.stats.outcome_unknown += 1
+                self._stats.outcome_unknown += 1
             if not error.counted:
                 # Lost with a worker whose death another call already counted: one
                 # crash is one failure, however many calls it held.
@@ -369,7 +450,7 @@ class PluginRunner:
 
     def _returned(self, fut: asyncio.Future[Any]) -> None:
         """The native call really returned: only now its slot is free again."""
-        self.stats.in_flight -= 1
+        self._stats.in_flight -= 1
         self.gate.leave()
         if not fut.cancelled() and fut.exception() is None:
             return
@@ -393,7 +474,7 @@ class PluginRunner:
             log.warning(
                 "plugin_shutdown_skipped",
                 plugin=self.name,
-                in_flight=self.stats.in_flight,
+                in_flight=self._stats.in_flight,
                 reason="calls still running after the drain timeout",
             )
             self.backend.close()
@@ -415,6 +496,7 @@ class PluginRunner:
             "max_concurrency": self.gate.limit,
             "timeout_ms": self.timeout_ms,
             "dispatch": self.dispatch,
+            "compiled_step": self._step is not None,
             **self.backend.snapshot(),
             "counters": self.stats.to_json(),
         }

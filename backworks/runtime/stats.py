@@ -91,6 +91,23 @@ class PluginStats:
         if self._filled < _WINDOW:
             self._filled += 1
 
+    def absorb(self, calls: int, buckets: list[int], total: float, samples: list[float]) -> None:
+        """Successful calls counted elsewhere (the compiled step's C counters): `calls`
+        of them, their histogram `buckets` and `total` seconds, the recent `samples`."""
+        if not calls:
+            return
+        self.calls += calls
+        self.ok += calls
+        counts = self.histogram.counts
+        for i, count in enumerate(buckets):
+            counts[i] += count
+        self.histogram.sum += total
+        for seconds in samples[-_WINDOW:]:
+            cursor = self._cursor
+            self._samples[cursor] = seconds
+            self._cursor = cursor + 1 if cursor + 1 < _WINDOW else 0
+        self._filled = min(_WINDOW, self._filled + len(samples))
+
     def percentiles_ms(self) -> dict[str, float | None]:
         recent = sorted(self._samples[: self._filled])
         if not recent:

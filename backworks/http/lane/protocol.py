@@ -46,6 +46,7 @@ import structlog
 
 from backworks import tracing
 from backworks.abi import Response
+from backworks.abi.step import Wire
 from backworks.http.answer import answer
 from backworks.http.edge import (
     MAX_FIELD,
@@ -477,7 +478,8 @@ class Lane(asyncio.Protocol):
     def _next(self) -> None:
         """Answers queued requests in order, each at once unless it has to wait."""
         flow = self._flow
-        host = self.settings.host
+        settings = self.settings
+        host = settings.host
         while self._queue and self._task is None and self._transport is not None:
             if flow is not None and not flow.writable:
                 return  # resume_writing goes on
@@ -500,10 +502,20 @@ class Lane(asyncio.Protocol):
             if tracing.TRACER is not None:
                 made = traced(self.edge, queued.ex, match, self._peer)
             else:
+                # The answer's own fields, as they will be when it is written now: an
+                # inline call may answer with its bytes rendered (the compiled step).
+                connection = self._connection_for(queued, len(self._queue) - 1)
+                block, _ = self.edge.global_block()
                 try:
-                    made = answer(host, queued.ex, match)
+                    made = answer(
+                        host, queued.ex, match, (settings.date, block, connection, queued.head)
+                    )
                 except Exception:
                     made = self.edge.failed(queued.ex, engine="lane")
+                if type(made) is Wire:
+                    self._queue.popleft()
+                    self._write_wire(queued, made, connection)
+                    continue
                 if isinstance(made, Response):
                     self._queue.popleft()
                     self._write(queued, made)
@@ -575,11 +587,32 @@ class Lane(asyncio.Protocol):
 
     def _connection_field(self, queued: _Queued) -> bytes:
         """The Connection field of `queued`'s answer: close on the last answer only."""
-        last = self._closing and not self._queue and self._phase == _IDLE
-        if not queued.keep_alive or last or self.settings.host.draining:
+        field = self._connection_for(queued, len(self._queue))
+        if field is CLOSE:
             self._closing = True
+        return field
+
+    def _connection_for(self, queued: _Queued, behind: int) -> bytes:
+        """`_connection_field` with `behind` requests queued after `queued`; changes nothing.
+
+        From SIGTERM on (the host drains before the listener does) every answer closes.
+        """
+        last = self._closing and not behind and self._phase == _IDLE
+        if not queued.keep_alive or last or self.settings.host.draining:
             return CLOSE
         return KEEP_ALIVE if queued.http10 else b""
+
+    def _write_wire(self, queued: _Queued, made: Wire, connection: bytes) -> None:
+        """Writes an answer the compiled step rendered with `connection` (see _next)."""
+        self._queued_bytes -= queued.size
+        if connection is CLOSE:
+            self._closing = True
+        transport = self._transport
+        assert transport is not None  # _next answers only while connected
+        data = made.data
+        transport.write(data)
+        sent = 0 if queued.head else len(data) - data.find(b"\r\n\r\n") - 4
+        self.edge.record(queued.ex, made.status, queued.started, peer=self._peer, bytes_out=sent)
 
     def _write(self, queued: _Queued, made: Response) -> None:
         self._queued_bytes -= queued.size
