@@ -164,6 +164,7 @@ async def _plugins_lifecycle(app: web.Application) -> AsyncIterator[None]:
         await host.close()
         raise
     yield
+    app[TRAFFIC].flush()  # the last loop turn's requests: counted and logged
     await reloader.close()  # a reload in progress finishes first
     await host.close()
 
