@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::abi::{bw_header, bw_response, bw_str};
 use crate::error::{PluginError, PluginResult};
-use crate::json::{self, ToJson, Value};
+use crate::json::{self, ToJson, Value, ValueWriter, WriteJson};
 
 /// Content type of [`Response::text`] and of failure messages.
 pub const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
@@ -322,7 +322,31 @@ impl Response {
 
     /// `value` serialised as the JSON body.
     pub fn json(status: u16, value: impl ToJson) -> Response {
-        Response::json_text(status, value.to_json().to_string())
+        let mut body = Vec::new();
+        value.to_json().write_json(&mut body);
+        Response::new(status).with_body(body)
+    }
+
+    /// A JSON body written straight into the response's buffer by `write` (see
+    /// [`json::write`]): no [`Value`] tree, one buffer of `capacity` bytes to start
+    /// with (give about the size of a typical answer, and it is allocated once).
+    /// The bytes are those [`Response::json`] makes of the same content.
+    ///
+    /// ```
+    /// use backworks_plugin_sdk::*;
+    /// let resp = Response::json_with(200, 64, |w| w.object(|o| {
+    ///     o.field("temperature", 25).field("units", "metric");
+    /// }));
+    /// assert_eq!(resp, Response::ok(json!({"temperature": 25, "units": "metric"})));
+    /// ```
+    pub fn json_with(
+        status: u16,
+        capacity: usize,
+        write: impl FnOnce(ValueWriter<'_>),
+    ) -> Response {
+        let mut body = Vec::with_capacity(capacity);
+        json::write(&mut body, write);
+        Response::new(status).with_body(body)
     }
 
     /// 200 with `value` as the JSON body.
