@@ -190,7 +190,12 @@ impl WeatherPlugin {
                     })
                     .array("forecast", |a| {
                         for d in today..today + days {
-                            let day = Day::of(city, d);
+                            // Today's is already computed (the model is pure).
+                            let day = if d == today {
+                                day.clone()
+                            } else {
+                                Day::of(city, d)
+                            };
                             a.object(|o| {
                                 o.field("date", AsJsonString(clock::Date(d)))
                                     .field("high", units.temperature(day.high_c))

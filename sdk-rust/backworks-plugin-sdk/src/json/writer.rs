@@ -222,7 +222,17 @@ pub(crate) fn escape_into(out: &mut Vec<u8>, s: &str) {
 fn escape_inside(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    let mut i = 0;
+    while i < bytes.len() {
+        // Eight bytes at a time while none of them needs an escape: most text.
+        if let Some(chunk) = bytes.get(i..i + 8) {
+            let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+            if !needs_escape(word) {
+                i += 8;
+                continue;
+            }
+        }
+        let b = bytes[i];
         let escape: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -232,7 +242,10 @@ fn escape_inside(out: &mut Vec<u8>, s: &str) {
             0x08 => b"\\b",
             0x0c => b"\\f",
             0..=0x1f => b"",
-            _ => continue,
+            _ => {
+                i += 1;
+                continue;
+            }
         };
         out.extend_from_slice(&bytes[start..i]);
         if escape.is_empty() {
@@ -248,9 +261,25 @@ fn escape_inside(out: &mut Vec<u8>, s: &str) {
         } else {
             out.extend_from_slice(escape);
         }
-        start = i + 1;
+        i += 1;
+        start = i;
     }
     out.extend_from_slice(&bytes[start..]);
+}
+
+/// True when one of the eight bytes of `word` is a control character, `"` or `\\`
+/// (the classic "has a byte less than n" and "has a zero byte" bit tricks; they may
+/// flag a byte next to a real hit, never miss one, so a flagged word is looked at
+/// byte by byte).
+fn needs_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let below_space = word.wrapping_sub(ONES * 0x20) & !word;
+    let quote =
+        (word ^ (ONES * u64::from(b'"'))).wrapping_sub(ONES) & !(word ^ (ONES * u64::from(b'"')));
+    let backslash =
+        (word ^ (ONES * u64::from(b'\\'))).wrapping_sub(ONES) & !(word ^ (ONES * u64::from(b'\\')));
+    (below_space | quote | backslash) & HIGH != 0
 }
 
 fn write_u64(out: &mut Vec<u8>, mut n: u64) {
@@ -278,11 +307,54 @@ fn write_i64(out: &mut Vec<u8>, n: i64) {
 /// reads back as the same `f64`, with a `.0` on whole numbers); NaN and infinities
 /// as `null`, as `ToJson` makes them.
 fn write_f64(out: &mut Vec<u8>, f: f64) {
-    if f.is_finite() {
-        let _ = fmt::write(&mut Raw(out), format_args!("{f:?}"));
-    } else {
+    if !f.is_finite() {
         out.extend_from_slice(b"null");
+    } else if !write_short_decimal(out, f) {
+        let _ = fmt::write(&mut Raw(out), format_args!("{f:?}"));
     }
+}
+
+/// Writes `f` without the general algorithm when it is the double nearest to a
+/// decimal with at most three places and at most 15 significant digits (measured
+/// data, rounded values): such a decimal is then exactly what `{:?}` prints, since
+/// decimals of 15 digits or fewer map to distinct doubles, so no shorter text reads
+/// back as `f`, and `{:?}` uses plain notation from 1e-4 to 1e16. False when `f` is
+/// not such a number (the caller then formats it the general way).
+fn write_short_decimal(out: &mut Vec<u8>, f: f64) -> bool {
+    const LIMIT: f64 = 1e15; // scaled values below this have at most 15 digits
+    for (places, scale) in [(1u32, 10.0), (2, 100.0), (3, 1000.0)] {
+        let scaled = (f * scale).round();
+        if scaled.abs() >= LIMIT {
+            return false;
+        }
+        // Exact: `scaled` is an integer below 2^53 and the division is correctly
+        // rounded, so equality means `f` is the double nearest to scaled/10^places.
+        if scaled / scale != f {
+            continue;
+        }
+        if f.is_sign_negative() {
+            out.push(b'-');
+        }
+        let n = scaled.abs() as u64;
+        let unit = 10u64.pow(places);
+        write_u64(out, n / unit);
+        out.push(b'.');
+        let mut fraction = n % unit;
+        let mut width = places;
+        // The shortest text has no trailing zeros, but keeps one digit (`2.0`).
+        while width > 1 && fraction % 10 == 0 {
+            fraction /= 10;
+            width -= 1;
+        }
+        let start = out.len();
+        write_u64(out, fraction);
+        let written = (out.len() - start) as u32;
+        for _ in written..width {
+            out.insert(start, b'0');
+        }
+        return true;
+    }
+    false
 }
 
 /// `value` as `Value`'s `Display` writes it, into bytes.
@@ -531,6 +603,67 @@ mod tests {
         assert_eq!(written(Some("x")), "\"x\"");
         assert_eq!(written(None::<&str>), "null");
         assert_eq!(written(["a", "b"]), r#"["a","b"]"#);
+    }
+
+    #[test]
+    fn short_decimals_print_as_the_general_algorithm_does() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut random = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let check = |f: f64| {
+            if !f.is_finite() {
+                return; // null, checked elsewhere
+            }
+            let mut out = Vec::new();
+            write_f64(&mut out, f);
+            assert_eq!(String::from_utf8(out).unwrap(), format!("{f:?}"), "{f:e}");
+        };
+        for k in -30_000i64..30_000 {
+            check(k as f64 / 10.0);
+            check(k as f64 / 100.0);
+            check(k as f64 / 1000.0);
+        }
+        for _ in 0..200_000 {
+            let k = (random() % 2_000_000_000_000_000) as f64 - 1e15;
+            check(k / 1000.0);
+            check(k / 10.0);
+            check(f64::from_bits(random()));
+            check((random() % 100_000) as f64 * 1e-7);
+        }
+        for f in [
+            0.0,
+            -0.0,
+            0.05,
+            -0.001,
+            1e-4,
+            9.999e13,
+            99999999999999.9,
+            1e15,
+            0.1 + 0.2,
+        ] {
+            check(f);
+        }
+    }
+
+    #[test]
+    fn escapes_every_byte_at_every_position_as_value_does() {
+        for b in 0u8..0x80 {
+            for at in 0..17 {
+                let mut text = "abcdefghijklmnopq".to_owned().into_bytes();
+                text[at] = b;
+                let text = String::from_utf8(text).unwrap();
+                // Pretty printing still escapes char by char: the reference.
+                assert_eq!(written(&text), format!("{:#}", Value::from(text.as_str())));
+            }
+        }
+        assert_eq!(
+            written("é😀\"\u{1}"),
+            format!("{:#}", Value::from("é😀\"\u{1}"))
+        );
     }
 
     #[test]
