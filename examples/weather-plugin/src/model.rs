@@ -88,6 +88,17 @@ const ALIASES: &[(&str, &str)] = &[
 /// Compares `name`'s normal form (lower case, words joined by `-`) with each key as
 /// it goes, instead of building it: this runs on every request.
 pub fn find(name: &str) -> Option<&'static City> {
+    if is_key_shaped(name) {
+        // Already in normal form (what routes usually carry): compare as is.
+        let key = ALIASES
+            .iter()
+            .find(|(alias, _)| *alias == name)
+            .map_or(name, |(_, key)| key);
+        return CITIES
+            .binary_search_by(|c| c.key.cmp(key))
+            .ok()
+            .map(|i| &CITIES[i]);
+    }
     let is = |key: &str| normal_form(name).eq(key.chars());
     let key = ALIASES
         .iter()
@@ -97,6 +108,16 @@ pub fn find(name: &str) -> Option<&'static City> {
         Some(key) => CITIES.iter().find(|c| c.key == key),
         None => CITIES.iter().find(|c| is(c.key)),
     }
+}
+
+/// True when `name` is its own normal form: ASCII lower-case words joined by single `-`s.
+fn is_key_shaped(name: &str) -> bool {
+    !name.is_empty()
+        && name.split('-').all(|w| {
+            !w.is_empty()
+                && w.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
 }
 
 /// The characters of `name` lower-cased, its words (split at whitespace, `_` and
@@ -322,6 +343,17 @@ mod tests {
         assert!(find(" - _ ").is_none());
         assert_eq!(find("  Buenos__ AIRES ").unwrap().key, "buenos-aires");
         assert!(find("london-").is_some() && find("lon don").is_none());
+        // The fast path (already a key) and the general one agree on every key and alias.
+        for key in CITIES
+            .iter()
+            .map(|c| c.key)
+            .chain(ALIASES.iter().map(|a| a.0))
+        {
+            assert!(std::ptr::eq(
+                find(key).unwrap(),
+                find(&key.to_uppercase()).unwrap()
+            ));
+        }
     }
 
     #[test]
