@@ -135,6 +135,7 @@ def one(path: Path, calls: int) -> dict[str, float]:
 
 
 def main() -> None:
+    """Measures every library given, alternating, and prints the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("libraries", nargs="+", type=Path)
     parser.add_argument("--calls", type=int, default=20_000)

@@ -36,11 +36,11 @@ CONFIGS: dict[str, dict[str, str]] = {
         "default_city": "moscow",
     },
 }
-CITIES = (
-    "auckland beijing berlin buenos-aires cairo cape-town chicago dubai london los-angeles "
-    "madrid mexico-city moscow mumbai nairobi new-york oslo paris reykjavik rome sao-paulo "
-    "singapore sydney tokyo toronto"
-).split()
+CITIES = [
+    "auckland", "beijing", "berlin", "buenos-aires", "cairo", "cape-town", "chicago", "dubai",
+    "london", "los-angeles", "madrid", "mexico-city", "moscow", "mumbai", "nairobi", "new-york",
+    "oslo", "paris", "reykjavik", "rome", "sao-paulo", "singapore", "sydney", "tokyo", "toronto",
+]  # fmt: skip
 
 
 def _by_path(city: str, query: str = "", method: str = "GET") -> Request:
