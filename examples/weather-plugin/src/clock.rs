@@ -1,5 +1,7 @@
 //! Civil dates and UTC times without a date library (Howard Hinnant's algorithms).
 
+use std::fmt;
+
 /// Seconds since 1970-01-01T00:00:00Z.
 pub type UnixTime = i64;
 
@@ -43,22 +45,38 @@ pub fn day_of_year(days: i64) -> i64 {
     days - days_from_civil(year, 1, 1) + 1
 }
 
-/// `YYYY-MM-DD`.
-pub fn format_date(days: i64) -> String {
-    let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}")
+/// A day number shown as `YYYY-MM-DD`: formats where it is written, no `String`.
+#[derive(Debug, Clone, Copy)]
+pub struct Date(pub i64);
+
+impl fmt::Display for Date {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (y, m, d) = civil_from_days(self.0);
+        write!(f, "{y:04}-{m:02}-{d:02}")
+    }
+}
+
+/// A time shown as `YYYY-MM-DDTHH:MM:SSZ`.
+#[derive(Debug, Clone, Copy)]
+pub struct Utc(pub UnixTime);
+
+impl fmt::Display for Utc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.0.rem_euclid(DAY);
+        write!(
+            f,
+            "{}T{:02}:{:02}:{:02}Z",
+            Date(self.0.div_euclid(DAY)),
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60
+        )
+    }
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ`.
 pub fn format_utc(t: UnixTime) -> String {
-    let secs = t.rem_euclid(DAY);
-    format!(
-        "{}T{:02}:{:02}:{:02}Z",
-        format_date(t.div_euclid(DAY)),
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    Utc(t).to_string()
 }
 
 fn number(text: &str, digits: usize) -> Option<i64> {
@@ -121,8 +139,8 @@ mod tests {
             let (y, m, d) = civil_from_days(days);
             assert_eq!(days_from_civil(y, m, d), days);
         }
-        assert_eq!(format_date(0), "1970-01-01");
-        assert_eq!(format_date(days_from_civil(2024, 2, 29)), "2024-02-29");
+        assert_eq!(Date(0).to_string(), "1970-01-01");
+        assert_eq!(Date(days_from_civil(2024, 2, 29)).to_string(), "2024-02-29");
         assert_eq!(day_of_year(days_from_civil(2025, 12, 31)), 365);
         assert_eq!(day_of_year(days_from_civil(2024, 12, 31)), 366);
     }

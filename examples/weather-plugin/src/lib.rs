@@ -31,10 +31,12 @@
 mod clock;
 mod model;
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use backworks_plugin_sdk::json::AsJsonString;
 use backworks_plugin_sdk::*;
 
 use crate::clock::UnixTime;
@@ -147,55 +149,88 @@ impl WeatherPlugin {
             .ok_or_else(|| PluginError::processing("the weather plugin was not initialised"))
     }
 
-    /// The report for `city` at time `now`: conditions now and `days` days of forecast.
-    fn report(city: &City, now: UnixTime, units: Units, days: i64) -> Value {
+    /// The report for `city` at time `now`: conditions now and `days` days of
+    /// forecast, written straight into the answer's body (no `Value` tree: this is
+    /// the plugin's per-request work, and the tree was most of its cost).
+    fn report(city: &City, now: UnixTime, units: Units, days: i64) -> Response {
         let (today, hour) = model::local_time(city, now);
         let day = Day::of(city, today);
         let temperature = day.temperature_at(hour);
         let daytime = (6.0..20.0).contains(&hour);
-        let forecast: Vec<Value> = (today..today + days)
-            .map(|d| {
-                let day = Day::of(city, d);
-                json!({
-                    "date": clock::format_date(d),
-                    "high": units.temperature(day.high_c),
-                    "low": units.temperature(day.low_c),
-                    "condition": day.condition(day.mean_c, true),
-                    "precipitation_chance": day.precipitation as i64,
-                    "humidity": day.humidity as i64,
-                    "wind_speed": units.speed(day.wind_kmh),
-                })
-            })
-            .collect();
         let minutes = (hour * 60.0).floor() as i64;
-        json!({
-            "city": city.name,
-            "country": city.country,
-            "coordinates": {"latitude": city.latitude, "longitude": city.longitude},
-            "units": units.as_str(),
-            "unit_labels": {"temperature": units.temperature_label(), "wind_speed": units.speed_label()},
-            "observed_at": clock::format_utc(now),
-            "local_time": format!("{:02}:{:02}", minutes / 60, minutes % 60),
-            "current": {
-                "temperature": units.temperature(temperature),
-                "feels_like": units.temperature(model::feels_like(temperature, day.humidity, day.wind_kmh)),
-                "condition": day.condition(temperature, daytime),
-                "humidity": day.humidity as i64,
-                "precipitation_chance": day.precipitation as i64,
-                "wind_speed": units.speed(day.wind_kmh),
-                "wind_direction": model::compass(day.wind_degrees),
-            },
-            "forecast": forecast,
-            "source": "Backworks weather model: deterministic, built in, no network",
+        let feels_like = model::feels_like(temperature, day.humidity, day.wind_kmh);
+        // About 160 bytes a forecast day on top of 400: one allocation.
+        let capacity = 512 + 192 * days as usize;
+        Response::json_with(200, capacity, |w| {
+            w.object(|o| {
+                o.field("city", city.name)
+                    .field("country", city.country)
+                    .object("coordinates", |o| {
+                        o.field("latitude", city.latitude)
+                            .field("longitude", city.longitude);
+                    })
+                    .field("units", units.as_str())
+                    .object("unit_labels", |o| {
+                        o.field("temperature", units.temperature_label())
+                            .field("wind_speed", units.speed_label());
+                    })
+                    .field("observed_at", AsJsonString(clock::Utc(now)))
+                    .field(
+                        "local_time",
+                        AsJsonString(format_args!("{:02}:{:02}", minutes / 60, minutes % 60)),
+                    )
+                    .object("current", |o| {
+                        o.field("temperature", units.temperature(temperature))
+                            .field("feels_like", units.temperature(feels_like))
+                            .field("condition", day.condition(temperature, daytime))
+                            .field("humidity", day.humidity as i64)
+                            .field("precipitation_chance", day.precipitation as i64)
+                            .field("wind_speed", units.speed(day.wind_kmh))
+                            .field("wind_direction", model::compass(day.wind_degrees));
+                    })
+                    .array("forecast", |a| {
+                        for d in today..today + days {
+                            // Today's is already computed (the model is pure).
+                            let day = if d == today {
+                                day.clone()
+                            } else {
+                                Day::of(city, d)
+                            };
+                            a.object(|o| {
+                                o.field("date", AsJsonString(clock::Date(d)))
+                                    .field("high", units.temperature(day.high_c))
+                                    .field("low", units.temperature(day.low_c))
+                                    .field("condition", day.condition(day.mean_c, true))
+                                    .field("precipitation_chance", day.precipitation as i64)
+                                    .field("humidity", day.humidity as i64)
+                                    .field("wind_speed", units.speed(day.wind_kmh));
+                            });
+                        }
+                    })
+                    .field(
+                        "source",
+                        "Backworks weather model: deterministic, built in, no network",
+                    );
+            })
         })
     }
 
     fn cities() -> Response {
-        let cities: Vec<Value> = CITIES
-            .iter()
-            .map(|c| json!({"key": c.key, "name": c.name, "country": c.country, "latitude": c.latitude, "longitude": c.longitude}))
-            .collect();
-        Response::ok(json!({"count": cities.len(), "cities": cities}))
+        Response::json_with(200, 2560, |w| {
+            w.object(|o| {
+                o.field("count", CITIES.len()).array("cities", |a| {
+                    for c in CITIES {
+                        a.object(|o| {
+                            o.field("key", c.key)
+                                .field("name", c.name)
+                                .field("country", c.country)
+                                .field("latitude", c.latitude)
+                                .field("longitude", c.longitude);
+                        });
+                    }
+                });
+            })
+        })
     }
 }
 
@@ -250,7 +285,9 @@ impl BackworksPlugin for WeatherPlugin {
             .map_err(|_| PluginError::init("the weather plugin was initialised twice"))
     }
 
-    async fn handle(&self, req: &Request) -> PluginResult<Response> {
+    /// Reads the request in place (no copy of it) and writes the answer straight
+    /// into its body: the per-request path.
+    fn handle_view(&self, req: &RequestView<'_>) -> PluginResult<Response> {
         let config = self.config()?;
         if req.method != "GET" && req.method != "HEAD" {
             return Ok(Response::error(
@@ -288,7 +325,7 @@ impl BackworksPlugin for WeatherPlugin {
 
         let requested = req
             .param("city")
-            .map(str::to_owned)
+            .map(Cow::Borrowed)
             .or_else(|| req.query_param("city"));
         let city = match (&requested, config.default_city) {
             (Some(name), _) => match model::find(name) {
@@ -322,7 +359,11 @@ impl BackworksPlugin for WeatherPlugin {
         );
         let report = Self::report(city, config.now.unwrap_or_else(now_utc), units, days);
         // The model changes by the hour: let caches keep an answer for a few minutes.
-        Ok(Response::ok(report).with_header("cache-control", "public, max-age=300"))
+        Ok(report.with_header("cache-control", "public, max-age=300"))
+    }
+
+    async fn handle(&self, req: &Request) -> PluginResult<Response> {
+        self.handle_view(&req.view())
     }
 
     async fn health_check(&self) -> PluginResult<PluginHealth> {

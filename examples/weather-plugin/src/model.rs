@@ -84,19 +84,54 @@ const ALIASES: &[(&str, &str)] = &[
 ];
 
 /// The city called `name`, in any case, with spaces, `_` or `-` between words.
+///
+/// Compares `name`'s normal form (lower case, words joined by `-`) with each key as
+/// it goes, instead of building it: this runs on every request.
 pub fn find(name: &str) -> Option<&'static City> {
-    let key: String = name
-        .trim()
-        .to_lowercase()
-        .split(|c: char| c.is_whitespace() || c == '_' || c == '-')
-        .filter(|w| !w.is_empty())
-        .collect::<Vec<_>>()
-        .join("-");
+    if is_key_shaped(name) {
+        // Already in normal form (what routes usually carry): compare as is.
+        let key = ALIASES
+            .iter()
+            .find(|(alias, _)| *alias == name)
+            .map_or(name, |(_, key)| key);
+        return CITIES
+            .binary_search_by(|c| c.key.cmp(key))
+            .ok()
+            .map(|i| &CITIES[i]);
+    }
+    let is = |key: &str| normal_form(name).eq(key.chars());
     let key = ALIASES
         .iter()
-        .find(|(alias, _)| *alias == key)
-        .map_or(key.as_str(), |(_, k)| k);
-    CITIES.iter().find(|c| c.key == key)
+        .find(|(alias, _)| is(alias))
+        .map(|(_, key)| *key);
+    match key {
+        Some(key) => CITIES.iter().find(|c| c.key == key),
+        None => CITIES.iter().find(|c| is(c.key)),
+    }
+}
+
+/// True when `name` is its own normal form: ASCII lower-case words joined by single `-`s.
+fn is_key_shaped(name: &str) -> bool {
+    !name.is_empty()
+        && name.split('-').all(|w| {
+            !w.is_empty()
+                && w.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
+}
+
+/// The characters of `name` lower-cased, its words (split at whitespace, `_` and
+/// `-`) joined by single `-`s.
+fn normal_form(name: &str) -> impl Iterator<Item = char> + '_ {
+    name.split(|c: char| c.is_whitespace() || c == '_' || c == '-')
+        .filter(|w| !w.is_empty())
+        .enumerate()
+        .flat_map(|(i, word)| {
+            (i > 0)
+                .then_some('-')
+                .into_iter()
+                .chain(word.chars().flat_map(char::to_lowercase))
+        })
 }
 
 /// The unit system of an answer.
@@ -110,10 +145,12 @@ pub enum Units {
 
 impl Units {
     pub fn parse(text: &str) -> Option<Units> {
-        match text.to_ascii_lowercase().as_str() {
-            "metric" => Some(Units::Metric),
-            "imperial" => Some(Units::Imperial),
-            _ => None,
+        if text.eq_ignore_ascii_case("metric") {
+            Some(Units::Metric)
+        } else if text.eq_ignore_ascii_case("imperial") {
+            Some(Units::Imperial)
+        } else {
+            None
         }
     }
 
@@ -303,6 +340,20 @@ mod tests {
         assert_eq!(find("São Paulo").unwrap().key, "sao-paulo");
         assert!(find("atlantis").is_none());
         assert!(find("").is_none());
+        assert!(find(" - _ ").is_none());
+        assert_eq!(find("  Buenos__ AIRES ").unwrap().key, "buenos-aires");
+        assert!(find("london-").is_some() && find("lon don").is_none());
+        // The fast path (already a key) and the general one agree on every key and alias.
+        for key in CITIES
+            .iter()
+            .map(|c| c.key)
+            .chain(ALIASES.iter().map(|a| a.0))
+        {
+            assert!(std::ptr::eq(
+                find(key).unwrap(),
+                find(&key.to_uppercase()).unwrap()
+            ));
+        }
     }
 
     #[test]
@@ -356,7 +407,7 @@ mod tests {
         let tokyo = find("tokyo").unwrap();
         let t = clock::parse_utc("2025-07-04T20:00:00Z").unwrap();
         let (day, hour) = local_time(tokyo, t);
-        assert_eq!(clock::format_date(day), "2025-07-05");
+        assert_eq!(clock::Date(day).to_string(), "2025-07-05");
         assert!((hour - 5.31).abs() < 0.01, "{hour}");
         assert_eq!(compass(0.0), "N");
         assert_eq!(compass(359.0), "N");

@@ -25,6 +25,15 @@ impl Wake for ThreadWaker {
     }
 }
 
+fn thread_waker() -> Waker {
+    Waker::from(Arc::new(ThreadWaker(thread::current())))
+}
+
+thread_local! {
+    /// The waker that unparks this thread.
+    static WAKER: Waker = thread_waker();
+}
+
 /// Runs `future` to completion on the current thread and returns its output.
 ///
 /// A wake-up from any thread unparks this one, which polls again; a spurious
@@ -36,7 +45,12 @@ impl Wake for ThreadWaker {
 /// ```
 pub fn block_on<F: Future>(future: F) -> F::Output {
     let mut future = pin!(future);
-    let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
+    // One waker per thread, made once: every call on the thread would otherwise
+    // allocate one (and look up the thread's handle) just to poll a future that is
+    // almost always ready at once.
+    let waker = WAKER
+        .try_with(Waker::clone)
+        .unwrap_or_else(|_| thread_waker());
     let mut cx = Context::from_waker(&waker);
     loop {
         match future.as_mut().poll(&mut cx) {

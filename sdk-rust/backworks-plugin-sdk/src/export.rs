@@ -24,6 +24,7 @@ use crate::host::{self, Host, LogLevel, Scope};
 use crate::http::{bytes, write_failure, Request, Response};
 use crate::json::{self, Map, Value};
 use crate::plugin::{is_valid_plugin_name, BackworksPlugin, Hooks, PluginFlags, PluginHealth};
+use crate::view::RequestView;
 
 /// How `export_plugin!` tells the SDK which type to serve and how to make one.
 pub trait PluginFactory: 'static {
@@ -286,8 +287,12 @@ unsafe extern "C" fn handle<F: PluginFactory>(
         return BW_FAIL;
     }
     let outcome = with_instance::<F, _>(state, |plugin| {
-        let request = Request::from_raw(&*req);
-        block_on(plugin.handle(&request)).map(Some)
+        // Read in place; text that is not UTF-8 is copied with lossy decoding first.
+        match RequestView::from_raw(&*req) {
+            Some(view) => plugin.handle_view(&view),
+            None => plugin.handle_view(&Request::from_raw(&*req).view()),
+        }
+        .map(Some)
     });
     answer(resp, outcome, "handle")
 }

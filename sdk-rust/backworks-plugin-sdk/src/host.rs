@@ -168,6 +168,30 @@ impl Host {
         }
     }
 
+    /// Sends the text of `args` at `level`, formatted into a buffer the thread
+    /// reuses: what the `log_*!` macros call, so a log line costs no allocation.
+    pub fn log_args(&self, level: LogLevel, args: fmt::Arguments<'_>) {
+        if let Some(text) = args.as_str() {
+            return self.log(level, text);
+        }
+        let reused = LINE.try_with(|line| {
+            // Busy when formatting an argument logs in turn: then allocate.
+            let Ok(mut line) = line.try_borrow_mut() else {
+                return false;
+            };
+            line.clear();
+            let _ = fmt::write(&mut *line, args);
+            self.log(level, &line);
+            if line.capacity() > 16 * 1024 {
+                *line = String::new(); // one huge line does not pin its buffer
+            }
+            true
+        });
+        if reused != Ok(true) {
+            self.log(level, &args.to_string());
+        }
+    }
+
     /// Logs at debug level.
     pub fn debug(&self, message: &str) {
         self.log(LogLevel::Debug, message);
@@ -199,6 +223,8 @@ impl fmt::Debug for Host {
 }
 
 thread_local! {
+    /// The buffer `Host::log_args` formats into.
+    static LINE: RefCell<String> = const { RefCell::new(String::new()) };
     /// The host of the instance this thread is currently running a call for.
     static CURRENT: RefCell<Option<Host>> = const { RefCell::new(None) };
 }
@@ -263,7 +289,7 @@ pub(crate) fn unregister(host: &Host) {
 /// Logs through [`host()`] at debug level, with `format!` arguments.
 #[macro_export]
 macro_rules! log_debug {
-    ($($arg:tt)+) => { $crate::host().log($crate::LogLevel::Debug, &::std::format!($($arg)+)) };
+    ($($arg:tt)+) => { $crate::host().log_args($crate::LogLevel::Debug, ::std::format_args!($($arg)+)) };
 }
 
 /// Logs through [`host()`] at info level, with `format!` arguments.
@@ -275,17 +301,17 @@ macro_rules! log_debug {
 /// ```
 #[macro_export]
 macro_rules! log_info {
-    ($($arg:tt)+) => { $crate::host().log($crate::LogLevel::Info, &::std::format!($($arg)+)) };
+    ($($arg:tt)+) => { $crate::host().log_args($crate::LogLevel::Info, ::std::format_args!($($arg)+)) };
 }
 
 /// Logs through [`host()`] at warn level, with `format!` arguments.
 #[macro_export]
 macro_rules! log_warn {
-    ($($arg:tt)+) => { $crate::host().log($crate::LogLevel::Warn, &::std::format!($($arg)+)) };
+    ($($arg:tt)+) => { $crate::host().log_args($crate::LogLevel::Warn, ::std::format_args!($($arg)+)) };
 }
 
 /// Logs through [`host()`] at error level, with `format!` arguments.
 #[macro_export]
 macro_rules! log_error {
-    ($($arg:tt)+) => { $crate::host().log($crate::LogLevel::Error, &::std::format!($($arg)+)) };
+    ($($arg:tt)+) => { $crate::host().log_args($crate::LogLevel::Error, ::std::format_args!($($arg)+)) };
 }

@@ -15,13 +15,15 @@ use std::time::Duration;
 
 use crate::abi::{bw_header, bw_response, bw_str};
 use crate::error::{PluginError, PluginResult};
-use crate::json::{self, ToJson, Value};
+use crate::json::{self, ToJson, Value, ValueWriter, WriteJson};
+use crate::view::RequestView;
 
 /// Content type of [`Response::text`] and of failure messages.
 pub const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 
 /// Where `is_cancelled` looks.
-enum Cancel {
+#[derive(Clone, Copy)]
+pub(crate) enum Cancel {
     /// Built by hand (tests): never cancelled.
     Never,
     /// Built by hand and marked cancelled (tests).
@@ -36,6 +38,19 @@ enum Cancel {
 unsafe impl Send for Cancel {}
 // SAFETY: as above; concurrent reads of the word are fine.
 unsafe impl Sync for Cancel {}
+
+impl Cancel {
+    pub(crate) fn is_set(self) -> bool {
+        match self {
+            Cancel::Never => false,
+            Cancel::Always => true,
+            // SAFETY: the host keeps the word alive until the call returns, and no
+            // request or view holding it outlives the call. Volatile, as the header
+            // declares it: another thread writes it.
+            Cancel::Host(word) => !word.is_null() && unsafe { std::ptr::read_volatile(word) } != 0,
+        }
+    }
+}
 
 /// One HTTP request routed to the plugin.
 ///
@@ -59,7 +74,7 @@ pub struct Request {
     pub request_id: String,
     /// The budget the host gives this call in milliseconds; 0 = none.
     pub timeout_ms: u32,
-    cancel: Cancel,
+    pub(crate) cancel: Cancel,
 }
 
 impl Request {
@@ -171,14 +186,13 @@ impl Request {
     /// shutdown). A long handler polls it and returns
     /// `Err(PluginError::Cancelled)` (or uses [`check_cancelled`](Request::check_cancelled)).
     pub fn is_cancelled(&self) -> bool {
-        match self.cancel {
-            Cancel::Never => false,
-            Cancel::Always => true,
-            // SAFETY: the host keeps the word alive until the call returns, and this
-            // request does not outlive the call. Volatile, as the header declares it:
-            // another thread writes it.
-            Cancel::Host(word) => !word.is_null() && unsafe { std::ptr::read_volatile(word) } != 0,
-        }
+        self.cancel.is_set()
+    }
+
+    /// A borrowed view of this request: what
+    /// [`handle_view`](crate::BackworksPlugin::handle_view) receives.
+    pub fn view(&self) -> RequestView<'_> {
+        RequestView::of(self)
     }
 
     /// `Err(PluginError::Cancelled)` once the host has given up, for `?`.
@@ -233,7 +247,7 @@ fn hex(b: u8) -> Option<u8> {
 }
 
 /// `%XX` escapes and `+` decoded; invalid escapes kept as written.
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -322,7 +336,31 @@ impl Response {
 
     /// `value` serialised as the JSON body.
     pub fn json(status: u16, value: impl ToJson) -> Response {
-        Response::json_text(status, value.to_json().to_string())
+        let mut body = Vec::new();
+        value.to_json().write_json(&mut body);
+        Response::new(status).with_body(body)
+    }
+
+    /// A JSON body written straight into the response's buffer by `write` (see
+    /// [`json::write`]): no [`Value`] tree, one buffer of `capacity` bytes to start
+    /// with (give about the size of a typical answer, and it is allocated once).
+    /// The bytes are those [`Response::json`] makes of the same content.
+    ///
+    /// ```
+    /// use backworks_plugin_sdk::*;
+    /// let resp = Response::json_with(200, 64, |w| w.object(|o| {
+    ///     o.field("temperature", 25).field("units", "metric");
+    /// }));
+    /// assert_eq!(resp, Response::ok(json!({"temperature": 25, "units": "metric"})));
+    /// ```
+    pub fn json_with(
+        status: u16,
+        capacity: usize,
+        write: impl FnOnce(ValueWriter<'_>),
+    ) -> Response {
+        let mut body = Vec::with_capacity(capacity);
+        json::write(&mut body, write);
+        Response::new(status).with_body(body)
     }
 
     /// 200 with `value` as the JSON body.

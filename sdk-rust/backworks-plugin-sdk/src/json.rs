@@ -28,6 +28,11 @@ use std::fmt::{self, Write as _};
 use std::ops;
 use std::str::FromStr;
 
+mod writer;
+pub use writer::{
+    write, write_to_string, ArrayWriter, AsJsonString, ObjectWriter, ValueWriter, WriteJson,
+};
+
 /// Any JSON value.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub enum Value {
@@ -887,8 +892,14 @@ macro_rules! __json_object {
 impl fmt::Display for Value {
     /// Compact JSON; the alternate form (`{:#}`) is indented with two spaces.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !f.alternate() {
+            // Compact text goes through the writer: bytes, escapes copied in runs.
+            let mut out = Vec::new();
+            writer::write_value(&mut out, self);
+            return f.write_str(&String::from_utf8_lossy(&out));
+        }
         let mut out = String::new();
-        write_value(&mut out, self, f.alternate().then_some(0));
+        write_value(&mut out, self, Some(0));
         f.write_str(&out)
     }
 }

@@ -55,6 +55,7 @@ mod host;
 mod http;
 pub mod json;
 mod plugin;
+mod view;
 
 /// Rewrites `async fn`s in a trait or impl block into boxed-future methods; put
 /// it on every `impl BackworksPlugin for ...` block.
@@ -68,10 +69,11 @@ pub use error::{PluginError, PluginResult};
 pub use executor::block_on;
 pub use host::{host, Host, LogLevel};
 pub use http::{Request, Response, TEXT_PLAIN};
-pub use json::{Map, Number, ToJson, Value};
+pub use json::{Map, Number, ToJson, Value, WriteJson};
 pub use plugin::{
     is_valid_plugin_name, BackworksPlugin, HealthStatus, Hooks, PluginFlags, PluginHealth,
 };
+pub use view::RequestView;
 
 /// The README's Rust examples, compiled and run as doctests so they stay true.
 #[cfg(doctest)]

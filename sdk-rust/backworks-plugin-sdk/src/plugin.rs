@@ -7,6 +7,7 @@ use crate::abi::{BW_FLAG_NONBLOCKING, BW_FLAG_THREAD_SAFE};
 use crate::error::PluginResult;
 use crate::http::{Request, Response};
 use crate::json::{Map, ToJson, Value};
+use crate::view::RequestView;
 use crate::{async_trait, json};
 
 /// A Backworks plugin written in Rust.
@@ -162,6 +163,47 @@ pub trait BackworksPlugin: Send + Sync {
                 ),
             )),
         }
+    }
+
+    /// Serves one request read in place: the method the SDK calls for every
+    /// request. The default copies the request into a [`Request`] and calls
+    /// [`handle`](BackworksPlugin::handle), so a plugin that only writes `handle`
+    /// works as before.
+    ///
+    /// Override it when the cost per request matters: a [`RequestView`] borrows the
+    /// host's memory instead of copying a dozen fields, and the method is not
+    /// `async`, so no future is boxed. Keep `handle` answering the same, by having
+    /// it call this one: `self.handle_view(&req.view())`. Being synchronous, it
+    /// suits handlers that compute their answer (what `PluginFlags::NONBLOCKING`
+    /// promises); one that awaits keeps to `handle`.
+    ///
+    /// ```
+    /// use backworks_plugin_sdk::*;
+    ///
+    /// #[derive(Default)]
+    /// pub struct Echo;
+    ///
+    /// #[async_trait]
+    /// impl BackworksPlugin for Echo {
+    ///     fn name(&self) -> &str { "echo" }
+    ///     fn version(&self) -> &str { "1.0.0" }
+    ///
+    ///     fn handle_view(&self, req: &RequestView<'_>) -> PluginResult<Response> {
+    ///         let name = req.query_param("name");
+    ///         Ok(Response::json_with(200, 64, |w| w.object(|o| {
+    ///             o.field("hello", name.as_deref().unwrap_or("world"));
+    ///         })))
+    ///     }
+    ///
+    ///     async fn handle(&self, req: &Request) -> PluginResult<Response> {
+    ///         self.handle_view(&req.view())
+    ///     }
+    /// }
+    /// # let resp = block_on(Echo.handle(&Request::new("GET", "/").with_query("name=Ada"))).unwrap();
+    /// # assert_eq!(resp.body_str(), Some(r#"{"hello":"Ada"}"#));
+    /// ```
+    fn handle_view(&self, req: &RequestView<'_>) -> PluginResult<Response> {
+        crate::block_on(self.handle(&req.to_request()))
     }
 
     /// Runs before an endpoint's handler (when [`hooks`](BackworksPlugin::hooks)
