@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import pytest
 from structlog.testing import capture_logs
 
-from backworks.abi import Request
+from backworks.abi import Request, Response
 from backworks.config import ProcessLimits
 from backworks.errors import (
     CircuitOpenError,
@@ -29,13 +29,16 @@ from backworks.errors import (
     PluginCrashedError,
     PluginInitError,
     PluginLoadError,
+    PluginOutcomeUnknownError,
     PluginTimeoutError,
     PluginUnavailableError,
 )
+from backworks.isolation import framing as fr
 from backworks.isolation.backend import ProcessBackend
-from backworks.isolation.child import Channel, Worker
+from backworks.isolation.child import Channel, Outbox, Worker
 from backworks.isolation.framing import WorkerInit
 from backworks.isolation.probe import probe
+from backworks.isolation.process import WorkerProcess
 from backworks.plugins.loading import PluginSpec
 from backworks.runtime.breaker import CircuitBreaker
 from backworks.runtime.runner import PluginRunner
@@ -51,7 +54,12 @@ class Lib(Protocol):
     """The `lib` fixture: compiles tests/plugins/<kit>.c as plugin `name`."""
 
     def __call__(
-        self, kit: str = "crashkit", *, name: str = "crashy", thread_safe: bool = False
+        self,
+        kit: str = "crashkit",
+        *,
+        name: str = "crashy",
+        thread_safe: bool = False,
+        nonblocking: bool = False,
     ) -> Path: ...
 
 
@@ -65,6 +73,7 @@ class Make(Protocol):
         name: str = "crashy",
         config: dict[str, Any] | None = None,
         thread_safe: bool = False,
+        nonblocking: bool = False,
         workers: int = 1,
         per_worker: int = 1,
         memory_limit_mb: int | None = None,
@@ -145,10 +154,24 @@ def no_child_left() -> Iterator[None]:
 
 @pytest.fixture
 def lib(build_plugin: BuildPlugin, tmp_path: Path) -> Lib:
-    """`lib("crashkit" | "testkit", name=..., thread_safe=False)` compiles a test plugin."""
+    """`lib("crashkit" | "testkit", name=..., thread_safe=False)` compiles a test plugin.
 
-    def build(kit: str = "crashkit", *, name: str = "crashy", thread_safe: bool = False) -> Path:
-        flags = ("-DKIT_FLAGS=BW_FLAG_THREAD_SAFE",) if thread_safe else ()
+    `nonblocking`: BW_FLAG_THREAD_SAFE | BW_FLAG_NONBLOCKING, so a worker runs the calls
+    one read brings back to back on its reading thread, and answers them in one write.
+    """
+
+    def build(
+        kit: str = "crashkit",
+        *,
+        name: str = "crashy",
+        thread_safe: bool = False,
+        nonblocking: bool = False,
+    ) -> Path:
+        flags: tuple[str, ...] = ()
+        if nonblocking:
+            flags = ("-DKIT_FLAGS=(BW_FLAG_THREAD_SAFE|BW_FLAG_NONBLOCKING)",)
+        elif thread_safe:
+            flags = ("-DKIT_FLAGS=BW_FLAG_THREAD_SAFE",)
         source = CRASHKIT if kit == "crashkit" else TESTKIT
         path = build_plugin(
             source, name=name, folder=tmp_path / "lib", extra_flags=(f'-DKIT_NAME="{name}"', *flags)
@@ -171,6 +194,7 @@ async def make(lib: Lib) -> AsyncIterator[Make]:
         name: str = "crashy",
         config: dict[str, Any] | None = None,
         thread_safe: bool = False,
+        nonblocking: bool = False,
         workers: int = 1,
         per_worker: int = 1,
         memory_limit_mb: int | None = None,
@@ -183,7 +207,7 @@ async def make(lib: Lib) -> AsyncIterator[Make]:
     ) -> PluginRunner:
         spec = PluginSpec(
             name=name,
-            path=lib(kit, name=name, thread_safe=thread_safe),
+            path=lib(kit, name=name, thread_safe=thread_safe, nonblocking=nonblocking),
             config_json=json.dumps(config or {}).encode(),
         )
         info = await probe(spec)
@@ -486,6 +510,94 @@ async def test_suspects_run_alone_so_only_the_culprit_is_lost_twice(make: Make) 
     assert (retried[0]["calls"], retried[0]["suspects"]) == (4, 4)
     assert runner.stats.failed == 1
     assert runner.backend.snapshot()["workers"][0]["crashes"] == 2
+
+
+def first_worker(runner: PluginRunner) -> WorkerProcess:
+    proc = backend_of(runner)._workers.slots[0].proc
+    assert proc is not None
+    return proc
+
+
+async def one_batch(runner: PluginRunner, *requests: Request) -> list[asyncio.Task[Response]]:
+    """Starts `requests` so that their worker reads them all in one read.
+
+    The worker is stopped while the host writes them (one write, at the end of this loop
+    turn), and goes on once they all wait in its channel.
+    """
+    proc = first_worker(runner)
+    os.kill(proc.pid, signal.SIGSTOP)  # our unreaped child: the PID is still its own
+    await until(lambda: stopped(proc.pid))
+    calls = [asyncio.ensure_future(runner.handle(r)) for r in requests]
+    await until(lambda: runner.stats.in_flight == len(requests))
+    await until(lambda: not proc._outbox and not proc._pending)  # written to the channel
+    os.kill(proc.pid, signal.SIGCONT)
+    return calls
+
+
+async def test_a_call_answered_but_not_yet_sent_when_its_worker_dies_ran(make: Make) -> None:
+    """Answers leave in batches: a POST that ran before the crasher is not run again."""
+    runner = await make(nonblocking=True, per_worker=2)
+    [pid] = worker_pids(runner)
+    ran, crasher = await one_batch(runner, post("/pid"), post("/segv"))
+    with pytest.raises(PluginCrashedError, match="died with SIGSEGV"):
+        await crasher  # alone running at the death: the culprit
+    with pytest.raises(PluginOutcomeUnknownError, match="its answer was lost with the worker"):
+        await ran  # it ran (its answer was made); not sent again, not a suspect
+    assert runner.breaker.consecutive_failures == 1, "one death counts once"
+    assert pid_of((await runner.handle(post("/pid"))).body) not in (pid, 0)
+
+
+async def test_an_idempotent_call_whose_answer_was_lost_is_sent_again(make: Make) -> None:
+    runner = await make(nonblocking=True, per_worker=2)
+    [pid] = worker_pids(runner)
+    ran, crasher = await one_batch(runner, get("/pid"), post("/segv"))
+    with pytest.raises(PluginCrashedError, match="died with SIGSEGV"):
+        await crasher
+    assert pid_of((await ran).body) not in (pid, 0), "answered by the respawned worker"
+
+
+async def test_a_worker_killed_mid_batch_tells_each_call_what_became_of_it(make: Make) -> None:
+    """Answered but unsent, running, not started: three states, three outcomes."""
+    runner = await make(nonblocking=True, per_worker=3, timeout_ms=30_000)
+    [pid] = worker_pids(runner)
+    proc = first_worker(runner)
+    answered, running, waiting = await one_batch(
+        runner, post("/pid"), post("/wait", query="ms=60000"), post("/pid")
+    )
+    await until(lambda: len(proc.running_calls()) == 1 and len(proc.unsent_answers()) == 1)
+    assert proc.started_calls() == proc.running_calls() | proc.unsent_answers()
+    os.kill(pid, signal.SIGKILL)  # the OOM killer, say, in the middle of the batch
+    with pytest.raises(PluginOutcomeUnknownError, match="its answer was lost with the worker"):
+        await answered
+    with pytest.raises(PluginCrashedError, match="died with SIGKILL"):
+        await running
+    assert pid_of((await waiting).body) not in (pid, 0), "never started: sent again"
+
+
+def test_the_outbox_writes_a_batch_once_and_clears_its_entries_only_then() -> None:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        table = bytearray(fr.TABLE_ENTRY.size * 3)  # one call thread, two unsent entries
+        outbox = Outbox(Channel(theirs), table, range(4, 12, 4))
+
+        def ids() -> list[int]:
+            return [i for (i,) in fr.TABLE_ENTRY.iter_unpack(table)]
+
+        for call_id in (7, 8):
+            fr.TABLE_ENTRY.pack_into(table, 0, call_id)  # the thread runs it
+            outbox.add(fr.frame(fr.NONE, call_id), call_id, 0, write=False)
+            assert ids()[0] == 0, "the thread is free for the next call"
+        assert sorted(ids()[1:]) == [7, 8], "answered, not sent: still in the table"
+        ours.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            ours.recv(100)  # nothing written yet
+        fr.TABLE_ENTRY.pack_into(table, 0, 9)
+        outbox.add(fr.frame(fr.NONE, 9), 9, 0, write=False)  # no free entry: 7 and 8 go first
+        assert [c for _, c, _ in fr.FrameReader().feed(ours.recv(100))] == [7, 8]
+        assert sorted(ids()) == [0, 0, 9]
+        outbox.flush()
+        assert [c for _, c, _ in fr.FrameReader().feed(ours.recv(100))] == [9]
+        assert ids() == [0, 0, 0]
 
 
 async def test_init_failing_in_the_worker_raises_the_plugins_message(make: Make) -> None:

@@ -340,7 +340,12 @@ class ProcessBackend:
             raise fr.ProtocolError(msg)
 
     def worker_lost(
-        self, slot: Slot, exit_text: str, stop_reason: str | None, started: frozenset[int]
+        self,
+        slot: Slot,
+        exit_text: str,
+        stop_reason: str | None,
+        started: frozenset[int],
+        unsent: frozenset[int] = frozenset(),
     ) -> int:
         calls = list(self._running.pop(slot, {}).values())
         self._alone.discard(slot)
@@ -355,6 +360,7 @@ class ProcessBackend:
             exit_text=exit_text,
             stop_reason=stop_reason,
             started=started,
+            unsent=unsent,
             give_up=self._workers.closing or self._workers.failure is not None,
         )
         for call, error in answered:

@@ -6,6 +6,9 @@ whole story):
 - a call running at the death gets a strike; with POISON_STRIKES it is the culprit,
   a poison request: answered (PluginCrashedError), logged with its request id, never
   tried again;
+- a call that had returned in the worker, its answer made but not yet written
+  (answers leave in batches), ran but did not crash anything: no strike; it is sent
+  again when it is safe to run twice, else answered PluginOutcomeUnknownError;
 - a call that had not started, or is safe to run twice (GET, HEAD, `retry_on_crash`),
   is sent again; one with a strike is a suspect, and runs alone when it is;
 - any other call ran and may not be repeated (a POST): when it ran alone at a death
@@ -131,24 +134,26 @@ def sort_out_lost(
     stop_reason: str | None,
     started: frozenset[int],
     give_up: bool,
+    unsent: frozenset[int] = frozenset(),
 ) -> tuple[list[tuple[Call, PluginError]], list[Call]]:
     """The calls lost with a worker: those answered now (with their error), those sent again.
 
-    `started`: ids of the calls the worker's threads had begun; `stop_reason`: set when
-    the host stopped the worker; `give_up`: nothing is sent again (the plugin is
-    closing or failed).
+    `started`: ids of the calls the worker had begun; `unsent`: those of them that had
+    returned, their answers not written; `stop_reason`: set when the host stopped the
+    worker; `give_up`: nothing is sent again (the plugin is closing or failed).
     """
     lost = list(calls)
-    if stop_reason is None:  # a death the host did not cause: marks the calls it ran
+    running = started - unsent
+    if stop_reason is None:  # a death the host did not cause: marks the calls it was running
         for call in lost:
-            if call.call_id in started:
+            if call.call_id in running:
                 call.strikes += 1
     # Culprits first, so the one failure this death counts for is theirs.
     lost.sort(key=lambda c: c.strikes < POISON_STRIKES)
     text = exit_text if stop_reason is None else f"{exit_text}: stopped because {stop_reason}"
     counted = stop_reason is None
     # The one call running at a death nobody caused is that death's culprit.
-    ran = [c for c in lost if c.call_id in started and c.group is None]
+    ran = [c for c in lost if c.call_id in running and c.group is None]
     alone = stop_reason is None and len(ran) == 1
     answered: list[tuple[Call, PluginError]] = []
     again: list[Call] = []
@@ -174,6 +179,10 @@ def sort_out_lost(
         elif not give_up and (call.retryable or call.call_id not in started):
             again.append(call)
             continue
+        elif call.call_id in unsent:
+            msg = f"{text}; the call had run, its answer was lost with the worker"
+            error = PluginOutcomeUnknownError(plugin, msg, counted=counted)
+            counted = False
         elif call.call_id in started and not alone:
             msg = f"{text}; the call was running beside others, its outcome is unknown"
             error = PluginOutcomeUnknownError(plugin, msg, counted=counted)

@@ -8,15 +8,19 @@ the host's pid:
   log lines). The main thread reads it. A plugin that takes one call at a time (not
   BW_FLAG_THREAD_SAFE) runs each call right there, on the thread that read it: no
   hand-off between threads on the way. A thread-safe plugin's calls go to a pool of
-  `threads` threads.
+  `threads` threads. Answers leave in batches (Outbox): the host writes a loop
+  turn's calls in one write, and the answers to what one read brought come back in
+  one write too: one wake-up of the host per batch, not per call.
 - CONTROL carries CANCEL frames, read by a thread of their own, so a call can be
   cancelled while the main thread is inside it. EOF on it means the host is gone
   or done with us: exit at once, even in the middle of a hung call, and without
   `shutdown` (an orderly stop sends SHUTDOWN first). With PR_SET_PDEATHSIG the
   kernel also kills us when the host dies, even by SIGKILL.
 - TABLE is the running table (see process.py): call thread i writes the id of the
-  call it runs at entry i before the plugin sees it, and 0 once the answer is sent.
-  The host reads it when we die, to know which calls had started.
+  call it runs at entry i before the plugin sees it. Its answer made, the id moves
+  to an unsent entry (Outbox), cleared once the write carrying the answer returned.
+  The host reads it when we die, to know which calls had started, and which of
+  those had finished but lost their answer with us.
 - CRASH is where faulthandler writes if we die of a signal; the host reads it when
   we are gone and logs it as one event (process.py).
 
@@ -29,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import faulthandler
+import itertools
 import mmap
 import os
 import queue
@@ -82,8 +87,8 @@ class Channel:
         except OSError:
             os._exit(0)  # the host is gone: nobody is left to answer
 
-    def frames(self) -> Iterator[tuple[int, int, bytes]]:
-        """Every frame until EOF."""
+    def batches(self) -> Iterator[list[tuple[int, int, bytes]]]:
+        """The frames each read completes (never an empty list), until EOF."""
         while True:
             try:
                 data = self._sock.recv(_READ_SIZE)
@@ -91,7 +96,84 @@ class Channel:
                 return
             if not data:
                 return
-            yield from self._reader.feed(data)
+            frames = self._reader.feed(data)
+            if frames:
+                yield frames
+
+
+class Outbox:
+    """Answers written in batches, without breaking the running table's promise.
+
+    A call whose answer is made but not written yet is neither running nor done: were
+    we to die now, its answer would be lost although it ran. Its id therefore moves
+    from its thread's running entry to an unsent entry of the table (written there
+    first, so a death in between shows it running: the cautious reading) and stays
+    until the write that carries its answer has returned: the bytes are in the
+    kernel's socket buffer then, and the host drains them even after our death. So
+    the host can tell a call that never started (sent again) from one that ran and
+    lost its answer (outcome unknown unless it may run twice), and from the one that
+    was running (the suspect).
+
+    Writing is group commit: `add(..., write=True)` writes at once unless another
+    thread is writing, in which case that writer takes the answer along in its next
+    write. The reading thread of a BW_FLAG_NONBLOCKING plugin adds without writing
+    and calls `flush` once it has run everything one read brought. When the unsent
+    entries run out, the thread that needs one writes first.
+    """
+
+    __slots__ = ("_answers", "_channel", "_cond", "_entries", "_free", "_table", "_writing")
+
+    def __init__(self, channel: Channel, table: mmap.mmap | bytearray, entries: range) -> None:
+        self._channel = channel
+        self._table = table
+        self._free = list(reversed(entries))  # offsets of free unsent entries
+        self._answers: list[bytes] = []
+        self._entries: list[int] = []  # the unsent entries of the answers in _answers
+        self._cond = threading.Condition(threading.Lock())
+        self._writing = False  # a thread is between taking a batch and freeing its entries
+
+    def add(self, answer: bytes, call_id: int, running: int, *, write: bool) -> None:
+        """Queues `answer` of `call_id`, which ran at running entry `running`."""
+        table, cond = self._table, self._cond
+        with cond:
+            while not self._free:
+                if self._writing:
+                    cond.wait()
+                else:
+                    self._write_all()
+            entry = self._free.pop()
+            fr.TABLE_ENTRY.pack_into(table, entry, call_id)  # answered, not sent
+            fr.TABLE_ENTRY.pack_into(table, running, 0)  # the thread is free
+            self._answers.append(answer)
+            self._entries.append(entry)
+            if write and not self._writing:
+                self._write_all()
+
+    def flush(self) -> None:
+        """Returns once every answer added so far is written."""
+        with self._cond:
+            while self._writing:
+                self._cond.wait()
+            if self._answers:
+                self._write_all()
+
+    def _write_all(self) -> None:
+        """Writes batches until none is left; called and returns with the lock held."""
+        cond, table, pack = self._cond, self._table, fr.TABLE_ENTRY.pack_into
+        self._writing = True
+        while self._answers:
+            answers, entries = self._answers, self._entries
+            self._answers, self._entries = [], []
+            cond.release()
+            try:
+                self._channel.send(answers[0] if len(answers) == 1 else b"".join(answers))
+                for entry in entries:  # sent: cleared only now
+                    pack(table, entry, 0)
+            finally:
+                cond.acquire()
+            self._free.extend(entries)
+        self._writing = False
+        cond.notify_all()
 
 
 # ---------------------------------------------------------------------------
@@ -199,8 +281,17 @@ class Worker:
         self.channel = channel
         self.init = init
         self.instance: PluginInstance | None = None
-        # Entry i belongs to call thread i (the main thread is 0 when it runs calls).
-        self._table = table if table is not None else bytearray(fr.TABLE_ENTRY.size)
+        # Entry i belongs to call thread i (the main thread is 0 when it runs calls);
+        # the entries after the threads' are the outbox's.
+        self._threads = max(init.threads, 1)
+        self._table = table if table is not None else bytearray(fr.table_size(init.threads))
+        first_unsent = self._threads * fr.TABLE_ENTRY.size
+        self._outbox = Outbox(
+            channel, self._table, range(first_unsent, len(self._table), fr.TABLE_ENTRY.size)
+        )
+        # Each answer written at once; only a BW_FLAG_NONBLOCKING plugin's calls, run
+        # back to back on the reading thread, leave a read's answers for one write.
+        self._write_each = True
         self._pool: queue.SimpleQueue[tuple[int, int, bytes, CancelFlag]] | None = None
         self._watchdog: CpuWatchdog | None = None
         # Cancel words of the calls in flight. A CANCEL may overtake its call (they
@@ -240,6 +331,9 @@ class Worker:
                 self.instance = library.instantiate(
                     init.config_json, self._log, max_response_bytes=init.max_response_mb << 20
                 )
+                # Its calls take microseconds: holding an answer until the read's
+                # other calls ran delays it by little, and saves a write and a wake-up.
+                self._write_each = self._pool is not None or not library.info.nonblocking
         except AbiMismatchError as e:
             self.channel.send(fr.encode_start_failed(fr.ERR_ABI, e.path, e.reason))
             return False
@@ -261,23 +355,30 @@ class Worker:
         self.channel.send(fr.encode_ready(ready))
         return not init.probe
 
-    def serve(self, frames: Iterator[tuple[int, int, bytes]]) -> None:
-        """Runs (or hands to the pool) every call frame until EOF."""
+    def serve(self, batches: Iterator[list[tuple[int, int, bytes]]]) -> None:
+        """Runs (or hands to the pool) every call frame until EOF.
+
+        Calls run here write their answers once the whole read's calls ran.
+        """
         pool, execute, register = self._pool, self._execute, self.register
+        flush = self._outbox.flush
         entry = self._entry(0)
-        for kind, call_id, body in frames:
-            if kind not in fr.CALL_KINDS:
-                print(f"backworks worker: unexpected frame kind {kind}", file=sys.stderr)
-                os._exit(EXIT_PROTOCOL)
-            cancel = register(call_id)
+        for frames in batches:
+            for kind, call_id, body in frames:
+                if kind not in fr.CALL_KINDS:
+                    print(f"backworks worker: unexpected frame kind {kind}", file=sys.stderr)
+                    os._exit(EXIT_PROTOCOL)
+                cancel = register(call_id)
+                if pool is None:
+                    execute(kind, call_id, body, cancel, entry)
+                else:
+                    pool.put((kind, call_id, body, cancel))
             if pool is None:
-                execute(kind, call_id, body, cancel, entry)
-            else:
-                pool.put((kind, call_id, body, cancel))
+                flush()
 
     def _entry(self, index: int) -> int:
         """The offset of call thread `index`'s entry in the running table."""
-        return min(index, len(self._table) // fr.TABLE_ENTRY.size - 1) * fr.TABLE_ENTRY.size
+        return min(index, self._threads - 1) * fr.TABLE_ENTRY.size
 
     def _serve_pool(self, entry: int) -> None:
         assert self._pool is not None
@@ -299,11 +400,11 @@ class Worker:
                 watchdog.end(call_id)
             with self._lock:
                 del self._cancels[call_id]
-        self.channel.send(answer)
-        # Cleared only once the answer is on its way: a call that ran is never taken
-        # for one that did not, whatever moment we die at.
-        fr.TABLE_ENTRY.pack_into(table, entry, 0)
+        # Its id stays in the table until the answer is written: a call that ran is
+        # never taken for one that did not, whatever moment we die at.
+        self._outbox.add(answer, call_id, entry, write=self._write_each)
         if kind == fr.SHUTDOWN:
+            self._outbox.flush()
             os._exit(0)
 
     def register(self, call_id: int) -> CancelFlag:
@@ -394,11 +495,11 @@ def main(argv: list[str]) -> int:
     # A crash leaves the Python side of the story in the crash file (kept open for good).
     faulthandler.enable(file=crash_fd)
     channel = Channel(socket.socket(fileno=calls_fd))
-    frames = channel.frames()
-    first = next(frames, None)
+    batches = channel.batches()
+    first = next(batches, None)
     if first is None:
         return 0
-    kind, _, body = first
+    (kind, _, body), rest = first[0], first[1:]
     if kind != fr.INIT:
         print(f"backworks worker: expected INIT, got frame kind {kind}", file=sys.stderr)
         return EXIT_PROTOCOL
@@ -410,7 +511,7 @@ def main(argv: list[str]) -> int:
         daemon=True,
     ).start()
     if worker.start():
-        worker.serve(frames)
+        worker.serve(itertools.chain([rest] if rest else [], batches))
     # Daemon threads may sit inside plugin code: leave without waiting for them.
     with contextlib.suppress(Exception):
         sys.stderr.flush()

@@ -73,8 +73,16 @@ _FAILED_NUMBERS = struct.Struct("<B")
 _LOG_NUMBERS = struct.Struct("<i")
 
 # The running table a worker shares with the host (see process.py): one entry per
-# call thread, the id of the call it runs, 0 when idle.
+# call thread, the id of the call it runs, 0 when idle; then UNSENT_ENTRIES entries
+# for answers made but not yet written (answers leave in batches: child.Outbox).
 TABLE_ENTRY: Final = struct.Struct("<I")
+UNSENT_ENTRIES: Final = 128  # more answers waiting than this: the worker writes first
+
+
+def table_size(threads: int) -> int:
+    """Bytes of the running table of a worker with `threads` call threads."""
+    return TABLE_ENTRY.size * (max(threads, 1) + UNSENT_ENTRIES)
+
 
 _INIT_INSECURE = 1
 _INIT_PROBE = 2

@@ -15,8 +15,11 @@ The rules this module keeps, each against a way worker processes go wrong:
   exit is reported, so an answer sent just before a crash still counts.
 - Which calls had started when a worker died is read from its running table: a
   small shared memory file (memfd) where each of the worker's call threads writes
-  the id of the call it runs, and clears it once the answer is sent. It survives the
-  worker, so a call the worker never began can be told from one it was running.
+  the id of the call it runs; once the call has returned, its id moves to an
+  unsent entry until the write carrying the answer returns (answers leave in
+  batches: child.Outbox). It survives the worker, so a call the worker never began
+  can be told from one it was running, and both from one that ran and whose
+  answer was lost with the worker.
 - A native crash's output (faulthandler's dump of the worker's Python threads) goes
   to a crash file of its own (a memfd the host keeps open), not to the shared
   stderr: the host reads it at reaping (`crash_dump`), and the supervisor logs it as
@@ -46,7 +49,7 @@ from collections.abc import Callable
 
 import structlog
 
-from backworks.isolation.framing import TABLE_ENTRY, FrameReader, ProtocolError
+from backworks.isolation.framing import TABLE_ENTRY, FrameReader, ProtocolError, table_size
 from backworks.spawn import python_child
 
 log = structlog.get_logger("backworks.isolation")
@@ -72,9 +75,9 @@ def _memfd(name: str) -> int:
         return os.dup(f.fileno())
 
 
-def _running_table(entries: int) -> tuple[int, mmap.mmap]:
-    """A shared memory file for `entries` call ids, and our mapping of it."""
-    size = TABLE_ENTRY.size * max(entries, 1)
+def _running_table(threads: int) -> tuple[int, mmap.mmap]:
+    """A shared memory file for the call ids of `threads` threads and unsent answers."""
+    size = table_size(threads)
     if hasattr(os, "memfd_create"):
         fd = os.memfd_create("backworks-calls")
     else:  # pragma: no cover - systems without memfd: an unlinked temporary file
@@ -101,6 +104,7 @@ class WorkerProcess:
         on_exit: Callable[[WorkerProcess], None],
         table: mmap.mmap | None = None,
         crash_fd: int = -1,
+        threads: int = 1,
     ) -> None:
         self.pid = popen.pid
         self.status: int | None = None  # the raw wait status, once reaped
@@ -112,6 +116,7 @@ class WorkerProcess:
         self.rss_floor_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         self.signals_sent: list[int] = []
         self._table = table
+        self._running_bytes = TABLE_ENTRY.size * max(threads, 1)  # then the unsent entries
         self._crash_fd = crash_fd  # the worker's crash file; read at reaping
         self.crash_dump = ""  # what a native crash wrote there (faulthandler's dump)
         self._statm = -1
@@ -180,7 +185,7 @@ class WorkerProcess:
         ours.setblocking(False)
         control.setblocking(False)
         try:
-            return cls(loop, popen, ours, control, on_frame, on_exit, table, crash_fd)
+            return cls(loop, popen, ours, control, on_frame, on_exit, table, crash_fd, threads)
         except BaseException:  # pidfd_open failed: do not leave the child behind
             ours.close()
             control.close()
@@ -212,11 +217,26 @@ class WorkerProcess:
         return f"worker {self.pid} exited with status {os.waitstatus_to_exitcode(status)}"
 
     def started_calls(self) -> frozenset[int]:
-        """The calls the worker's threads were running (or last ran, once it is gone)."""
+        """The calls the worker had begun and not answered on the channel yet.
+
+        Those its threads are running, and those whose answers wait to be written.
+        """
+        return self.running_calls() | self.unsent_answers()
+
+    def running_calls(self) -> frozenset[int]:
+        """The calls the worker's threads are running (or were, once it is gone)."""
+        return self._table_ids(0, self._running_bytes)
+
+    def unsent_answers(self) -> frozenset[int]:
+        """The calls that returned in the worker and whose answers were not written yet."""
+        return self._table_ids(self._running_bytes, None)
+
+    def _table_ids(self, start: int, stop: int | None) -> frozenset[int]:
         table = self._table
         if table is None:
             return frozenset()
-        return frozenset(call_id for (call_id,) in TABLE_ENTRY.iter_unpack(table) if call_id)
+        ids = TABLE_ENTRY.iter_unpack(table[start:stop])
+        return frozenset(call_id for (call_id,) in ids if call_id)
 
     def rss_kb(self) -> int:
         """The worker's resident memory now, in KiB; 0 once it is gone or unknown.

@@ -176,12 +176,18 @@ class SlotEvents(Protocol):
         """A frame about a call (RESPONSE, NONE, FAILED, CPU_EXCEEDED) from `slot`."""
 
     def worker_lost(
-        self, slot: Slot, exit_text: str, stop_reason: str | None, started: frozenset[int]
+        self,
+        slot: Slot,
+        exit_text: str,
+        stop_reason: str | None,
+        started: frozenset[int],
+        unsent: frozenset[int] = frozenset(),
     ) -> int:
         """The worker in `slot` is gone; returns how many calls it held.
 
         `stop_reason` is set when the host stopped it on purpose; `started` holds the
-        ids of the calls its threads had begun (the others never reached the plugin).
+        ids of the calls its threads had begun (the others never reached the plugin);
+        `unsent` those of them that had returned, their answers lost with the worker.
         """
 
     def plugin_failed(self, error: fr.StartError) -> None:
@@ -526,7 +532,9 @@ class Supervisor:
                 slot.crashes += 1
                 slot.failures_in_a_row += 1
             self._take_position(slot, standby)
-        calls_lost = self._events.worker_lost(slot, text, stop_reason, proc.started_calls())
+        calls_lost = self._events.worker_lost(
+            slot, text, stop_reason, proc.started_calls(), proc.unsent_answers()
+        )
         if standby is not None:
             self._promoted(slot, proc, text, stop_reason, calls_lost)
             return
