@@ -541,6 +541,8 @@ class PluginRunner:
             )
             self.backend.close()
             return False
+        # Every call has returned: the timeout sweep's timer would only keep this alive.
+        self._deadlines.close()
         try:
             await self.backend.start_shutdown()
         except Exception as e:
