@@ -10,10 +10,13 @@ mode, over the C hello plugin, in this process (pinned to one CPU when run from
 rows). Two figures per mode:
 
 - CPU µs per call with `--in-flight` calls kept in flight (coroutines each awaiting
-  calls back to back): what a call costs the machine when the server is busy, pool
-  completions batched. Worker processes' CPU is counted. The host overhead is this
-  minus the raw call's, and is what issue 19's targets judge (≤ 2 µs inline,
-  through the compiled step that the lane uses; ≤ 6 µs pooled).
+  calls back to back; for "thread pool", chains of callbacks through
+  `PluginRunner.submit`, as the lane hands pooled calls over, with no coroutine per
+  call; "thread pool, awaited" is the coroutine path hooks and aiohttp take): what a
+  call costs the machine when the server is busy, pool completions batched. Worker
+  processes' CPU is counted. The host overhead is this minus the raw call's, and is
+  what issue 19's targets judge (≤ 2 µs inline, through the compiled step that the
+  lane uses; ≤ 6 µs pooled).
 - wall µs per call with one call in flight: a lone call's latency, thread wake-ups
   included; shown, not judged.
 
@@ -38,6 +41,7 @@ from backworks.names import Dispatch
 from backworks.plugins.loading import PluginSpec
 from backworks.runtime.backend import ThreadBackend
 from backworks.runtime.breaker import CircuitBreaker
+from backworks.runtime.pooled import PooledCall
 from backworks.runtime.runner import PluginRunner
 
 REPO = Path(__file__).resolve().parent.parent
@@ -107,8 +111,11 @@ MakeRunner = Callable[[Dispatch, int], Awaitable[PluginRunner]]
 MODES: dict[str, tuple[MakeRunner, Dispatch]] = {
     "fast path (inline)": (thread_runner, "inline"),
     "thread pool": (thread_runner, "pool"),
+    "thread pool, awaited": (thread_runner, "pool"),
     "isolation: process": (process_runner, "pool"),
 }
+# The rows whose calls are awaited even where the runner could hand them over.
+AWAITED = {"thread pool, awaited"}
 
 
 async def compiled_step(calls: int) -> dict[str, float]:
@@ -139,20 +146,50 @@ async def _lanes(runner: PluginRunner, calls: int, lanes: int) -> None:
     await asyncio.gather(*(lane(calls // lanes) for _ in range(lanes)))
 
 
+async def _handed_off(runner: PluginRunner, calls: int, lanes: int) -> None:
+    """`_lanes` as the lane makes pooled calls: each answer's callback submits the next."""
+    finished = asyncio.get_running_loop().create_future()
+    running = [lanes]
+
+    def chain(n: int) -> None:
+        left = n
+
+        def next_call(_: object = None, error: BaseException | None = None) -> None:
+            nonlocal left
+            if error is not None:
+                finished.set_exception(error)
+                return
+            if not left:
+                running[0] -= 1
+                if not running[0]:
+                    finished.set_result(None)
+                return
+            left -= 1
+            if type(runner.submit(REQUEST, next_call)) is not PooledCall:
+                finished.set_exception(RuntimeError("the call was not handed over"))
+
+        next_call()
+
+    for _ in range(lanes):
+        chain(calls // lanes)
+    await finished
+
+
 async def timed(
-    make: MakeRunner, dispatch: Dispatch, calls: int, in_flight: int
+    make: MakeRunner, dispatch: Dispatch, calls: int, in_flight: int, *, awaited: bool = False
 ) -> dict[str, float]:
     """CPU µs per call with `in_flight` calls out, and wall µs per call with one."""
     runner = await make(dispatch, in_flight)
+    run = _lanes if awaited or not runner.hands_off else _handed_off
     try:
-        await _lanes(runner, 2000, in_flight)  # warm up: threads started, caches hot
+        await run(runner, 2000, in_flight)  # warm up: threads started, caches hot
         cpu, children = time.process_time(), _children_cpu()
-        await _lanes(runner, calls, in_flight)
+        await run(runner, calls, in_flight)
         used = time.process_time() - cpu + _children_cpu() - children
         cpu_us = used / (calls // in_flight * in_flight) * 1e6
         alone = max(1, calls // 4)
         started = time.perf_counter()
-        await _lanes(runner, alone, 1)
+        await run(runner, alone, 1)
         wall_us = (time.perf_counter() - started) / alone * 1e6
     finally:
         await runner.close(5)
@@ -172,7 +209,7 @@ def measure_all(
         best: dict[str, dict[str, float]] = {RAW: {"cpu_us": raw, "wall_us": raw}}
         for _ in range(rounds):
             measured = {
-                name: asyncio.run(timed(make, dispatch, calls, in_flight))
+                name: asyncio.run(timed(make, dispatch, calls, in_flight, awaited=name in AWAITED))
                 for name, (make, dispatch) in MODES.items()
             }
             if step.enabled():

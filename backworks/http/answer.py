@@ -10,7 +10,7 @@ request id; the client only ever gets the fixed message.
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, overload
 
 import structlog
@@ -24,6 +24,7 @@ from backworks.http.reply import error_reply, plugin_error_reply
 from backworks.http.routing import route
 from backworks.lifecycle.host import Host
 from backworks.lifecycle.routes import Match, MountedEndpoint, PluginEndpoint, StaticEndpoint
+from backworks.runtime.pooled import PooledCall
 
 log = structlog.get_logger("backworks.server")
 
@@ -33,6 +34,10 @@ Answer = Response | Coroutine[Any, Any, Response]
 # block, the Connection field, and whether the request was a HEAD (wire.render).
 WireFields = tuple[bytes, bytes, bytes, bool]
 
+# Given the answer of a pooled call handed to the threads (a PooledCall); None: the call
+# was cancelled (its caller went away).
+Done = Callable[[Response | None], None]
+
 
 @overload
 def answer(
@@ -40,19 +45,28 @@ def answer(
 ) -> Answer: ...
 @overload
 def answer(
-    host: Host, ex: Exchange, match: Match[Any] | Response | None, wire: WireFields
-) -> Answer | Wire: ...
+    host: Host,
+    ex: Exchange,
+    match: Match[Any] | Response | None,
+    wire: WireFields,
+    done: Done | None = None,
+) -> Answer | Wire | PooledCall: ...
 def answer(
     host: Host,
     ex: Exchange,
     match: Match[Any] | Response | None = None,
     wire: WireFields | None = None,
-) -> Answer | Wire:
+    done: Done | None = None,
+) -> Answer | Wire | PooledCall:
     """The answer to `ex`, or a coroutine that makes it (never raises a PluginError).
 
     `match`: the result of `route(host, ex)` when the caller already has it. `wire`:
     the caller writes answers as lane/wire.py renders them, with these fields; an
-    inline plugin call may then answer with the rendered bytes (a Wire).
+    inline plugin call may then answer with the rendered bytes (a Wire). `done`: the
+    caller takes a pooled call's answer by callback: such a call (no hook around it)
+    is handed to the plugin's threads and returned as a PooledCall, to cancel if the
+    client goes away, and its answer (the error envelope for a failure) goes to
+    `done` (runtime/pooled.py).
     """
     if match is None:
         match = route(host, ex)
@@ -73,10 +87,31 @@ def answer(
         ex.plugin = target.handler
         runner = host.runner(target.handler)
         req = plugin_request(ex, target, params, runner.timeout_ms)
-        made = runner.call(req) if wire is None else runner.call_wire(req, *wire)
+        made: Answer | Wire | PooledCall
+        if done is not None and runner.hands_off:
+            made = runner.submit(req, _settler(ex, done))
+        elif wire is None:
+            made = runner.call(req)
+        else:
+            made = runner.call_wire(req, *wire)
     except PluginError as e:
         return failed(e, ex)
-    return made if isinstance(made, Response | Wire) else _settled(made, ex)
+    return made if isinstance(made, Response | Wire | PooledCall) else _settled(made, ex)
+
+
+def _settler(ex: Exchange, done: Done) -> Callable[[Response | None, BaseException | None], None]:
+    """A pooled call's outcome made the answer `_settled` would have made of it."""
+
+    def settle(resp: Response | None, error: BaseException | None) -> None:
+        if error is None:
+            done(resp)
+        elif isinstance(error, PluginError):
+            done(failed(error, ex))
+        else:  # the host failed around the call: ours to log, 500 to the client
+            log.error("request_failed", request_id=ex.request_id, exc_info=error)
+            done(error_reply(500, ex.request_id))
+
+    return settle
 
 
 async def answered(

@@ -71,7 +71,7 @@ from backworks.isolation.calls import IDEMPOTENT, Call, Group, sort_out_lost, wo
 from backworks.isolation.process import SUPPORTED
 from backworks.isolation.supervisor import READY, Slot, Supervisor
 from backworks.plugins.loading import PluginSpec
-from backworks.runtime.backend import PluginCalls
+from backworks.runtime.backend import PluginCalls, RunHandle
 
 log = structlog.get_logger("backworks.isolation")
 
@@ -239,6 +239,10 @@ class ProcessBackend:
 
     def inline_calls(self) -> PluginCalls | None:
         """None: the plugin lives in other processes, never on the event loop."""
+        return None
+
+    def handle_runner(self) -> RunHandle | None:
+        """None: a worker's calls are tracked by their futures (its running table)."""
         return None
 
     def snapshot(self) -> dict[str, Any]:

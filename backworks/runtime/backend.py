@@ -9,10 +9,14 @@ plugin's calls on its own NativePool; isolation/ has the worker-process backend.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from backworks.abi import CancelFlag, PluginInfo, Request, Response
-from backworks.runtime.native_pool import NativePool
+from backworks.runtime.native_pool import NativePool, Returned
+
+# Starts `handle(req, cancel)`; the outcome is handed to the callback (native_pool.Returned).
+RunHandle = Callable[[Request, CancelFlag, Returned], None]
 
 
 class PluginCalls(Protocol):
@@ -62,6 +66,13 @@ class Backend(Protocol):
         Only a backend whose plugin lives in this process has them; None otherwise.
         """
 
+    def handle_runner(self) -> RunHandle | None:
+        """`handle` started with a callback for its outcome instead of a future.
+
+        What the lane's pooled calls use (no future, no coroutine per call); None when
+        the backend has only futures, and its calls go through `start_handle`.
+        """
+
     def close(self) -> None: ...
 
 
@@ -104,6 +115,14 @@ class ThreadBackend:
 
     def inline_calls(self) -> PluginCalls:
         return self.calls
+
+    def handle_runner(self) -> RunHandle:
+        run, handle = self._pool.run, self.calls.handle
+
+        def run_handle(req: Request, cancel: CancelFlag, returned: Returned) -> None:
+            run(returned, handle, (req, cancel))
+
+        return run_handle
 
     def close(self) -> None:
         self._pool.close()

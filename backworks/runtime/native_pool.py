@@ -10,6 +10,10 @@ turns two context switches per call into a few per loop turn. The threads are
 daemons: one stuck forever in a plugin that ignores cancellation must not keep the
 process from exiting.
 
+A call is handed back either to a future (`submit`, for callers that await) or to a
+callback (`run`, for the lane's pooled calls, which need no coroutine per request:
+runner.py). Both are one kind of job; a future is merely the callback that sets it.
+
 Threads are added only when they pay off. A second thread for a plugin whose calls take
 microseconds only adds GIL hand-offs (measured here: one thread with 64 calls queued
 served 8.2k requests/s, six threads 5.2k), while a plugin that blocks for milliseconds
@@ -26,9 +30,16 @@ import collections
 import queue
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
-_Job = tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]]
+import structlog
+
+log = structlog.get_logger("backworks.pool")
+
+# Given a call's outcome on the event-loop thread: (result, None) or (None, error).
+Returned = Callable[[Any, BaseException | None], None]
+_Job = tuple[Returned, Callable[..., Any], tuple[Any, ...]]
 
 # Longer than the GIL's switch interval (5 ms): a thread that merely waits for the GIL
 # is not a thread stuck in a slow call, and must not make the pool grow.
@@ -46,7 +57,7 @@ class NativePool:
         # One token per batch: wakes a thread to run the queued calls (None: exit).
         self._wake: queue.SimpleQueue[bool | None] = queue.SimpleQueue()
         self._flush_pending = False
-        self._done: collections.deque[tuple[asyncio.Future[Any], Any, BaseException | None]] = (
+        self._done: collections.deque[tuple[Returned, Any, BaseException | None]] = (
             collections.deque()
         )
         self._wakeup_pending = False
@@ -60,11 +71,23 @@ class NativePool:
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        self._queued.append((fut, fn, args))
+        self.run(partial(_settle, fut), fn, args)
+        return fut
+
+    def run(self, returned: Returned, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        """Runs `fn(*args)` on a pool thread; `returned(result, error)` is called on the
+        event-loop thread when it returned, with the other completions of its batch.
+
+        Call from the event-loop thread. `returned` must not raise (what it raises is
+        logged, and the rest of the batch is still handed back).
+        """
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        self._queued.append((returned, fn, args))
         if not self._flush_pending:
             self._flush_pending = True
             loop.call_soon(self._flush)
-        return fut
 
     def _flush(self) -> None:
         """The end of a loop turn: one thread is woken for everything queued in it."""
@@ -109,17 +132,17 @@ class NativePool:
         while self._wake.get() is not None:
             while True:
                 try:
-                    fut, fn, args = queued.popleft()
+                    returned, fn, args = queued.popleft()
                 except IndexError:
                     break
                 try:
                     outcome: tuple[Any, BaseException | None] = (fn(*args), None)
                 except BaseException as e:  # handed to the awaiting side, never lost
                     outcome = (None, e)
-                done.append((fut, *outcome))
+                done.append((returned, *outcome))
                 # Dropped before this thread waits for its next call, which may be long:
                 # an idle thread must not keep its last answer (megabytes, say) or request.
-                del fut, fn, args, outcome
+                del returned, fn, args, outcome
                 if not self._wakeup_pending:
                     self._wakeup_pending = True
                     try:
@@ -132,13 +155,12 @@ class NativePool:
         self._wakeup_pending = False
         done = self._done
         while done:
-            fut, result, error = done.popleft()
-            if fut.cancelled():
-                continue
-            if error is None:
-                fut.set_result(result)
-            else:
-                fut.set_exception(error)
+            returned, result, error = done.popleft()
+            try:
+                returned(result, error)
+            except Exception:  # one caller's bug must not strand the rest of the batch
+                log.exception("pool_completion_failed", pool=self._name)
+            del returned, result, error  # the last answer is not kept until the next batch
 
     def close(self) -> None:
         """Lets idle threads exit; a thread stuck in a native call stays until it returns."""
@@ -146,3 +168,13 @@ class NativePool:
             self._growth_check.cancel()
         for _ in self._threads:
             self._wake.put(None)
+
+
+def _settle(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    """`submit`'s callback: the future gets the outcome, unless its awaiter gave up."""
+    if fut.cancelled():
+        return
+    if error is None:
+        fut.set_result(result)
+    else:
+        fut.set_exception(error)

@@ -32,6 +32,8 @@ from backworks.names import Dispatch
 from backworks.runtime.backend import Backend, PluginCalls
 from backworks.runtime.breaker import CircuitBreaker
 from backworks.runtime.gate import CallGate
+from backworks.runtime.native_pool import Returned
+from backworks.runtime.pooled import Deadlines, PooledCall
 from backworks.runtime.stats import LATENCY_BUCKETS, PluginStats
 from backworks.runtime.watchdog import inline_watchdog
 
@@ -91,6 +93,9 @@ class PluginRunner:
         self.breaker = breaker
         self._stats = PluginStats()
         self.closed = False
+        # The lane's pooled calls: handed to the threads with a callback (pooled.py).
+        self._run_handle = backend.handle_runner()
+        self._deadlines = Deadlines(self.timeout)
         wants_inline = dispatch == "inline" or (dispatch == "auto" and self.info.nonblocking)
         self._inline: PluginCalls | None = backend.inline_calls() if wants_inline else None
         self._watchdog = inline_watchdog(INLINE_BUDGET_S) if self._inline is not None else None
@@ -203,6 +208,38 @@ class PluginRunner:
         self._succeeded(elapsed, ticket)
         return made
 
+    @property
+    def hands_off(self) -> bool:
+        """True when `submit` hands calls to the threads: a pooled plugin in this process."""
+        return self._inline is None and self._run_handle is not None
+
+    def submit(self, req: Request, done: Returned) -> PooledCall | Coroutine[Any, Any, Response]:
+        """`handle(req)` on the plugin's threads, without a coroutine (see pooled.py).
+
+        `done(answer, error)` is called once on the event-loop thread: (answer, None),
+        (None, error), or (None, None) once the returned call was cancelled. Same
+        guards as `handle`; admission refusals are raised here. Where the call cannot be
+        handed over now (it has to wait for a slot, tracing is on, the plugin is not
+        pooled), the coroutine of the same call is returned instead, to await.
+        """
+        run = self._run_handle
+        if run is None or self._inline is not None or tracing.TRACER is not None:
+            return self.handle(req)
+        ticket = self._admit()
+        if not self.gate.try_enter():
+            return self._call_when_admitted(req, ticket)
+        stats = self._stats
+        stats.calls += 1
+        stats.in_flight += 1
+        call = PooledCall(self, self._deadlines, req, ticket, done)
+        run(req, call.cancel_flag, call.returned)
+        return call
+
+    async def _call_when_admitted(self, req: Request, ticket: int) -> Response:
+        await self._wait_for_slot(ticket)
+        resp: Response = await self._call_pooled(self.backend.start_handle, (req,), ticket)
+        return resp
+
     # Tracing (backworks/tracing.py): with OpenTelemetry on, the same `_call` runs inside
     # a span; without it, the one check below is all it costs.
 
@@ -263,17 +300,22 @@ class PluginRunner:
     async def _call(
         self, start: Callable[..., asyncio.Future[Any]], kind: str, args: tuple[Any, ...]
     ) -> Any:
-        if self.closed:
-            raise PluginSaturatedError(self.name, "the server is shutting down")
-        ticket = self.breaker.allow()
-        if not ticket:
-            raise self._refused()
+        ticket = self._admit()
         if not self.gate.try_enter():
             await self._wait_for_slot(ticket)
         inline = self._inline
         if inline is not None:
             return self._call_inline(getattr(inline, kind), args, ticket)
         return await self._call_pooled(start, args, ticket)
+
+    def _admit(self) -> int:
+        """The breaker's ticket for a call, or the refusal raised (shutting down, open)."""
+        if self.closed:
+            raise PluginSaturatedError(self.name, "the server is shutting down")
+        ticket = self.breaker.allow()
+        if not ticket:
+            raise self._refused()
+        return ticket
 
     def _refused(self) -> CircuitOpenError:
         self._stats.rejected += 1
@@ -391,44 +433,65 @@ class PluginRunner:
             # plugin through the cancel word, keep the slot until the call returns.
             cancel.set()
             self.backend.abandon(fut)
-            self._stats.cancelled += 1
-            self.breaker.record_neutral(ticket)
+            self.call_abandoned(ticket)
             raise
         if not finished:
             cancel.set()
-            if self.backend.abandon(fut):
-                # It waited for a worker all along (they were restarting): not a timeout,
-                # the plugin never saw it; the client may try again at once.
-                self._stats.rejected += 1
-                self.breaker.record_neutral(ticket)
-                log.warning(
-                    "plugin_call_not_started",
-                    plugin=self.name,
-                    timeout_ms=self.timeout_ms,
-                    request_id=args[0].request_id,
-                    reason="no worker took the call within its timeout",
-                )
-                msg = f"no worker took the call within its timeout_ms of {self.timeout_ms}"
-                raise PluginRestartingError(self.name, msg)
-            self._stats.timed_out += 1
-            self.breaker.record_failure(ticket)
-            log.warning(
-                "plugin_timeout",
-                plugin=self.name,
-                timeout_ms=self.timeout_ms,
-                request_id=args[0].request_id,
-            )
-            raise PluginTimeoutError(self.name, f"no answer within {self.timeout_ms} ms")
+            never_started = self.backend.abandon(fut)
+            raise self.call_overdue(ticket, args[0].request_id, never_started=never_started)
         try:
             result = fut.result()
-        except PluginError as e:
-            self._failed(e, ticket)
+        except BaseException as e:
+            self.call_ended(e, 0.0, ticket)
             raise
-        except BaseException:
-            self.breaker.record_neutral(ticket)  # the host failed around the call
-            raise
-        self._succeeded(time.perf_counter() - started, ticket)
+        self.call_ended(None, time.perf_counter() - started, ticket)
         return result
+
+    # -- a pooled call's steps, shared by the awaited path above and pooled.py's ---------
+
+    def call_released(self) -> None:
+        """The native call really returned: only now its slot is free again."""
+        self._stats.in_flight -= 1
+        self.gate.leave()
+
+    def call_ended(self, error: BaseException | None, elapsed: float, ticket: int) -> None:
+        """A pooled call's outcome reached its caller: counted, and told to the breaker."""
+        if error is None:
+            self._succeeded(elapsed, ticket)
+        elif isinstance(error, PluginError):
+            self._failed(error, ticket)
+        else:
+            self.breaker.record_neutral(ticket)  # the host failed around the call
+
+    def call_abandoned(self, ticket: int) -> None:
+        """The caller went away (its client, or shutdown); the cancel word is set."""
+        self._stats.cancelled += 1
+        self.breaker.record_neutral(ticket)
+
+    def call_overdue(self, ticket: int, request_id: str, *, never_started: bool) -> PluginError:
+        """A pooled call outran its timeout (its cancel word is set): the error to answer.
+
+        `never_started`: it waited for a worker all along (they were restarting): not a
+        timeout, the plugin never saw it; the client may try again at once.
+        """
+        if never_started:
+            self._stats.rejected += 1
+            self.breaker.record_neutral(ticket)
+            log.warning(
+                "plugin_call_not_started",
+                plugin=self.name,
+                timeout_ms=self.timeout_ms,
+                request_id=request_id,
+                reason="no worker took the call within its timeout",
+            )
+            msg = f"no worker took the call within its timeout_ms of {self.timeout_ms}"
+            return PluginRestartingError(self.name, msg)
+        self._stats.timed_out += 1
+        self.breaker.record_failure(ticket)
+        log.warning(
+            "plugin_timeout", plugin=self.name, timeout_ms=self.timeout_ms, request_id=request_id
+        )
+        return PluginTimeoutError(self.name, f"no answer within {self.timeout_ms} ms")
 
     def _succeeded(self, elapsed: float, ticket: int) -> None:
         self._stats.ok += 1
@@ -449,9 +512,8 @@ class PluginRunner:
         self.breaker.record_failure(ticket)
 
     def _returned(self, fut: asyncio.Future[Any]) -> None:
-        """The native call really returned: only now its slot is free again."""
-        self._stats.in_flight -= 1
-        self.gate.leave()
+        """The awaited call's future is done: the native call really returned."""
+        self.call_released()
         if not fut.cancelled() and fut.exception() is None:
             return
         # Consumed here so asyncio does not report an exception nobody retrieved
@@ -479,6 +541,8 @@ class PluginRunner:
             )
             self.backend.close()
             return False
+        # Every call has returned: the timeout sweep's timer would only keep this alive.
+        self._deadlines.close()
         try:
             await self.backend.start_shutdown()
         except Exception as e:

@@ -73,6 +73,7 @@ from backworks.http.lane.wire import (
 from backworks.http.routing import is_operations_path, route
 from backworks.http.traffic import UNMATCHED
 from backworks.httpspec import EMPTY_BODY_STATUSES
+from backworks.runtime.pooled import PooledCall
 
 log = structlog.get_logger("backworks.lane")
 
@@ -141,7 +142,8 @@ class Lane(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._queue: deque[_Queued] = deque()
         self._queued_bytes = 0
-        self._task: Waiting | Relaying | None = None  # the answer being made
+        # The answer being made (of the request at the queue's head).
+        self._task: Waiting | Relaying | PooledCall | None = None
         self._closing = False  # no request after the ones read will be read
         self._broken = False  # the parser is done with: nothing more is fed to it
         self._lingering = 0  # > 0: closing lingering; bytes discarded so far, plus one
@@ -508,10 +510,17 @@ class Lane(asyncio.Protocol):
                 block, _ = self.edge.global_block()
                 try:
                     made = answer(
-                        host, queued.ex, match, (settings.date, block, connection, queued.head)
+                        host,
+                        queued.ex,
+                        match,
+                        (settings.date, block, connection, queued.head),
+                        self._answered,
                     )
                 except Exception:
                     made = self.edge.failed(queued.ex, engine="lane")
+                if type(made) is PooledCall:  # on the plugin's threads: _answered goes on
+                    self._task = made
+                    return
                 if type(made) is Wire:
                     self._queue.popleft()
                     self._write_wire(queued, made, connection)
@@ -552,6 +561,14 @@ class Lane(asyncio.Protocol):
                 self._linger()
             else:
                 self._idle()
+
+    def _answered(self, made: Response | None) -> None:
+        """A pooled call's answer (None: cancelled), for the request at the queue's head.
+
+        The head is the request whose answer is being made while `_task` is set:
+        nothing else is taken off the queue until it is done.
+        """
+        self._finished(self._queue[0], made)
 
     def _finished(self, queued: _Queued, made: Response | None) -> None:
         """The answer a `Waiting` waited for (None: nobody to give it to any more)."""
