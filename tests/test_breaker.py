@@ -135,3 +135,47 @@ def test_many_concurrent_probes_are_one() -> None:
     breaker.record_failure(admitted[0])
     assert breaker.state.value == "open"
     assert breaker.times_opened == 2
+
+
+def calm_matches(breaker: CircuitBreaker) -> bool:
+    """The word the compiled step reads says exactly: closed, no failure counted."""
+    closed_and_clean = breaker.state.value == "closed" and breaker.consecutive_failures == 0
+    return breaker.calm[0] == (1 if closed_and_clean else 0)
+
+
+def test_the_calm_word_follows_every_transition() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=2, recovery_timeout_ms=500, clock=clock)
+    assert calm_matches(breaker)
+    assert breaker.calm[0] == 1
+    failed_call(breaker)  # one failure: closed, but not calm
+    assert calm_matches(breaker)
+    assert breaker.calm[0] == 0
+    breaker.record_success(breaker.allow())  # forgotten
+    assert calm_matches(breaker)
+    assert breaker.calm[0] == 1
+    late = breaker.allow()
+    failed_call(breaker)
+    failed_call(breaker)  # open
+    assert calm_matches(breaker)
+    breaker.record_success(late)  # a late success of the old period changes nothing
+    assert calm_matches(breaker)
+    assert breaker.calm[0] == 0
+    clock.now += 0.5
+    probe = breaker.allow()  # half-open
+    assert calm_matches(breaker)
+    breaker.record_failure(probe)  # open again
+    assert calm_matches(breaker)
+    clock.now += 0.5
+    breaker.record_success(breaker.allow())  # the probe closes it
+    assert calm_matches(breaker)
+    assert breaker.calm[0] == 1
+    failed_call(breaker)
+    breaker.reset()
+    assert calm_matches(breaker)
+    assert breaker.calm[0] == 1
+    failed_call(breaker)
+    failed_call(breaker)
+    breaker.reset()  # from open
+    assert calm_matches(breaker)
+    assert breaker.calm[0] == 1

@@ -84,3 +84,32 @@ async def test_trying_for_the_state_alone_never_queues() -> None:
     assert gate.try_enter_exclusive(), "idle: taken at once"
     assert not gate.try_enter()
     gate.leave_exclusive()
+
+
+async def test_the_words_the_compiled_step_reads_say_when_a_slot_is_free() -> None:
+    """`free()` (what abi/step.c checks in CallGate.words) is try_enter's answer, kept
+    right as waiters come, are served, time out or are cancelled."""
+    gate = CallGate(1)
+    assert gate.free()
+    assert gate.try_enter()
+    assert not gate.free()  # full
+    served = asyncio.ensure_future(gate.enter(5.0))
+    expiring = asyncio.ensure_future(gate.enter(0.01))
+    cancelled = asyncio.ensure_future(gate.enter(5.0))
+    await asyncio.sleep(0)
+    with pytest.raises(TimeoutError):
+        await expiring
+    cancelled.cancel()
+    await asyncio.gather(cancelled, return_exceptions=True)
+    gate.leave()  # the first waiter takes the slot
+    await served
+    assert not gate.free()
+    gate.leave()
+    assert gate.free(), "nobody holds or waits: free again"
+    assert gate.try_enter_exclusive()
+    assert not gate.free()
+    gate.leave_exclusive()
+    assert gate.free()
+    assert gate.try_enter()
+    gate.leave()
+    assert gate.active == 0

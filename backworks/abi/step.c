@@ -46,16 +46,27 @@ static __thread int32_t bws_rc;
  * Python path counts instead) if stats.LATENCY_BUCKETS ever holds more. */
 #define BWS_MAX_BOUNDS 31
 
+/* The indexes of runtime/gate.py's CallGate.words. */
+#define BWS_GATE_ACTIVE 0
+#define BWS_GATE_EXCLUSIVE 1
+#define BWS_GATE_QUEUED 2
+#define BWS_GATE_LIMIT 3
+
 /* One plugin instance as the step calls it, made by step.py. The counters are the
  * ones the host reads when asked (runtime/stats.py folds them into PluginStats
- * before any read); only the event-loop thread writes them. */
+ * before any read); only the event-loop thread writes them. `gate` and `calm` are
+ * the runner's CallGate.words and CircuitBreaker.calm, whose one copy lives there:
+ * the step reads them and writes neither (see bws_admitted). */
 typedef struct bws_plugin {
     const void *desc; /* the bw_plugin */
     void *state;
     const volatile uint32_t *cancelled; /* never set: an inline call is not abandoned */
+    const int64_t *gate;                /* CallGate.words */
+    const int64_t *calm;                /* CircuitBreaker.calm: closed, no failure counted */
     uint64_t limit;                     /* max_response_bytes */
     double budget;                      /* a call longer than this sets BWS_OVERRAN */
     double last;                        /* seconds the last call took */
+    uint64_t total;                     /* every call of `handle` made here, never reset */
     uint64_t calls;                     /* rendered calls (all returned BW_OK) */
     uint64_t buckets[BWS_MAX_BOUNDS + 1]; /* by runtime/stats.py's LATENCY_BUCKETS */
     double sum;
@@ -266,6 +277,20 @@ static void bws_observe(bws_plugin *p, double seconds) {
     if (p->filled < 2048) p->filled++;
 }
 
+/* Whether the step may call the plugin without Python's admission: a shared slot is
+ * free now and the breaker is closed with no failure counted. The call then starts and
+ * ends within this C call on the loop thread, the only thread that touches the gate
+ * and the breaker, so nothing can see the slot it would hold: it takes none. A success
+ * records nothing (the closed period's ticket, 0 failures: record_success changes
+ * nothing); a call it does not render goes back to Python, which takes that same
+ * ticket and records its outcome. Anything else: BWS_NOT_CALLED, and Python admits the
+ * call as it always does (it may queue, be refused, or be the half-open probe). */
+static int bws_admitted(const bws_plugin *p) {
+    const int64_t *gate = p->gate;
+    return *p->calm && !gate[BWS_GATE_QUEUED] && !gate[BWS_GATE_EXCLUSIVE] &&
+           gate[BWS_GATE_ACTIVE] < gate[BWS_GATE_LIMIT];
+}
+
 static double bws_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -276,8 +301,8 @@ static double bws_now(void) {
  * request id, then each parameter's and each header's name and value, joined with
  * NULs (`texts_len` bytes; a Python bytes object, so one more NUL follows). Returns
  * (length << BWS_LENGTH_SHIFT) | status (| BWS_OVERRAN) of the answer rendered
- * into `out`, its memory released; or BWS_NOT_CALLED; or BWS_LEFT (bws_last_rc()
- * has the return code). Every call's time goes to p->last; a rendered call is
+ * into `out`, its memory released; or BWS_NOT_CALLED (not admitted here, or a shape
+ * the step does not lay out); or BWS_LEFT (bws_last_rc() has the return code). Every call's time goes to p->last; a rendered call is
  * counted in `p` (the Python path counts the others). */
 static int64_t bws_step(void *plugin, const char *texts, size_t texts_len, size_t n_params,
                         size_t n_headers, const char *body, size_t body_len, uint32_t timeout_ms,
@@ -286,7 +311,7 @@ static int64_t bws_step(void *plugin, const char *texts, size_t texts_len, size_
     bws_plugin *p = plugin;
     bw_response *resp = response;
     size_t pairs = n_params + n_headers;
-    if (pairs > BWS_MAX_PAIRS) return BWS_NOT_CALLED;
+    if (pairs > BWS_MAX_PAIRS || !bws_admitted(p)) return BWS_NOT_CALLED;
     bw_str fields[5];
     const char *at = texts, *end = texts + texts_len;
     for (size_t i = 0; i < 5 + 2 * pairs; i++) {
@@ -320,6 +345,7 @@ static int64_t bws_step(void *plugin, const char *texts, size_t texts_len, size_
     int32_t rc = ((const bw_plugin *)p->desc)->handle(p->state, req, resp);
     double took = bws_now() - started;
     p->last = took;
+    p->total++;
     bws_rc = rc;
     if (rc != BW_OK) return BWS_LEFT;
     size_t n = bws_render(resp, fields[4].ptr ? fields[4].ptr : "", fields[4].len, date, global_block, connection, head_only,

@@ -9,6 +9,11 @@ call, an answer the checks refuse, a rare shape) it leaves unreleased in the
 thread's scratch response, and the Python path below takes it from there: the
 plugin is called once either way, and its answer released once.
 
+The step admits a call itself, without Python, when the runner's gate has a free
+slot and its breaker is closed with no failure counted: it reads the words those two
+keep (runtime/gate.py's CallGate.words, runtime/breaker.py's CircuitBreaker.calm).
+Otherwise it declines, calling nothing, and the runner admits the call in Python.
+
 The step is used when the extension is there, unless BACKWORKS_COMPILED_STEP=0
 (the pure-Python path then serves every request; tests run both and compare).
 """
@@ -16,6 +21,7 @@ The step is used when the extension is there, unless BACKWORKS_COMPILED_STEP=0
 from __future__ import annotations
 
 import os
+from array import array
 from collections.abc import Sequence
 from itertools import chain
 from typing import Any, NamedTuple
@@ -62,9 +68,9 @@ def _configure(bounds: Sequence[float]) -> bool:
         return False
     if _configured:
         return bool(_configured[0])
-    array = _step.ffi.new("double[]", list(bounds))
-    fits = _step.lib.bws_set_bounds(array, len(bounds)) == 0
-    _configured.extend((fits, array))
+    bounds_c = _step.ffi.new("double[]", list(bounds))
+    fits = _step.lib.bws_set_bounds(bounds_c, len(bounds)) == 0
+    _configured.extend((fits, bounds_c))
     if not fits:  # tests/test_compiled_step.py sees the step unused, and fails
         return False
     for status in range(200, 600):
@@ -87,7 +93,11 @@ class CompiledStep:
         cancel: CancelFlag,
         budget_s: float,
         bounds: Sequence[float],
+        gate: array[int],
+        calm: array[int],
     ) -> None:
+        """`gate` and `calm`: the int64 words of the runner's CallGate and breaker
+        (see the module's docstring), read by the step at every call."""
         assert _step is not None
         _configure(bounds)
         self._instance = instance  # holds the library, the state and the descriptor
@@ -98,6 +108,9 @@ class CompiledStep:
         plugin.desc = sffi.cast("void *", _address(instance._desc))
         plugin.state = sffi.cast("void *", _address(instance._state))
         plugin.cancelled = sffi.cast("uint32_t *", cancel.address)
+        # Held here: their buffers stay exported (the arrays cannot move) while we live.
+        self._words = sffi.from_buffer("int64_t[]", gate), sffi.from_buffer("int64_t[]", calm)
+        plugin.gate, plugin.calm = self._words
         plugin.limit = instance.max_response_bytes
         plugin.budget = budget_s
         self._run = _step.lib.bws_step
@@ -108,6 +121,11 @@ class CompiledStep:
         """How long the last call took in `handle`."""
         return float(self._plugin.last)
 
+    @property
+    def total(self) -> int:
+        """Every call of `handle` the step made (rendered or not); never reset."""
+        return int(self._plugin.total)
+
     def call(
         self,
         req: Request,
@@ -115,14 +133,17 @@ class CompiledStep:
         global_block: bytes,
         connection: bytes,
         head_only: bool,
-    ) -> Wire | Response:
-        """The answer to `req` as wire bytes, or as a Response the Python path copied.
+    ) -> Wire | Response | None:
+        """The answer to `req` as wire bytes, or as a Response the Python path copied;
+        None when the plugin was not called (not admitted here: see the module's
+        docstring; or a request the step does not lay out): the caller's Python path
+        admits and makes the call then.
 
-        Raises what NativeInstance.handle raises.
+        Raises what NativeInstance.handle raises, once the plugin was called.
         """
         instance = self._instance
-        if instance._closed:
-            instance._ensure_open("handle")
+        if instance._closed:  # the Python path says so, with its ticket
+            return None
         params, headers = req.params, req.headers
         joined = "\0".join(
             (
@@ -161,7 +182,7 @@ class CompiledStep:
         if made >= 0:
             return Wire(made & 1023, scratch.out[: made >> 11].tobytes(), bool(made & 1024))
         if made == _step.lib.BWS_NOT_CALLED:
-            return instance.handle(req, self._cancel)
+            return None
         # Called, and left for the Python path: its checks, its copy, its release.
         rc = self._last_rc()
         if rc != BW_OK:
@@ -194,9 +215,14 @@ class CompiledStep:
 
 
 def compiled_step(
-    calls: object, cancel: CancelFlag, budget_s: float, bounds: Sequence[float]
+    calls: object,
+    cancel: CancelFlag,
+    budget_s: float,
+    bounds: Sequence[float],
+    gate: array[int],
+    calm: array[int],
 ) -> CompiledStep | None:
     """The compiled step for `calls`, when it is an ABI 1 instance and the step is on."""
     if not enabled() or not isinstance(calls, NativeInstance) or not _configure(bounds):
         return None
-    return CompiledStep(calls, cancel, budget_s, bounds)
+    return CompiledStep(calls, cancel, budget_s, bounds, gate, calm)

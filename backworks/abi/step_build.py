@@ -21,9 +21,12 @@ typedef struct bws_plugin {
     const void *desc;
     void *state;
     const volatile uint32_t *cancelled;
+    const int64_t *gate;
+    const int64_t *calm;
     uint64_t limit;
     double budget;
     double last;
+    uint64_t total;
     uint64_t calls;
     uint64_t buckets[32];
     double sum;

@@ -14,12 +14,22 @@ outcome: success, failure, or neutral (it said nothing about the plugin: the cal
 went away, or the host itself failed around the call).
 
 Used from the event-loop thread only, so it needs no lock.
+
+`calm` is a machine word the compiled step (abi/step.c) reads without Python: 1 while
+the breaker is closed with no failure counted. Then a call's ticket is the closed
+period's number, which allow() hands out without changing anything, and its success
+records nothing (the failures are already 0), so a step call that succeeds needs no
+ticket at all: only a call that fails or is unusual goes back to Python, which takes
+the same ticket then (nothing can have moved the breaker in between: the call ran
+within one C call on the loop thread). Every change of state or of the failure count
+below sets the word.
 """
 
 from __future__ import annotations
 
 import enum
 import time
+from array import array
 from collections.abc import Callable
 
 
@@ -58,6 +68,7 @@ class CircuitBreaker:
         # grows each time the breaker opens), or its negative for the half-open probe.
         self._period = 1
         self.times_opened = 0
+        self.calm = array("q", (1,))  # see the module's docstring
 
     @property
     def state(self) -> CircuitState:
@@ -91,7 +102,9 @@ class CircuitBreaker:
     def record_success(self, ticket: int) -> None:
         """The call worked: a closed breaker forgets its failures; a probe closes it."""
         if ticket == self._period and self._state is CircuitState.CLOSED:
-            self._failures = 0
+            if self._failures:
+                self._failures = 0
+                self.calm[0] = 1
         elif ticket == -self._period and self._state is CircuitState.HALF_OPEN:
             self._close()
 
@@ -99,6 +112,7 @@ class CircuitBreaker:
         """The call failed, timed out or crashed."""
         if ticket == self._period and self._state is CircuitState.CLOSED:
             self._failures += 1
+            self.calm[0] = 0
             if self._failures >= self.failure_threshold:
                 self._open()
         elif ticket == -self._period and self._state is CircuitState.HALF_OPEN:
@@ -114,9 +128,11 @@ class CircuitBreaker:
         if self._state is not CircuitState.CLOSED:
             self._close()
         self._failures = 0
+        self.calm[0] = 1
 
     def _open(self) -> None:
         self._state = CircuitState.OPEN
+        self.calm[0] = 0
         self._opened_at = self._clock()
         self._probe_in_flight = False
         self._period += 1  # calls admitted before this no longer count
@@ -125,5 +141,6 @@ class CircuitBreaker:
     def _close(self) -> None:
         self._state = CircuitState.CLOSED
         self._failures = 0
+        self.calm[0] = 1
         self._probe_in_flight = False
         self._period += 1  # the probe's period is over; closed calls get a new one

@@ -9,12 +9,23 @@ is not starved by a stream of requests, and a waiter gives up after its timeout.
 Used from the event-loop thread only. A slot is released when the native call really
 returns, not when the host stops waiting for it: a call that overran its timeout
 keeps its slot (and its thread) until then.
+
+The gate's state lives in `words`, an array of machine words the compiled step
+(abi/step.c) reads without Python: the active count, the exclusive holder, whether
+anyone waits, and the limit. An inline step call begins and ends inside one C call on
+the loop thread, which is the only thread that touches the gate, so nothing can see
+the gate while it runs: the step only checks that a shared slot is free now (see
+`free`) and takes none; otherwise it declines and the Python path enters as usual.
 """
 
 from __future__ import annotations
 
 import asyncio
+from array import array
 from collections import deque
+
+# The indexes of CallGate.words (step.c's BWS_GATE_*).
+ACTIVE, EXCLUSIVE, QUEUED, LIMIT = range(4)
 
 
 class CallGate:
@@ -25,15 +36,27 @@ class CallGate:
             msg = f"limit must be >= 1 (got {limit})"
             raise ValueError(msg)
         self.limit = limit
-        self.active = 0
-        self._exclusive = False
+        # The one copy of the gate's state besides the waiters themselves (QUEUED says
+        # whether there are any): see the module's docstring.
+        self.words = array("q", (0, 0, 0, limit))
         self._waiters: deque[tuple[asyncio.Future[None], bool]] = deque()
+
+    @property
+    def active(self) -> int:
+        """Shared calls holding a slot now."""
+        return self.words[ACTIVE]
+
+    def free(self) -> bool:
+        """Whether a shared call would be admitted at once (what the compiled step checks)."""
+        words = self.words
+        return not words[QUEUED] and not words[EXCLUSIVE] and words[ACTIVE] < words[LIMIT]
 
     def try_enter(self) -> bool:
         """Takes a shared slot at once if one is free and nobody is queued before us."""
-        if self._waiters or self._exclusive or self.active >= self.limit:
+        words = self.words
+        if words[QUEUED] or words[EXCLUSIVE] or words[ACTIVE] >= words[LIMIT]:
             return False
-        self.active += 1
+        words[ACTIVE] += 1
         return True
 
     async def enter(self, timeout: float) -> None:
@@ -52,17 +75,19 @@ class CallGate:
         Never queues: a caller that must not delay calls (a scheduled health check)
         tries again later instead.
         """
-        if self._waiters or self._exclusive or self.active:
+        words = self.words
+        if words[QUEUED] or words[EXCLUSIVE] or words[ACTIVE]:
             return False
-        self._exclusive = True
+        words[EXCLUSIVE] = 1
         return True
 
     def leave(self) -> None:
-        self.active -= 1
-        self._wake()
+        self.words[ACTIVE] -= 1
+        if self._waiters:
+            self._wake()
 
     def leave_exclusive(self) -> None:
-        self._exclusive = False
+        self.words[EXCLUSIVE] = 0
         self._wake()
 
     async def _wait(self, *, exclusive: bool, timeout: float) -> None:
@@ -70,6 +95,7 @@ class CallGate:
         fut: asyncio.Future[None] = loop.create_future()
         entry = (fut, exclusive)
         self._waiters.append(entry)
+        self.words[QUEUED] = 1
         timer = loop.call_later(timeout, _expire, fut)
         try:
             await fut
@@ -88,25 +114,33 @@ class CallGate:
             self._waiters.remove(entry)
         except ValueError:
             return
+        self.words[QUEUED] = 1 if self._waiters else 0
         self._wake()  # a queued exclusive waiter ahead of others may have blocked them
 
     def _wake(self) -> None:
-        while self._waiters and not self._exclusive:
-            fut, exclusive = self._waiters[0]
+        try:
+            self._serve_waiters()
+        finally:
+            self.words[QUEUED] = 1 if self._waiters else 0
+
+    def _serve_waiters(self) -> None:
+        words, waiters = self.words, self._waiters
+        while waiters and not words[EXCLUSIVE]:
+            fut, exclusive = waiters[0]
             if fut.done():  # expired or cancelled, not yet discarded
-                self._waiters.popleft()
+                waiters.popleft()
                 continue
             if exclusive:
-                if self.active:
+                if words[ACTIVE]:
                     return
-                self._waiters.popleft()
-                self._exclusive = True
+                waiters.popleft()
+                words[EXCLUSIVE] = 1
                 fut.set_result(None)
                 return
-            if self.active >= self.limit:
+            if words[ACTIVE] >= words[LIMIT]:
                 return
-            self._waiters.popleft()
-            self.active += 1
+            waiters.popleft()
+            words[ACTIVE] += 1
             fut.set_result(None)
 
 

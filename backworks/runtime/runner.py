@@ -101,7 +101,7 @@ class PluginRunner:
         self._watchdog = inline_watchdog(INLINE_BUDGET_S) if self._inline is not None else None
         # Never set: an inline call cannot be abandoned, so one flag serves them all.
         self._inline_cancel = CancelFlag()
-        self._inline_calls = 0
+        self._inline_calls = 0  # made by the Python path (the step counts its own)
         self._strikes = 0
         self._measuring = 0  # calls left to measure in CPU time (see _judge_inline)
         self._first_strike = 0  # the call that made the first of the current strikes
@@ -109,10 +109,19 @@ class PluginRunner:
         # as rendered bytes; None without the extension, or when it is turned off.
         self._retired_step: CompiledStep | None = None
         self._step = (
-            make_step(self._inline, self._inline_cancel, INLINE_BUDGET_S, LATENCY_BUCKETS)
+            make_step(
+                self._inline,
+                self._inline_cancel,
+                INLINE_BUDGET_S,
+                LATENCY_BUCKETS,
+                self.gate.words,
+                breaker.calm,
+            )
             if self._inline is not None and compiled_step
             else None
         )
+        # The plugin's `handle`, as the step calls it (the watchdog names it).
+        self._step_handle = self._inline.handle if self._inline is not None else None
 
     @property
     def stats(self) -> PluginStats:
@@ -126,10 +135,6 @@ class PluginRunner:
     def _step_counted(self) -> CompiledStep | None:
         # The step that counted calls: kept after a demotion, whose calls it counted.
         return self._step or self._retired_step
-
-    def _inline_handle(self) -> Any:
-        inline = self._inline
-        return inline.handle if inline is not None else None
 
     @property
     def dispatch(self) -> str:
@@ -169,43 +174,37 @@ class PluginRunner:
         step = self._step
         if step is None or self.closed or self._measuring or tracing.TRACER is not None:
             return self.call(req)
-        breaker = self.breaker
-        ticket = breaker.allow()
-        if not ticket:
-            raise self._refused()
-        gate = self.gate
-        if not gate.try_enter():
-            breaker.record_neutral(ticket)  # `handle` will ask again
-            return self.handle(req)
+        # No ticket and no slot taken here: the step admits the call itself only when
+        # the gate has a free slot and the breaker is calm (abi/step.py), and a call it
+        # answers on the wire needs neither (the breaker's module docstring says why).
         watchdog = self._watchdog
         if watchdog is not None:  # the stall guard names the call it finds held
-            # the plugin's `handle`, as the step calls it
-            watchdog.current = (self, time.perf_counter(), self._inline_handle(), req)
+            watchdog.current = (self, time.perf_counter(), self._step_handle, req)
         try:
             made = step.call(req, date, global_block, connection, head_only)
         except PluginError as e:
+            # Called while the breaker was calm: its ticket is the closed period's.
             self._stats.calls += 1
-            self._failed(e, ticket)
+            self._failed(e, self.breaker.allow())
             raise
         except BaseException:
             self._stats.calls += 1
-            breaker.record_neutral(ticket)  # the host failed around the call
+            self.breaker.record_neutral(self.breaker.allow())  # the host failed around it
             raise
         finally:
             if watchdog is not None:
                 watchdog.current = None
-            gate.leave()
-            self._inline_calls += 1
         if type(made) is Wire:  # counted by the step itself
             if made.overran:
                 self._judge_inline(step.last_seconds, None)
-            breaker.record_success(ticket)
             return made
+        if made is None:  # not admitted by the step: the Python path admits it
+            return self.call(req)
         self._stats.calls += 1
         elapsed = step.last_seconds
         if elapsed > INLINE_BUDGET_S:
             self._judge_inline(elapsed, None)
-        self._succeeded(elapsed, ticket)
+        self._succeeded(elapsed, self.breaker.allow())
         return made
 
     @property
@@ -384,11 +383,12 @@ class PluginRunner:
         elapsed = time.thread_time() - cpu_started
         if elapsed <= INLINE_BUDGET_S:
             return
-        if self._strikes and self._inline_calls - self._first_strike > INLINE_STRIKE_WINDOW:
+        calls = self._inline_count()
+        if self._strikes and calls - self._first_strike > INLINE_STRIKE_WINDOW:
             self._strikes = 0  # the earlier overruns were long ago: forgiven
         self._strikes += 1
         if self._strikes == 1:
-            self._first_strike = self._inline_calls
+            self._first_strike = calls
         if self._strikes < INLINE_STRIKES:
             log.info(
                 "plugin_inline_overrun",
@@ -398,6 +398,11 @@ class PluginRunner:
             )
             return
         self.demote("its inline calls kept overrunning their CPU budget", elapsed)
+
+    def _inline_count(self) -> int:
+        """Inline calls made so far: the Python path's, and the compiled step's."""
+        step = self._step_counted
+        return self._inline_calls + (step.total if step is not None else 0)
 
     def demote(self, reason: str, held_s: float) -> None:
         """Moves this plugin's calls off the event loop, for good (see the class doc).
