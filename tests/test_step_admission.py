@@ -22,7 +22,7 @@ from backworks.runtime.runner import PluginRunner
 from tests.conftest import BuildPlugin
 from tests.serving import KIT
 
-pytestmark = pytest.mark.skipif(not step.enabled(), reason="the compiled step is not built")
+pytestmark = pytest.mark.skipif(not step.enabled(), reason="the compiled step is off or not built")
 
 WIRE = (b"Sun, 06 Dec 2026 21:08:00 GMT", b"", b"", False)
 OK = Request("GET", "/kit/status", query="code=200")
