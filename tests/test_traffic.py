@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from backworks.http.traffic import Answered, Traffic
+from backworks.http.traffic import FLUSH_AT, Answered, Traffic
 
 
 def answered(traffic: Traffic, status: int = 200, plugin: str | None = "kit") -> None:
@@ -39,3 +39,15 @@ def test_without_a_running_loop_a_request_is_counted_at_once() -> None:
     traffic.on_flush = batches.append
     answered(traffic)
     assert [len(batch) for batch in batches] == [1]
+
+
+async def test_without_an_access_log_requests_are_counted_when_read_or_every_flush_at() -> None:
+    traffic = Traffic()
+    for _ in range(FLUSH_AT - 1):
+        answered(traffic)
+    await asyncio.sleep(0)
+    assert len(traffic._pending) == FLUSH_AT - 1, "no callback per loop turn: nothing to log"
+    answered(traffic)
+    assert traffic._pending == [], "the bound: counted at FLUSH_AT"
+    answered(traffic)
+    assert sum(traffic.requests.values()) == FLUSH_AT + 1, "a read counts what is pending"

@@ -48,21 +48,22 @@ def answer(
     host: Host,
     ex: Exchange,
     match: Match[Any] | Response | None,
-    wire: WireFields,
+    wire: Callable[[], WireFields],
     done: Done | None = None,
 ) -> Answer | Wire | PooledCall: ...
 def answer(
     host: Host,
     ex: Exchange,
     match: Match[Any] | Response | None = None,
-    wire: WireFields | None = None,
+    wire: Callable[[], WireFields] | None = None,
     done: Done | None = None,
 ) -> Answer | Wire | PooledCall:
     """The answer to `ex`, or a coroutine that makes it (never raises a PluginError).
 
     `match`: the result of `route(host, ex)` when the caller already has it. `wire`:
-    the caller writes answers as lane/wire.py renders them, with these fields; an
-    inline plugin call may then answer with the rendered bytes (a Wire). `done`: the
+    the caller writes answers as lane/wire.py renders them, with the fields this gives
+    (asked only for an inline plugin call, which may then answer with the rendered
+    bytes: a Wire). `done`: the
     caller takes a pooled call's answer by callback: such a call (no hook around it)
     is handed to the plugin's threads and returned as a PooledCall, to cancel if the
     client goes away, and its answer (the error envelope for a failure) goes to
@@ -93,7 +94,7 @@ def answer(
         elif wire is None:
             made = runner.call(req)
         else:
-            made = runner.call_wire(req, *wire)
+            made = runner.call_wire(req, *wire())
     except PluginError as e:
         return failed(e, ex)
     return made if isinstance(made, Response | Wire | PooledCall) else _settled(made, ex)

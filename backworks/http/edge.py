@@ -65,41 +65,54 @@ SINGLE_VALUED = frozenset(
 VERSIONS = frozenset({"1.0", "1.1"})
 
 
-def refusal(version: str, method: str, target: bytes, fields: Sequence[tuple[str, str]]) -> int:
-    """The status a request head is refused with, or 0 when it may be answered.
+# What the edge read in a request head (see `read_head`): the status the request is
+# refused with (0: it may be answered), the declared body size, whether a
+# Transfer-Encoding frames the body, the client's X-Request-Id as sent, and the Expect
+# field (lower-case) when there is one. A plain tuple: this is made once per request.
+Head = tuple[int, int, bool, str | None, str | None]
 
-    `fields`: the head's (lower-case name, value) pairs, trailing whitespace stripped.
+
+def read_head(version: str, method: str, target: bytes, fields: Sequence[tuple[str, str]]) -> Head:
+    """The verdict on a request head, and the few fields the edge acts on, in one pass.
+
+    `fields`: the head's (lower-case name, value) pairs, trailing whitespace stripped;
+    llhttp has checked that a Content-Length is a number. The refusal, when there is
+    one: 505 for a version other than 1.0 and 1.1; 501 for CONNECT (a tunnel: nothing
+    here takes one, and its bytes are no request); 400 for a fragment in the target
+    (RFC 9112 3.2), `*` with a method other than OPTIONS, a single-valued field given
+    twice, or an HTTP/1.1 head without exactly one Host; 417 for an HTTP/1.1 `Expect`
+    other than 100-continue.
     """
+    status = 0
     if version not in VERSIONS:
-        return 505
-    if method == "CONNECT":
-        return 501  # a tunnel: nothing here takes one, and its bytes are no request
-    if b"#" in target:
-        return 400  # a request target has no fragment (RFC 9112 3.2)
-    if target == b"*" and method != "OPTIONS":
-        return 400
+        status = 505
+    elif method == "CONNECT":
+        status = 501
+    elif b"#" in target or (target == b"*" and method != "OPTIONS"):
+        status = 400
     seen: set[str] = set()
-    expect = None
+    declared = 0
+    chunked = False
+    request_id = expect = None
     for name, value in fields:
         if name in SINGLE_VALUED:
             if name in seen:
-                return 400
+                status = status or 400
             seen.add(name)
+            if name == "content-length":
+                declared = int(value)
+            elif name == "transfer-encoding":
+                chunked = True
+        elif name == "x-request-id":
+            request_id = value
         elif name == "expect":
-            expect = value
-    if version == "1.1":
+            expect = value.lower()
+    if version == "1.1" and not status:
         if "host" not in seen:
-            return 400  # RFC 9112 3.2: exactly one Host in HTTP/1.1
-        if expect is not None and expect.lower() != "100-continue":
-            return 417
-    return 0
-
-
-def expects_continue(version: str, fields: Sequence[tuple[str, str]]) -> bool:
-    """Whether the client waits for `100 Continue` before it sends the body (HTTP/1.1)."""
-    return version == "1.1" and any(
-        name == "expect" and value.lower() == "100-continue" for name, value in fields
-    )
+            status = 400
+        elif expect is not None and expect != "100-continue":
+            status = 417
+    return status, declared, chunked, request_id, expect
 
 
 class Edge:
@@ -175,10 +188,10 @@ class Edge:
         ex: Exchange,
         status: int,
         started: float,
-        *,
         peer: str | None = None,
-        bytes_in: int | None = None,
         bytes_out: int = 0,
+        *,
+        bytes_in: int | None = None,
         span: Any = None,
     ) -> None:
         """What an answered request leaves: its record, and the end of its span.
@@ -187,7 +200,21 @@ class Edge:
         `bytes_in`: the body's size, when `ex.body` does not hold it.
         """
         route = ex.route or UNMATCHED
-        self.recorder.answered(
+        recorder = self.recorder
+        if not recorder.logging:  # the common case in production: counts only
+            recorder.traffic.record(
+                ex.method,
+                route,
+                ex.path,
+                status,
+                time.perf_counter() - started,
+                ex.plugin,
+                ex.request_id,
+            )
+            if span is not None:
+                tracing.request_finished(span, status, ex.request_id, route)
+            return
+        recorder.answered(
             ex.method,
             ex.path,
             route,
@@ -195,11 +222,11 @@ class Edge:
             time.perf_counter() - started,
             ex.plugin,
             ex.request_id,
-            peer=peer,
-            headers=ex.headers,
-            bytes_in=len(ex.body) if bytes_in is None else bytes_in,
-            bytes_out=bytes_out,
-            trace=ex.trace,
+            peer,
+            ex.headers,
+            len(ex.body) if bytes_in is None else bytes_in,
+            bytes_out,
+            ex.trace,
         )
         if span is not None:
             tracing.request_finished(span, status, ex.request_id, route)

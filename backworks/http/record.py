@@ -48,6 +48,7 @@ class Recorder:
         # Asked once: logging is configured before the app is made and only a restart
         # changes it; asking structlog per request costs more than the record itself.
         self._log_access = access_log.bind().is_enabled_for(logging.INFO)
+        self.logging = self._log_access  # whether `answered` writes a line (else: counts)
         # Unique across processes and restarts without a uuid4 per request: a random
         # prefix per app (each server process builds its own) and a counter.
         self._prefix = secrets.token_hex(6)
@@ -73,7 +74,6 @@ class Recorder:
         seconds: float,
         plugin: str | None,
         request_id: str,
-        *,
         peer: str | None = None,
         headers: Iterable[tuple[str, str]] = (),
         bytes_in: int = 0,

@@ -2,10 +2,11 @@
 
 Both HTTP engines call `Traffic.record` once per request (through http/record.py),
 on the event-loop thread; /metrics and the dashboard read the same objects at scrape
-time. Recording is one append: the requests of one loop turn are counted together
-when the turn ends (`flush`), and before anything reads the counts, so a reader never
-sees a request missing that was answered before it asked. No lock and no
-formatting: the work of turning this into text is done by whoever asks.
+time. Recording is one append: the requests are counted together before anything
+reads the counts (`flush`), so a reader never sees a request missing that was
+answered before it asked, and at the latest every FLUSH_AT requests; with the access
+log on, also when the loop turn ends, so its lines are written at once. No lock and
+no formatting: the work of turning this into text is done by whoever asks.
 
 Endpoints are counted by route pattern (`/items/{id}`), never by raw path, so a
 client cannot grow the metrics by inventing paths; a method outside the HTTP standard
@@ -24,6 +25,8 @@ from backworks.names import ALL_METHODS
 from backworks.runtime.stats import LatencyHistogram
 
 RECENT_REQUESTS = 100
+# Requests kept uncounted at most: a bound on the pending list between reads.
+FLUSH_AT = 256
 
 # One answered request: method, route, path, status, seconds, plugin, request id.
 Answered = tuple[str, str, str, int, float, str | None, str]
@@ -77,7 +80,8 @@ class Traffic:
         """Counts one answered request under its route pattern (`path` is kept, cut, for
         the recent list only), when this loop turn ends."""
         pending = self._pending
-        if not pending:
+        if not pending and self.on_flush is not None:
+            # Access-log lines are due when the turn ends; counts only when read.
             try:
                 asyncio.get_running_loop().call_soon(self.flush)
             except RuntimeError:  # no loop (a test, a tool): counted now
@@ -85,6 +89,8 @@ class Traffic:
                 self.flush()
                 return
         pending.append((method, route, path, status, seconds, plugin, request_id))
+        if len(pending) >= FLUSH_AT:
+            self.flush()
 
     def flush(self) -> None:
         """Counts the requests recorded since the last flush."""
@@ -130,6 +136,7 @@ class Traffic:
 
     def recent_counts(self) -> dict[str, int]:
         """How many of the recent requests got each status: what anyone may see."""
+        self.flush()
         counts: dict[str, int] = {}
         for entry in self.recent:
             status = str(entry[3])

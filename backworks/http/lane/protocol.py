@@ -48,14 +48,7 @@ from backworks import tracing
 from backworks.abi import Response
 from backworks.abi.step import Wire
 from backworks.http.answer import answer
-from backworks.http.edge import (
-    MAX_FIELD,
-    MAX_FIELDS,
-    MAX_HEAD,
-    MAX_LINE,
-    expects_continue,
-    refusal,
-)
+from backworks.http.edge import MAX_FIELD, MAX_FIELDS, MAX_HEAD, MAX_LINE, read_head
 from backworks.http.exchange import Exchange
 from backworks.http.forwarded import peer_of
 from backworks.http.lane.flow import QUEUE_FULL, REFUSED, WRITE_FULL, Flow
@@ -91,6 +84,9 @@ EOF_GRACE_S = 1.0
 # request its client has already sent.
 FRESH_GRACE_S = 0.25
 
+# What stops httptools' feed_data: an error, or an upgrade (not an HttpParserError).
+_PARSER_STOPS = (httptools.HttpParserError, httptools.HttpParserUpgrade)
+
 # Where the connection is in the request it reads.
 _IDLE, _HEAD, _BODY = 0, 1, 2
 
@@ -117,13 +113,19 @@ class _Queued:
     __slots__ = ("ex", "head", "http10", "keep_alive", "match", "relayed", "size", "started")
 
     def __init__(
-        self, ex: Exchange, match: Any, *, keep_alive: bool, started: float, size: int = 0
+        self,
+        ex: Exchange,
+        match: Any,
+        keep_alive: bool,
+        started: float,
+        size: int = 0,
+        http10: bool = False,
     ) -> None:
         self.ex = ex
         self.match = match  # the route, a ready answer, or RELAY
         self.head = ex.method == "HEAD"
         self.keep_alive = keep_alive
-        self.http10 = False  # an HTTP/1.0 client that asked to keep the connection
+        self.http10 = http10  # an HTTP/1.0 client that asked to keep the connection
         self.started = started
         self.size = size  # bytes it holds, against QUEUE_BYTES
         self.relayed = b""  # the request as aiohttp is to read it
@@ -160,6 +162,10 @@ class Lane(asyncio.Protocol):
         self._ex: Exchange | None = None
         self._match: Any = None
         self._keep_alive = True
+        self._http10 = False  # the request being read is HTTP/1.0
+        self._answering: _Queued | None = None  # the request _next is answering
+        self._wire = self._wire_fields  # bound once: handed to the core per request
+        self._on_pooled = self._answered
         self._continue = False  # `100 Continue` owed once the request is the one answered
         self._upgrade: tuple[int, bool] | None = None  # an upgrade's body framing
         self._resync: tuple[Exchange, Any] | None = None
@@ -216,7 +222,14 @@ class Lane(asyncio.Protocol):
         if self._broken:
             return
         self._moved = False
-        self._feed(data)
+        try:
+            self._parser.feed_data(data)
+        except _PARSER_STOPS as e:  # a refusal, a stop, an upgrade, bad bytes
+            stop: Exception | None = e
+        else:
+            stop = None
+        if stop is not None:  # handled outside the except block: see _stopped
+            self._stopped(stop, data)
         if self._broken or self._phase == _IDLE or self._moved:
             self._stalled = 0
             return
@@ -228,31 +241,42 @@ class Lane(asyncio.Protocol):
             self._refuse(431)
 
     def _feed(self, data: bytes) -> None:
-        upgraded = None
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as e:
-            upgraded = data[e.args[0] :]
-        except httptools.HttpParserCallbackError as e:
+        except _PARSER_STOPS as e:
+            stop: Exception | None = e
+        else:
+            stop = None
+        if stop is not None:
+            self._stopped(stop, data)
+
+    def _stopped(self, e: Exception, data: bytes) -> None:
+        """What the parser's stop in `data` means: an upgrade, a refusal or stop raised
+        by a callback (the exception's __context__), or bytes that are not HTTP.
+
+        Called outside the except block that caught `e`: an upgrade feeds the parser
+        again, and an exception raised while another is handled would take that one
+        as its __context__, not the callback's.
+        """
+        if isinstance(e, httptools.HttpParserUpgrade):
+            self._after_upgrade(data[e.args[0] :])
+            return
+        if isinstance(e, httptools.HttpParserCallbackError):
             cause = e.__context__
             if isinstance(cause, _Refused):
                 self._refuse(cause.status)
             elif isinstance(cause, _Stop):
                 self._broken = True
             else:
-                raise
-        except httptools.HttpParserError as e:
-            if self._closing:
-                # Bytes behind a request that closes the connection (llhttp's "data
-                # after Connection: close"): never read, never answered.
-                self._broken = True
-                return
-            log.info("bad_request", reason=type(e).__name__, engine="lane")
-            self._refuse(400)
-        if upgraded is not None:
-            # Outside the handler: a callback's exception is then the __context__ of
-            # httptools' error, which is how _feed tells a refusal from a stop.
-            self._after_upgrade(upgraded)
+                raise e
+            return
+        if self._closing:
+            # Bytes behind a request that closes the connection (llhttp's "data after
+            # Connection: close"): never read, never answered.
+            self._broken = True
+            return
+        log.info("bad_request", reason=type(e).__name__, engine="lane")
+        self._refuse(400)
 
     def pause_writing(self) -> None:
         """The client reads slower than we answer: stop reading, start no answer."""
@@ -328,24 +352,25 @@ class Lane(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._resyncing:
             return
-        size = len(name) + len(value) + 4
+        name_size = len(name)
+        value_size = len(value)
+        head_size = self._head_size = self._head_size + name_size + value_size + 4
         if self._phase == _BODY:
             # A trailer field (RFC 9110 6.5): never merged into the head; counted.
-            self._head_size += size
-            if self._head_size > MAX_HEAD:
+            if head_size > MAX_HEAD:
                 raise _Refused(431)
             return
-        self._head_size += size
+        fields = self._fields
         if (
-            len(name) > MAX_FIELD
-            or len(value) > MAX_FIELD
-            or len(self._fields) >= MAX_FIELDS
-            or self._head_size > MAX_HEAD
+            name_size > MAX_FIELD
+            or value_size > MAX_FIELD
+            or head_size > MAX_HEAD
+            or len(fields) >= MAX_FIELDS
         ):
             raise _Refused(431)
         # Trailing whitespace is not part of a value (RFC 9112 5); the bytes are kept
         # losslessly (surrogateescape), as aiohttp would decode them.
-        self._fields.append(
+        fields.append(
             (
                 name.decode("latin-1").lower(),
                 value.rstrip(b" \t").decode("utf-8", "surrogateescape"),
@@ -355,41 +380,28 @@ class Lane(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._moved = True
         settings = self.settings
-        now = time.monotonic()
         if self._resyncing:  # the stand-in head of an upgrade's body: the request goes on
             self._resyncing = False
             assert self._resync is not None
             self._ex, self._match = self._resync
             self._resync = None
             self._phase = _BODY
-            self.deadline = now + settings.body_timeout
+            self.deadline = time.monotonic() + settings.body_timeout
             return
         parser = self._parser
         version = parser.get_http_version()
+        self._http10 = version == "1.0"
         method = parser.get_method().decode("ascii", "replace")
         url = self._url
         fields = self._fields
-        status = refusal(version, method, url, fields)
-        if status:
-            raise _Refused(status)
+        refused, declared, chunked, request_id, expect = read_head(version, method, url, fields)
+        if refused:
+            raise _Refused(refused)
         try:
             path, query = split_target(url)
         except BadTarget as e:
             raise _Refused(400) from e
-        request_id = None
-        declared = 0
-        chunked = expecting = False
-        for name, value in fields:
-            if name == "content-length":
-                declared = int(value)  # llhttp checked it is a number
-            elif name == "transfer-encoding":
-                chunked = True
-            elif name == "x-request-id":
-                request_id = value
-            elif name == "expect":
-                expecting = True
-        wants_continue = expecting and expects_continue(version, fields)
-        if expecting:  # the edge answers Expect itself: no plugin sees it
+        if expect is not None:  # the edge answers Expect itself: no plugin sees it
             fields = [field for field in fields if field[0] != "expect"]
         ex = self._ex = Exchange(
             method, path, query, tuple(fields), b"", self.edge.request_id(request_id)
@@ -405,8 +417,8 @@ class Lane(asyncio.Protocol):
             self._upgrade = (declared, chunked)
         self._phase = _BODY
         if declared or chunked:
-            self.deadline = now + settings.body_timeout
-            if wants_continue:
+            self.deadline = time.monotonic() + settings.body_timeout
+            if expect == "100-continue" and version == "1.1":
                 if self._task is None and not self._queue:
                     self._write_raw(CONTINUE)
                 else:
@@ -444,16 +456,17 @@ class Lane(asyncio.Protocol):
         if not keep_alive:
             self._closing = True
         size = len(ex.body) + self._head_size
-        queued = _Queued(ex, match, keep_alive=keep_alive, started=self._started, size=size)
-        version = self._parser.get_http_version()
-        queued.http10 = keep_alive and version == "1.0"
+        http10 = keep_alive and self._http10
+        queued = _Queued(ex, match, keep_alive, self._started, size, http10)
         if match is RELAY:
+            version = "1.0" if self._http10 else "1.1"
             queued.relayed = relayed_request(ex.method, self._url, version, ex.headers, ex.body)
-        self._queue.append(queued)
+        queue = self._queue
+        queue.append(queued)
         self._queued_bytes += size
-        if self._task is None and len(self._queue) == 1:
+        if self._task is None and len(queue) == 1:
             self._next()
-        elif len(self._queue) >= MAX_QUEUED or self._queued_bytes >= QUEUE_BYTES:
+        elif len(queue) >= MAX_QUEUED or self._queued_bytes >= QUEUE_BYTES:
             assert self._flow is not None
             self._flow.stop(QUEUE_FULL)
 
@@ -483,7 +496,7 @@ class Lane(asyncio.Protocol):
         settings = self.settings
         host = settings.host
         while self._queue and self._task is None and self._transport is not None:
-            if flow is not None and not flow.writable:
+            if flow is not None and flow.reasons & WRITE_FULL:
                 return  # resume_writing goes on
             queued = self._queue[0]
             match = queued.match
@@ -504,31 +517,23 @@ class Lane(asyncio.Protocol):
             if tracing.TRACER is not None:
                 made = traced(self.edge, queued.ex, match, self._peer)
             else:
-                # The answer's own fields, as they will be when it is written now: an
-                # inline call may answer with its bytes rendered (the compiled step).
-                connection = self._connection_for(queued, len(self._queue) - 1)
-                block, _ = self.edge.global_block()
+                self._answering = queued
                 try:
-                    made = answer(
-                        host,
-                        queued.ex,
-                        match,
-                        (settings.date, block, connection, queued.head),
-                        self._answered,
-                    )
+                    made = answer(host, queued.ex, match, self._wire, self._on_pooled)
                 except Exception:
                     made = self.edge.failed(queued.ex, engine="lane")
-                if type(made) is PooledCall:  # on the plugin's threads: _answered goes on
-                    self._task = made
-                    return
-                if type(made) is Wire:
-                    self._queue.popleft()
-                    self._write_wire(queued, made, connection)
-                    continue
-                if isinstance(made, Response):
+                kind = type(made)
+                if kind is Response:
                     self._queue.popleft()
                     self._write(queued, made)
                     continue
+                if kind is Wire:
+                    self._queue.popleft()
+                    self._write_wire(queued, made)
+                    continue
+                if kind is PooledCall:  # on the plugin's threads: _answered goes on
+                    self._task = made
+                    return
             try:
                 waiting = made.send(None)
             except StopIteration as done:
@@ -549,9 +554,15 @@ class Lane(asyncio.Protocol):
             return
         if self._transport is None or self._task is not None:
             return
-        if flow is not None and len(self._queue) < MAX_QUEUED and self._queued_bytes < QUEUE_BYTES:
+        queue = self._queue
+        if (
+            flow is not None
+            and flow.reasons & QUEUE_FULL
+            and len(queue) < MAX_QUEUED
+            and self._queued_bytes < QUEUE_BYTES
+        ):
             flow.go(QUEUE_FULL)
-        if self._queue:
+        if queue:
             return
         if self._phase == _BODY and self._continue:
             self._continue = False
@@ -561,6 +572,15 @@ class Lane(asyncio.Protocol):
                 self._linger()
             else:
                 self._idle()
+
+    def _wire_fields(self) -> tuple[bytes, bytes, bytes, bool]:
+        """What the compiled step renders the answer being made with (answer.WireFields):
+        the answer's own fields as they will be when it is written now."""
+        queued = self._answering
+        assert queued is not None
+        block, _ = self.edge.global_block()
+        connection = self._connection_for(queued, len(self._queue) - 1)
+        return self.settings.date, block, connection, queued.head
 
     def _answered(self, made: Response | None) -> None:
         """A pooled call's answer (None: cancelled), for the request at the queue's head.
@@ -595,19 +615,23 @@ class Lane(asyncio.Protocol):
             log.error("relay_failed", request_id=queued.ex.request_id, path=queued.ex.path[:512])
             self._closing = True
             answer500 = self.edge.refused(500, queued.ex.request_id)
-            self._write(
-                _Queued(queued.ex, None, keep_alive=False, started=queued.started), answer500
-            )
+            self._write(_Queued(queued.ex, None, False, queued.started), answer500)
         else:
             self._write_raw(out)
         self._next()
 
     def _connection_field(self, queued: _Queued) -> bytes:
         """The Connection field of `queued`'s answer: close on the last answer only."""
+        if queued.keep_alive and not (self._closing or queued.http10 or self.draining_host()):
+            return b""  # the common answer, said fast
         field = self._connection_for(queued, len(self._queue))
         if field is CLOSE:
             self._closing = True
         return field
+
+    def draining_host(self) -> bool:
+        """Whether the server is stopping (from SIGTERM on: every answer closes)."""
+        return self.settings.host.draining
 
     def _connection_for(self, queued: _Queued, behind: int) -> bytes:
         """`_connection_field` with `behind` requests queued after `queued`; changes nothing.
@@ -619,17 +643,16 @@ class Lane(asyncio.Protocol):
             return CLOSE
         return KEEP_ALIVE if queued.http10 else b""
 
-    def _write_wire(self, queued: _Queued, made: Wire, connection: bytes) -> None:
-        """Writes an answer the compiled step rendered with `connection` (see _next)."""
+    def _write_wire(self, queued: _Queued, made: Wire) -> None:
+        """Writes an answer the compiled step rendered (with `_wire_fields`)."""
         self._queued_bytes -= queued.size
-        if connection is CLOSE:
-            self._closing = True
+        self._connection_field(queued)  # as rendered: nothing has changed since
         transport = self._transport
         assert transport is not None  # _next answers only while connected
         data = made.data
         transport.write(data)
         sent = 0 if queued.head else len(data) - data.find(b"\r\n\r\n") - 4
-        self.edge.record(queued.ex, made.status, queued.started, peer=self._peer, bytes_out=sent)
+        self.edge.record(queued.ex, made.status, queued.started, self._peer, sent)
 
     def _write(self, queued: _Queued, made: Response) -> None:
         self._queued_bytes -= queued.size
@@ -637,23 +660,27 @@ class Lane(asyncio.Protocol):
         if transport is None:
             self.edge.gone(queued.ex, queued.started, peer=self._peer)
             return
-        settings = self.settings
         ex = queued.ex
         block, names = self.edge.global_block()
+        headers = self.settings.host.config.global_headers if made.headers else None
+        if queued.keep_alive and not (self._closing or queued.http10 or self.draining_host()):
+            connection = b""  # the common answer: no Connection field
+        else:
+            connection = self._connection_field(queued)
         transport.write(
             render(
                 made,
                 ex.request_id.encode(),
-                settings.date,
+                self.settings.date,
                 block,
                 names,
-                settings.host.config.global_headers,
-                self._connection_field(queued),
+                headers,
+                connection,
                 queued.head,
             )
         )
         sent = 0 if queued.head or made.status in EMPTY_BODY_STATUSES else len(made.body)
-        self.edge.record(ex, made.status, queued.started, peer=self._peer, bytes_out=sent)
+        self.edge.record(ex, made.status, queued.started, self._peer, sent)
 
     def _write_raw(self, data: bytes) -> None:
         if self._transport is not None:

@@ -17,6 +17,10 @@ def split_target(url: bytes) -> tuple[str, str]:
     """The path (percent-decoded) and the raw query of a request target."""
     if url[:1] == b"/":
         raw_path, _, query = url.partition(b"?")
+        if b"%" not in raw_path:  # the common target: nothing to decode
+            return raw_path.decode("utf-8", "surrogateescape"), query.decode(
+                "utf-8", "surrogateescape"
+            )
     elif url == b"*":
         raw_path, query = url, b""
     else:  # absolute-form (`GET http://host/path`), as a proxy would send it
