@@ -93,22 +93,35 @@ def open_trusted(path: Path, *, strict: bool = True) -> TrustedFile:
     if (held := held_descriptor(path)) is not None:
         return _open_held(path, held, strict=strict)
     real = Path(os.path.realpath(path))
+    fd, st = _open_regular(path, real, "no such file")
     try:
-        fd = os.open(real, _OPEN_FLAGS)
-    except FileNotFoundError:
-        raise PluginLoadError(path, "no such file") from None
-    except OSError as e:
-        raise PluginLoadError(path, f"cannot be read: {e.strerror or e}") from e
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise PluginLoadError(path, "not a regular file")
         if strict:
             _check_strictly(path, real, st)
     except BaseException:
         os.close(fd)
         raise
     return TrustedFile(path, fd, st)
+
+
+def _open_regular(path: Path, where: Path, missing: str) -> tuple[int, os.stat_result]:
+    """`where` opened once (never through a final link), and its stat: a regular file.
+
+    Errors name `path`, the plugin file as the config or the scan gave it.
+    """
+    try:
+        fd = os.open(where, _OPEN_FLAGS)
+    except FileNotFoundError:
+        raise PluginLoadError(path, missing) from None
+    except OSError as e:
+        raise PluginLoadError(path, f"cannot be read: {e.strerror or e}") from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PluginLoadError(path, "not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
 
 
 _HELD = re.compile(r"/proc/(\d+|self)/fd/(\d+)/[^/]+")
@@ -130,16 +143,8 @@ def _open_held(path: Path, pid: int, *, strict: bool) -> TrustedFile:
     above are not checked, but the process must be ours, and the folder and the file
     are checked as any other.
     """
+    fd, st = _open_regular(path, path, "no such file (its process has closed it)")
     try:
-        fd = os.open(path, _OPEN_FLAGS)  # O_NOFOLLOW: the file itself is no link
-    except FileNotFoundError:
-        raise PluginLoadError(path, "no such file (its process has closed it)") from None
-    except OSError as e:
-        raise PluginLoadError(path, f"cannot be read: {e.strerror or e}") from e
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise PluginLoadError(path, "not a regular file")
         if strict and hasattr(os, "geteuid"):
             process = Path(f"/proc/{pid}")
             _check_owner(path, "the process holding it", process, process.stat())
