@@ -222,7 +222,7 @@ class Lane(asyncio.Protocol):
         if self._broken:
             return
         self._moved = False
-        try:
+        try:  # _feed, inlined: the hot path
             self._parser.feed_data(data)
         except _PARSER_STOPS as e:  # a refusal, a stop, an upgrade, bad bytes
             stop: Exception | None = e
@@ -622,14 +622,14 @@ class Lane(asyncio.Protocol):
 
     def _connection_field(self, queued: _Queued) -> bytes:
         """The Connection field of `queued`'s answer: close on the last answer only."""
-        if queued.keep_alive and not (self._closing or queued.http10 or self.draining_host()):
+        if queued.keep_alive and not (self._closing or queued.http10 or self._host_draining()):
             return b""  # the common answer, said fast
         field = self._connection_for(queued, len(self._queue))
         if field is CLOSE:
             self._closing = True
         return field
 
-    def draining_host(self) -> bool:
+    def _host_draining(self) -> bool:
         """Whether the server is stopping (from SIGTERM on: every answer closes)."""
         return self.settings.host.draining
 
@@ -663,10 +663,7 @@ class Lane(asyncio.Protocol):
         ex = queued.ex
         block, names = self.edge.global_block()
         headers = self.settings.host.config.global_headers if made.headers else None
-        if queued.keep_alive and not (self._closing or queued.http10 or self.draining_host()):
-            connection = b""  # the common answer: no Connection field
-        else:
-            connection = self._connection_field(queued)
+        connection = self._connection_field(queued)
         transport.write(
             render(
                 made,
